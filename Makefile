@@ -1,0 +1,27 @@
+# The lab's commands. Everything runs as root on Debian 12 (this machine, CI, the Vagrant VM).
+PY := .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.tools/bin:$(CURDIR)/node_modules/.bin:$(PATH)
+
+.PHONY: setup doctor demo test clean help
+
+help:
+	@echo "make setup   install and start everything (idempotent; ~25 min first time, <30 s after)"
+	@echo "make doctor  what this machine can emulate (datapath, netem, Docker, geth, solc)"
+	@echo "make demo    run the default scenario on the emulated network; prints where results are"
+	@echo "make test    setup + the whole test suite (what CI runs)"
+	@echo "make clean   remove bridges, namespaces, containers left by a crashed run"
+
+setup:
+	bash scripts/setup.sh
+
+doctor: setup
+	$(PY) -m testbed doctor
+
+demo: setup
+	$(PY) -m testbed demo --scenario smoke
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	$(PY) -m testbed cleanup

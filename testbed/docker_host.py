@@ -1,0 +1,86 @@
+"""A Mininet host that lives in a Docker container (the Containernet idea, without its fork).
+
+The container is started with ``--network none``; Mininet's shell for the host joins the
+container's network and mount namespaces with ``mnexec -a <container pid>``, so links, IPs
+and ``host.cmd``/``host.popen`` work as for any Mininet host, while the file system, the
+hostname and the cgroup limits are the container's. The repository (with its ``.venv``) is
+bind-mounted read-only at its host path so the container runs the project's own code with the
+same Debian interpreter.
+
+Add such a host as the *second* node of ``addLink`` (switch first): Mininet creates the veth
+pair inside node 1 and moves one end to ``netns <pid of node 2>``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker
+from mininet.node import Host
+
+from testbed.images import UE_IMAGE
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTAINER_LABEL = "mec-testbed"          # every container the testbed starts carries it
+NAME_PREFIX = "mn."
+
+
+class DockerHost(Host):
+    """Mininet host backed by a container of ``image``.
+
+    Extra params: ``image`` (default the UE image), ``cpu_quota`` (cores, e.g. 0.5, or None),
+    ``mem_limit`` (e.g. "512m" or None), ``volumes`` (dict host path -> container path, ro).
+    """
+
+    def __init__(self, name: str, image: str = UE_IMAGE, cpu_quota: float | None = None,
+                 mem_limit: str | None = None, volumes: dict[str, str] | None = None, **params):
+        self.image = image
+        self._client = docker.from_env()
+        binds = {str(ROOT): {"bind": str(ROOT), "mode": "ro"}}
+        for src, dst in (volumes or {}).items():
+            binds[src] = {"bind": dst, "mode": "ro"}
+        self.container = self._client.containers.run(
+            image, name=NAME_PREFIX + name, hostname=name, detach=True, network_mode="none",
+            labels={CONTAINER_LABEL: "1"}, volumes=binds, command=["sleep", "infinity"],
+            cap_add=["NET_ADMIN"], init=True, mem_limit=mem_limit,
+            nano_cpus=int(cpu_quota * 1e9) if cpu_quota else None)
+        self.container.reload()
+        self.container_pid = int(self.container.attrs["State"]["Pid"])
+        if self.container_pid <= 0:
+            self._remove_container()
+            raise RuntimeError(f"container for host {name} did not start: {self.container.status}")
+        try:
+            super().__init__(name, inNamespace=True, **params)
+        except BaseException:
+            self._remove_container()
+            raise
+
+    def startShell(self, mnopts=None):
+        # The container already owns the namespaces: join them (-a) instead of making new
+        # ones (-n, which Mininet adds for inNamespace hosts).
+        self.inNamespace = False
+        try:
+            super().startShell(mnopts=f"-cda{self.container_pid}")
+        finally:
+            self.inNamespace = True
+
+    def terminate(self):
+        try:
+            super().terminate()
+        finally:
+            self._remove_container()
+
+    def _remove_container(self):
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def remove_leftover_containers() -> list[str]:
+    """Remove every container the testbed started (label ``mec-testbed``); return their names."""
+    client = docker.from_env()
+    gone = []
+    for c in client.containers.list(all=True, filters={"label": CONTAINER_LABEL}):
+        c.remove(force=True)
+        gone.append(c.name)
+    return gone
