@@ -2,13 +2,14 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.tools/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: setup doctor demo test clean help
+.PHONY: setup doctor demo test clean help contracts gas
 
 help:
 	@echo "make setup   install and start everything (idempotent; ~25 min first time, <30 s after)"
 	@echo "make doctor  what this machine can emulate (datapath, netem, Docker, geth, solc)"
 	@echo "make demo    run the default scenario on the emulated network; prints where results are"
 	@echo "make test    setup + the whole test suite (what CI runs)"
+	@echo "make gas     gas of every contract call beside the paper's Table III -> results/gas.{json,md}"
 	@echo "make clean   remove bridges, namespaces, containers left by a crashed run"
 
 setup:
@@ -21,7 +22,14 @@ demo: setup
 	$(PY) -m testbed demo --scenario smoke
 
 test: setup
+	$(PY) -m contracts.build --check
 	$(PY) -m pytest
+
+contracts: setup
+	$(PY) -m contracts.build
+
+gas: setup
+	$(PY) -m contracts.gas_report
 
 clean:
 	$(PY) -m testbed cleanup

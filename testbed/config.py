@@ -53,8 +53,10 @@ class NetworkConfig:
             raise ConfigError(f"network.iperf_seconds must be > 0, got {self.iperf_seconds}")
 
 
-# Section name -> dataclass. Parts register here; each class validates its own fields.
-SECTIONS: dict[str, type] = {"network": NetworkConfig}
+from contracts.config import ContractConfig  # noqa: E402  (each part owns its section)
+
+# Section name -> dataclass. Each class validates its own fields.
+SECTIONS: dict[str, type] = {"network": NetworkConfig, "contract": ContractConfig}
 
 
 @dataclass(kw_only=True)
@@ -64,6 +66,7 @@ class Scenario:
     results_dir: str = "results"
     seed: int = 0
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    contract: ContractConfig = field(default_factory=ContractConfig)
 
     @property
     def results_path(self) -> Path:
@@ -79,8 +82,12 @@ def _build(cls: type, values: dict[str, Any], where: str):
                           f"known: {', '.join(sorted(names))}")
     try:
         return cls(**values)
+    except ConfigError:
+        raise
     except TypeError as e:   # wrong type reaching a constructor
         raise ConfigError(f"{where.rstrip('.') or 'scenario'}: {e}") from None
+    except ValueError as e:  # a part's own validation; its message names the field
+        raise ConfigError(str(e)) from None
 
 
 def _parse_value(text: str) -> Any:

@@ -15,6 +15,7 @@ def test_smoke_scenario_loads_with_override():
     ("network.colour=1", "network.colour"),
     ("network.controller_port=70000", "network.controller_port"),
     ("nosuchfield=1", "nosuchfield"),
+    ("contract.confirmations=0", "contract.confirmations"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

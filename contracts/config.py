@@ -1,0 +1,92 @@
+"""Configuration of the trading contract and its binding: the [contract] section of a scenario.
+
+testbed/config.py composes :class:`ContractConfig` from the TOML section ``[contract]``, e.g.
+
+    [contract]
+    unit_price_wei_per_gcycle = 150_000_000_000_000_000   # mu = 0.15 ether/Gcycle (paper, Table I)
+    settlement_grace_s = 120
+    confirmations = 1
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContractConfig:
+    """Trading-contract parameters and the binding's transaction policy.
+
+    Attributes:
+        unit_price_wei_per_gcycle: mu, the ESP's unit price, wei per Gcycle (1e9 CPU cycles).
+            Default 0.15 ether/Gcycle: the paper's 0.15 token/Gcycle (Table I) with 1 token = 1 ether.
+        settlement_grace_s: seconds added to a task's execution time tau_u to form the escrow's
+            on-chain deadline (block time), because blocks come every few seconds (about 13 s on
+            the PoW chain) while tau_u is often below one.
+        gas_price_wei: legacy gas price of every transaction, wei; None asks the node
+            (eth_gasPrice) once per transaction.
+        gas_limit_margin: multiplier on eth_estimateGas for each transaction's gas limit (>= 1).
+        fee_bump: gas price multiplier when a stuck transaction is replaced by a copy with the
+            same nonce; geth's pool needs at least 1.10 to accept a replacement.
+        confirmations: blocks (the including one counts) before a transaction is reported final.
+        receipt_timeout_s: give up on a transaction that has not confirmed after this many seconds.
+        poll_interval_s: period of receipt polling, seconds.
+        resend_after_s: a transaction still unmined after this many seconds is re-broadcast (if the
+            node dropped it) or replaced with a bumped fee (if it is stuck in the pool).
+        max_resends: re-broadcasts/replacements per transaction before giving up.
+        rpc_timeout_s: HTTP timeout of one JSON-RPC request, seconds.
+    """
+
+    unit_price_wei_per_gcycle: int = 150_000_000_000_000_000
+    settlement_grace_s: int = 120
+    gas_price_wei: int | None = None
+    gas_limit_margin: float = 1.25
+    fee_bump: float = 1.125
+    confirmations: int = 1
+    receipt_timeout_s: float = 300.0
+    poll_interval_s: float = 0.25
+    resend_after_s: float = 30.0
+    max_resends: int = 5
+    rpc_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        def need(name: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"contract.{name} must be {what}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+        mu = self.unit_price_wei_per_gcycle
+        need("unit_price_wei_per_gcycle", is_int(mu) and 0 < mu < 2**128, "an integer in [1, 2**128)")
+        need("settlement_grace_s", is_int(self.settlement_grace_s) and self.settlement_grace_s >= 0,
+             "an integer >= 0")
+        need("gas_price_wei", self.gas_price_wei is None or (is_int(self.gas_price_wei) and self.gas_price_wei > 0),
+             "None or an integer > 0")
+        need("gas_limit_margin", is_num(self.gas_limit_margin) and 1.0 <= self.gas_limit_margin <= 10.0,
+             "a number in [1, 10]")
+        need("fee_bump", is_num(self.fee_bump) and 1.1 <= self.fee_bump <= 10.0, "a number in [1.1, 10]")
+        need("confirmations", is_int(self.confirmations) and self.confirmations >= 1, "an integer >= 1")
+        for name in ("receipt_timeout_s", "poll_interval_s", "resend_after_s", "rpc_timeout_s"):
+            need(name, is_num(getattr(self, name)) and getattr(self, name) > 0, "a number > 0")
+        need("max_resends", is_int(self.max_resends) and self.max_resends >= 0, "an integer >= 0")
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any]) -> "ContractConfig":
+        """Build from a TOML [contract] table; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) in [contract]: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+        return cls(**dict(section))
+
+    def payment_wei(self, service_demand_cycles: int) -> int:
+        """phi_u = mu * xi_u in wei for xi_u CPU cycles, rounded down as the contract does."""
+        return self.unit_price_wei_per_gcycle * service_demand_cycles // 10**9
