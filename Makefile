@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.tools/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 
-.PHONY: setup doctor demo test clean help contracts gas
+.PHONY: setup doctor demo test clean help contracts gas paper bench-agent
 
 help:
 	@echo "make setup   install and start everything (idempotent; ~25 min first time, <30 s after)"
@@ -10,6 +10,8 @@ help:
 	@echo "make demo    run the default scenario on the emulated network; prints where results are"
 	@echo "make test    setup + the whole test suite (what CI runs)"
 	@echo "make gas     gas of every contract call beside the paper's Table III -> results/gas.{json,md}"
+	@echo "make paper   the paper's Figs. 4-7 and Table II, 5 seeds -> results/paper/ (~7-13 min)"
+	@echo "make bench-agent  agent speed (env steps/s, updates/s, decision latency) as JSON"
 	@echo "make clean   remove bridges, namespaces, containers left by a crashed run"
 
 setup:
@@ -30,6 +32,12 @@ contracts: setup
 
 gas: setup
 	$(PY) -m contracts.gas_report
+
+paper: setup
+	$(PY) -m agent paper
+
+bench-agent: setup
+	$(PY) -m agent bench
 
 clean:
 	$(PY) -m testbed cleanup

@@ -53,10 +53,12 @@ class NetworkConfig:
             raise ConfigError(f"network.iperf_seconds must be > 0, got {self.iperf_seconds}")
 
 
-from contracts.config import ContractConfig  # noqa: E402  (each part owns its section)
+from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402  (each part
+from contracts.config import ContractConfig  # noqa: E402              owns its section)
 
 # Section name -> dataclass. Each class validates its own fields.
-SECTIONS: dict[str, type] = {"network": NetworkConfig, "contract": ContractConfig}
+SECTIONS: dict[str, type] = {"network": NetworkConfig, "contract": ContractConfig,
+                             "model": ModelConfig, "learner": LearnerConfig, "paper": PaperConfig}
 
 
 @dataclass(kw_only=True)
@@ -67,6 +69,9 @@ class Scenario:
     seed: int = 0
     network: NetworkConfig = field(default_factory=NetworkConfig)
     contract: ContractConfig = field(default_factory=ContractConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)        # the paper's system model
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # DDQN/DQN hyperparameters
+    paper: PaperConfig = field(default_factory=PaperConfig)        # sizes of `make paper`
 
     @property
     def results_path(self) -> Path:

@@ -1,0 +1,169 @@
+"""Agents: feasibility of every action, the double-Q target, the oracle, determinism, learning."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from agent import actions, model
+from agent.baselines import GAAgent, GreedyAgent, RandomAgent
+from agent.config import LearnerConfig, ModelConfig
+from agent.env import MecChainEnv
+from agent.learners import DDQNAgent, DQNAgent, QLearningAgent, QNetwork, Transition, q_target
+from agent.learners.dqn import greedy_selector
+from agent.oracle import OracleAgent, solve_slot, solve_slot_milp
+
+SMALL_LEARNER = LearnerConfig(batch_size=16, learning_starts=16, replay_size=1000, eps_decay_slots=30)
+
+
+def run(agent, cfg, slots, seed=0, explore=True, learn=True):
+    """Drive agent for `slots`; every action is checked for feasibility before the env sees it."""
+    env = MecChainEnv(cfg)
+    obs, _ = env.reset(seed=seed)
+    rewards, acts = [], []
+    for _ in range(slots):
+        a = agent.act(obs, explore=explore)
+        assert a.shape == (2, cfg.n_servers)
+        assert model.action_problems(cfg, a[0], a[1], env.pending) == [], (agent.name, a)
+        nxt, r, term, trunc, info = env.step(a)
+        if learn:
+            agent.learn(Transition(obs, a, r, info["server_utility"], nxt, term, trunc))
+        rewards.append(r)
+        acts.append(a.copy())
+        obs = nxt
+        if trunc:
+            obs, _ = env.reset(seed=seed + 1)
+    return np.array(rewards), acts
+
+
+AGENTS = {
+    "random": lambda c: RandomAgent(c, seed=0),
+    "greedy": lambda c: GreedyAgent(c, seed=0),
+    "ga": lambda c: GAAgent(c, LearnerConfig(ga_population=8, ga_generations=4), seed=0),
+    "oracle": lambda c: OracleAgent(c, seed=0),
+    "qlearning": lambda c: QLearningAgent(c, SMALL_LEARNER, seed=0),
+    "dqn": lambda c: DQNAgent(c, SMALL_LEARNER, seed=0),
+    "ddqn": lambda c: DDQNAgent(c, SMALL_LEARNER, seed=0),
+    "ddqn_flat": lambda c: DDQNAgent(c, LearnerConfig(batch_size=16, learning_starts=16, head="flat"), seed=0),
+    "ddqn_no_ra": lambda c: DDQNAgent(c, SMALL_LEARNER, seed=0, hash_mode="equal"),
+    "ddqn_no_us": lambda c: DDQNAgent(c, SMALL_LEARNER, seed=0, user_mode="random"),
+}
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+@pytest.mark.parametrize("users,arrival", [(7, 0.5), (2, 1.0)])
+def test_every_agent_emits_feasible_actions(name, users, arrival):
+    # a binding budget (minimum 3 x 20 = 60) and, with arrival 0.5 or U < M, slots with fewer tasks than servers
+    cfg = ModelConfig(n_servers=3, n_users=users, hash_budget_mhs=130.0, arrival_prob=arrival, horizon_slots=25)
+    agent = AGENTS[name](cfg)
+    run(agent, cfg, 60)
+    run(agent, cfg, 10, seed=5, explore=False, learn=False)
+
+
+def test_matching_and_knapsack_are_exact_against_brute_force():
+    rng = np.random.default_rng(1)
+    cfg = ModelConfig(n_servers=3, n_users=4, hash_budget_mhs=160.0)
+    levels = np.asarray(cfg.hash_levels_mhs)
+    for _ in range(20):
+        scores = rng.normal(size=(3, 5))
+        pending = rng.random(4) < 0.6
+        users = actions.match_users(scores, pending)
+        best = -np.inf
+        cand = list(np.flatnonzero(pending)) + [4] * 3
+        for perm in itertools.permutations(cand, 3):
+            served = [u for u in perm if u < 4]
+            if len(set(served)) == len(served) and len(served) == min(3, pending.sum()):
+                best = max(best, sum(scores[m, u] for m, u in enumerate(perm)))
+        assert sum(scores[m, u] for m, u in enumerate(users)) == pytest.approx(best)
+        values = rng.normal(size=(3, 5))
+        got = actions.knapsack_levels(values, cfg)
+        best = max(sum(values[m, k] for m, k in enumerate(ks)) for ks in itertools.product(range(5), repeat=3)
+                   if levels[list(ks)].sum() <= 160.0)
+        assert levels[got].sum() <= 160.0
+        assert sum(values[m, k] for m, k in enumerate(got)) == pytest.approx(best)
+
+
+def test_oracle_dp_equals_integer_programme_and_bounds_every_agent():
+    rng = np.random.default_rng(2)
+    for trial in range(12):
+        U = int(rng.integers(2, 16))
+        cfg = ModelConfig(n_users=U, hash_budget_mhs=float(rng.choice([200, 500, 600, 1000])),
+                          cpu_per_mhs=float(rng.choice([0.0, 0.02, 0.03])), slot_s=6.0)
+        d, xi = rng.uniform(1, 5, U), rng.uniform(0.6, 1.6, U)
+        pending = rng.random(U) < 0.8
+        a, b = solve_slot(cfg, d, xi, pending), solve_slot_milp(cfg, d, xi, pending)
+        assert model.action_problems(cfg, a[0], a[1], pending) == []
+        va = model.slot_terms(cfg, d, xi, a[0], a[1]).total
+        assert va == pytest.approx(model.slot_terms(cfg, d, xi, b[0], b[1]).total, abs=1e-9)
+        # no feasible action does better in this slot
+        obs = model.ObsLayout(U, cfg.n_servers).join(xi, d, np.zeros(U), pending, np.ones(cfg.n_servers))
+        for agent in (RandomAgent(cfg, seed=trial), GreedyAgent(cfg), GAAgent(cfg, seed=trial)):
+            act = agent.act(obs)
+            assert model.slot_terms(cfg, d, xi, act[0], act[1]).total <= va + 1e-9
+
+
+def _tiny_flat_net(cfg, a_bias, b_bias):
+    """A network whose output ignores the state: A and B are exactly the given biases."""
+    net = QNetwork(cfg, LearnerConfig(head="flat", hidden=(4,)))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.out.bias.copy_(torch.tensor(np.concatenate([np.ravel(a_bias), np.ravel(b_bias)]), dtype=torch.float32))
+    return net
+
+
+# M = 2 servers, U = 2 UEs, levels 20/40 MHash/s and a 60 MHash/s budget: one server at most at 40.
+TINY = dict(n_servers=2, n_users=2, hash_levels_mhs=[20.0, 40.0], hash_budget_mhs=60.0)
+A_ONLINE, B_ONLINE = [[1, 5, 0], [4, 2, 0]], [[0, 3], [0, 2]]              # argmax: users (1, 0), levels (1, 0)
+A_TARGET, B_TARGET = [[10, 1, 0], [2, 10, 0]], [[7, 0.5], [0.25, 1]]      # argmax: users (0, 1), levels (0, 1)
+R, GAMMA = np.array([1.0, -0.5]), 0.85
+Y_DOUBLE = R + GAMMA * np.array([1 + 0.5, 2 + 0.25])                    # target net at the online argmax
+Y_CLASSIC = R + GAMMA * np.array([10 + 7, 10 + 1])                      # target net at its own argmax
+
+
+def test_double_q_target_uses_online_argmax_and_target_evaluation():
+    cfg = ModelConfig(**TINY)
+    online = _tiny_flat_net(cfg, A_ONLINE, B_ONLINE)
+    target = _tiny_flat_net(cfg, A_TARGET, B_TARGET)
+    nxt = torch.zeros(1, 4 * 2 + 2)
+    args = (nxt, torch.tensor(R[None], dtype=torch.float32), torch.zeros(1), GAMMA, np.ones((1, 2), bool),
+            greedy_selector(cfg))
+    y = q_target(online, target, *args, double=True)
+    assert y.numpy()[0] == pytest.approx(Y_DOUBLE)                          # [2.275, 1.4125]
+    y = q_target(online, target, *args, double=False)
+    assert y.numpy()[0] == pytest.approx(Y_CLASSIC)                         # [15.45, 8.85]
+
+
+@pytest.mark.parametrize("cls,y", [(DDQNAgent, Y_DOUBLE), (DQNAgent, Y_CLASSIC)])
+def test_agent_update_regresses_on_its_target(cls, y):
+    cfg = ModelConfig(**TINY)
+    agent = cls(cfg, LearnerConfig(batch_size=1, replay_size=1, learning_starts=0, head="flat", hidden=(4,),
+                                   gamma=GAMMA), seed=0)
+    agent.q = _tiny_flat_net(cfg, A_ONLINE, B_ONLINE)
+    agent.q_target = _tiny_flat_net(cfg, A_TARGET, B_TARGET)
+    agent.opt = torch.optim.SGD(agent.q.parameters(), lr=0.0)
+    obs = np.zeros(10)
+    obs[6:8] = 1.0                                                          # both UEs have a task
+    a = np.array([[0, 1], [0, 0]])                                          # Q_online(s, a) = [1 + 0, 2 + 0]
+    out = agent.learn(Transition(obs, a, float(R.sum()), R, obs, False, False))
+    assert out["loss"] == pytest.approx(np.mean((np.array([1.0, 2.0]) - y) ** 2), rel=1e-5)
+
+
+def test_same_seed_same_learning_trajectory():
+    cfg = ModelConfig(n_servers=4, n_users=8, hash_budget_mhs=240.0)
+    r1, a1 = run(DDQNAgent(cfg, SMALL_LEARNER, seed=7), cfg, 80, seed=3)
+    r2, a2 = run(DDQNAgent(cfg, SMALL_LEARNER, seed=7), cfg, 80, seed=3)
+    r3, _ = run(DDQNAgent(cfg, SMALL_LEARNER, seed=8), cfg, 80, seed=3)
+    assert np.array_equal(r1, r2) and all(np.array_equal(x, y) for x, y in zip(a1, a2))
+    assert not np.array_equal(r1, r3)
+
+
+def test_ddqn_learns_to_beat_random():
+    cfg = ModelConfig(n_users=20)
+    agent = DDQNAgent(cfg, LearnerConfig(eps_decay_slots=150), seed=0)
+    run(agent, cfg, 300)
+    learned, _ = run(agent, cfg, 100, seed=99, explore=False, learn=False)
+    baseline, _ = run(RandomAgent(cfg, seed=0), cfg, 100, seed=99, learn=False)
+    best, _ = run(OracleAgent(cfg), cfg, 100, seed=99, learn=False)
+    # DDQN should close at least half of the gap between random and the one-slot oracle
+    assert learned.mean() > baseline.mean() + 0.5 * (best.mean() - baseline.mean())
