@@ -55,9 +55,10 @@ class NetworkConfig:
 
 from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402  (each part
 from contracts.config import ContractConfig  # noqa: E402              owns its section)
+from nodes.config import ChainConfig  # noqa: E402
 
 # Section name -> dataclass. Each class validates its own fields.
-SECTIONS: dict[str, type] = {"network": NetworkConfig, "contract": ContractConfig,
+SECTIONS: dict[str, type] = {"network": NetworkConfig, "chain": ChainConfig, "contract": ContractConfig,
                              "model": ModelConfig, "learner": LearnerConfig, "paper": PaperConfig}
 
 
@@ -68,6 +69,7 @@ class Scenario:
     results_dir: str = "results"
     seed: int = 0
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)           # the MEC servers' miners
     contract: ContractConfig = field(default_factory=ContractConfig)
     model: ModelConfig = field(default_factory=ModelConfig)        # the paper's system model
     learner: LearnerConfig = field(default_factory=LearnerConfig)  # DDQN/DQN hyperparameters

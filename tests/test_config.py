@@ -16,6 +16,8 @@ def test_smoke_scenario_loads_with_override():
     ("network.controller_port=70000", "network.controller_port"),
     ("nosuchfield=1", "nosuchfield"),
     ("contract.confirmations=0", "contract.confirmations"),
+    ("chain.n_nodes=0", "chain.n_nodes"),
+    ("model.n_servers=0", "model.n_servers"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

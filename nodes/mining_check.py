@@ -1,0 +1,234 @@
+"""The mining-model check: do real ethash miners win blocks in proportion to their hash budget?
+
+In the paper (eqs. 4-6) MEC server m with hash power p_m wins a block with probability
+μ_m = (p_m / H) · e^{−η φ(b_m)}, where the second factor (the chance its block is not
+orphaned) is the same for every node here (all blocks are empty and propagate over loopback
+or the same emulated links). So the model predicts: block share = hash share = budget share.
+
+``python -m nodes.mining_check`` (``make mining-check``) runs 3 geth nodes with hash budgets
+in the ratio 1 : 2 : 4 until they have mined ``--blocks`` canonical blocks after a warm-up, and
+writes ``results/mining.json`` (per node: budget share, measured hash share, block share;
+chi-square p-value of the block counts against the budget shares; uncle rate), the blocks and
+samples as CSV, and ``results/mining.png`` (block share against hash share).
+
+Budgets are expressed two ways (``--mode``): ``threads`` (1, 2, 4 mining threads, which
+oversubscribe a 2-core machine) and ``cpu_quota`` (a cgroup CPU quota of 1/7, 2/7, 4/7 of
+``--cores`` cores per node, one thread each, or more where the quota exceeds a core).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+from tqdm import tqdm
+
+from nodes.chain import Chain
+from nodes.config import ROOT, ChainConfig
+from nodes.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
+
+TOLERANCE_PP = 10.0   # issue 5's target: block share within ±10 percentage points
+
+
+def budgets_for(mode: str, ratio: list[int], cores: float) -> tuple[list[int], list[float | None]]:
+    """Threads and CPU quotas (cores) expressing ``ratio`` in budget ``mode``."""
+    if mode == "threads":
+        return list(ratio), [None] * len(ratio)
+    quotas = [cores * r / sum(ratio) for r in ratio]
+    return [max(1, math.ceil(q - 1e-9)) for q in quotas], quotas
+
+
+def run_mode(mode: str, args, out_dir: Path) -> dict:
+    """One run: start, warm up, mine ``args.blocks`` blocks, read the chain, summarise."""
+    ratio = args.ratio
+    threads, quotas = budgets_for(mode, ratio, args.cores)
+    cfg = ChainConfig(n_nodes=len(ratio), genesis_difficulty=args.difficulty,
+                      budget_mode=mode, pow_mode=args.pow_mode,
+                      max_threads=max(8, max(threads)), p2p_port=args.port_base,
+                      http_port=args.port_base + 100, ws_port=args.port_base + 200,
+                      authrpc_port=args.port_base + 300)
+    budget_share = [r / sum(ratio) for r in ratio]
+    t_start = time.monotonic()
+    with Chain(cfg) as chain:
+        chain.setup()
+        timings = chain.start(threads, quotas)
+        miners = {nd.etherbase.lower(): nd.name for nd in chain.nodes}
+        with ChainMonitor(chain.nodes, period_s=1.0) as mon:
+            time.sleep(args.warmup)
+            first = max(chain.heads().values()) + 1
+            t0 = time.time()
+            last = first + args.blocks - 1
+            deadline = time.monotonic() + args.max_minutes * 60
+            bar = tqdm(total=args.blocks, desc=f"mining ({mode})", unit="block")
+            done = 0
+            while done < args.blocks:
+                head = chain.nodes[0].block_number()
+                new = min(args.blocks, max(0, head - first + 1))
+                bar.update(new - done)
+                done = new
+                if time.monotonic() > deadline:
+                    bar.close()
+                    raise TimeoutError(f"{mode}: only {done} of {args.blocks} blocks in "
+                                       f"{args.max_minutes} min; lower --difficulty")
+                time.sleep(0.5)
+            bar.close()
+            t1 = time.time()
+            # A few confirmations, so the blocks read below are the settled canonical ones.
+            while chain.nodes[0].block_number() < last + 3 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            blocks = chain_blocks(chain.nodes[0], first, last)
+            memory = chain.memory()
+        summary = summarize(blocks, miners, mon, t0, t1)
+    elapsed = time.monotonic() - t_start
+    names = list(summary["nodes"])
+    counts = np.array([summary["nodes"][n]["blocks"] for n in names], dtype=float)
+    total = counts.sum()
+    chi_budget = stats.chisquare(counts, total * np.array(budget_share))
+    hash_share = [summary["nodes"][n].get("hash_share", float("nan")) for n in names]
+    chi_hash = (stats.chisquare(counts, total * np.array(hash_share))
+                if all(np.isfinite(hash_share)) else None)
+    for i, n in enumerate(names):
+        p = summary["nodes"][n]
+        p.update(threads=threads[i], cpu_quota_cores=quotas[i], budget_share=budget_share[i],
+                 model_block_share=budget_share[i],
+                 block_share_ci95=_wilson(p["blocks"], int(total)),
+                 within_tolerance=abs(p["block_share"] - budget_share[i]) * 100 <= TOLERANCE_PP,
+                 memory_mib=memory.get(n, {}))
+    # Eq. 5's orphan factor e^{-η φ}: with the paper's η = 1/600 s (Bitcoin's block
+    # interval) against η = 1 / (this chain's mean block interval), φ = propagation to all.
+    phi = summary["propagation_to_all_mean_ms"] / 1000
+    interval = summary["interval_mean_s"]
+    orphan = {"phi_s": phi, "eta_paper_per_s": 1 / 600,
+              "p_orphan_paper_eta": 1 - math.exp(-phi / 600) if math.isfinite(phi) else None,
+              "eta_chain_per_s": 1 / interval if interval and math.isfinite(interval) else None,
+              "p_orphan_chain_eta": (1 - math.exp(-phi / interval))
+              if interval and math.isfinite(interval) and math.isfinite(phi) else None,
+              "uncle_rate_measured": summary["uncle_rate"],
+              "note": "uncles are the orphans a later block referenced; stale blocks nobody "
+                      "referenced are invisible, so the uncle rate is a lower bound"}
+    summary.update(
+        orphan_model=orphan,
+        mode=mode, ratio=ratio, pow_mode=args.pow_mode, genesis_difficulty=args.difficulty,
+        cpu_cores_total=args.cores if mode == "cpu_quota" else None,
+        machine_cores=_ncpu(), threads_oversubscribe=sum(threads) > _ncpu(),
+        warmup_s=args.warmup, measure_s=t1 - t0, run_s=elapsed, startup=timings,
+        chi2_vs_budget={"statistic": chi_budget.statistic, "p_value": chi_budget.pvalue},
+        chi2_vs_hash_share=({"statistic": chi_hash.statistic, "p_value": chi_hash.pvalue}
+                            if chi_hash is not None else None),
+        max_abs_error_pp=max(abs(summary["nodes"][n]["block_share"] - budget_share[i]) * 100
+                             for i, n in enumerate(names)),
+        all_within_tolerance=all(summary["nodes"][n]["within_tolerance"] for n in names),
+        tolerance_pp=TOLERANCE_PP)
+    write(out_dir, f"mining_{mode}", summary, blocks, mon, miners)
+    return summary
+
+
+def _ncpu() -> int:
+    import psutil
+    return psutil.cpu_count() or 1
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95 % Wilson interval of a binomial share k/n."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [max(0.0, min(p, c - h)), min(1.0, max(p, c + h))]
+
+
+def plot(runs: dict[str, dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k-", lw=0.8, label="model: block share = hash share")
+    ax.fill_between([0, 1], [-0.1, 0.9], [0.1, 1.1], color="0.9", label="±10 pp")
+    markers = {"threads": "o", "cpu_quota": "s"}
+    for mode, s in runs.items():
+        for name, p in s["nodes"].items():
+            x, y = p.get("hash_share", float("nan")), p["block_share"]
+            lo, hi = p["block_share_ci95"]
+            ax.errorbar(x, y, yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]],
+                        fmt=markers.get(mode, "^"),
+                        capsize=3, label=f"{mode}: {name} (budget {p['budget_share']:.2f})")
+            ax.plot([p["budget_share"]], [y], "x", color="0.4")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("measured hash share p_m / H (eth_getHashrate, per-tick)")
+    ax.set_ylabel("block share (canonical blocks authored)")
+    n = ", ".join(f"{m}: {s['blocks']} blocks" for m, s in runs.items())
+    ax.set_title(f"Budgets 1:2:4, {n}\n(x = budget share)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nodes.mining_check", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["threads", "cpu_quota", "both"], default="both",
+                    help="how a budget is enforced (default: both, cpu_quota reported first)")
+    ap.add_argument("--ratio", default="1,2,4", help="hash budgets, one integer per node")
+    ap.add_argument("--blocks", type=int, default=150, help="canonical blocks to measure")
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring")
+    ap.add_argument("--cores", type=float, default=1.4,
+                    help="cpu_quota mode: CPU cores shared out by the ratio")
+    ap.add_argument("--difficulty", type=int, default=524_288,
+                    help="genesis difficulty (expected hashes per block); keep the mean block "
+                         "interval above 1 s or timestamps outrun the clock")
+    ap.add_argument("--pow-mode", choices=["test", "full"], default="test")
+    ap.add_argument("--max-minutes", type=float, default=20.0, help="give up per run after")
+    ap.add_argument("--port-base", type=int, default=31_400)
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    args = ap.parse_args(argv)
+    try:
+        args.ratio = [int(x) for x in args.ratio.split(",")]
+        if len(args.ratio) < 2 or min(args.ratio) < 1:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--ratio must be >= 2 positive integers like 1,2,4, got {args.ratio!r}")
+    if args.blocks < 1:
+        ap.error(f"--blocks must be >= 1, got {args.blocks}")
+    if not 0 < args.cores <= _ncpu():
+        ap.error(f"--cores must be in (0, {_ncpu()}], got {args.cores}")
+    modes = ["cpu_quota", "threads"] if args.mode == "both" else [args.mode]
+    runs = {}
+    for mode in modes:
+        runs[mode] = run_mode(mode, args, args.out)
+        s = runs[mode]
+        if (s.get("clock_drift_max_s") or 0) > 10:
+            print(f"[{mode}] WARNING: block timestamps ran {s['clock_drift_max_s']:.0f} s ahead "
+                  "of the clock (blocks faster than 1/s); beyond 15 s peers refuse blocks and "
+                  "the chain splits: raise --difficulty", file=sys.stderr)
+        print(f"[{mode}] {s['blocks']} blocks in {s['measure_s']:.0f} s, uncle rate "
+              f"{s['uncle_rate']:.3f}, chi2 p={s['chi2_vs_budget']['p_value']:.3g}, "
+              f"max error {s['max_abs_error_pp']:.1f} pp", file=sys.stderr)
+    primary = runs[modes[0]]
+    result = {**primary, "runs": {m: {k: v for k, v in s.items()} for m, s in runs.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "mining.json").write_text(json.dumps(clean_json(result), indent=2))
+    plot(runs, args.out / "mining.png")
+    print(json.dumps(clean_json({m: {"blocks": s["blocks"], "measure_s": s["measure_s"],
+                                     "clock_drift_max_s": s.get("clock_drift_max_s"),
+                                     "uncle_rate": s["uncle_rate"],
+                                     "chi2_p": s["chi2_vs_budget"]["p_value"],
+                                     "max_abs_error_pp": s["max_abs_error_pp"],
+                                     "block_share": {n: p["block_share"]
+                                                     for n, p in s["nodes"].items()},
+                                     "hash_share": {n: p.get("hash_share")
+                                                    for n, p in s["nodes"].items()}}
+                                 for m, s in runs.items()}), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
