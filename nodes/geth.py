@@ -252,16 +252,17 @@ class GethNode:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        self.threads = 0
-        if self.quota is not None:
-            self.quota.remove()
-            self.quota = None
+        self._released()
 
     def kill(self) -> None:
         """Fault injection: SIGKILL, no shutdown (the node loses what it had not flushed)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        self._released()
+
+    def _released(self) -> None:
+        """After the process ended: no budget, and its cgroup removed."""
         self.threads = 0
         if self.quota is not None:
             self.quota.remove()

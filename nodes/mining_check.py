@@ -33,6 +33,9 @@ from nodes.config import ROOT, ChainConfig
 from nodes.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
 
 TOLERANCE_PP = 10.0   # issue 5's target: block share within ±10 percentage points
+# geth updates eth_getHashrate every 5 s: a hash share needs two ticks inside the window, so
+# a short run (few blocks on an idle machine) keeps measuring hashrate at least this long.
+MIN_HASHRATE_WINDOW_S = 11.0
 
 
 def budgets_for(mode: str, ratio: list[int], cores: float) -> tuple[list[int], list[float | None]]:
@@ -77,6 +80,7 @@ def run_mode(mode: str, args, out_dir: Path) -> dict:
                                        f"{args.max_minutes} min; lower --difficulty")
                 time.sleep(0.5)
             bar.close()
+            time.sleep(max(0.0, t0 + MIN_HASHRATE_WINDOW_S - time.time()))
             t1 = time.time()
             # A few confirmations, so the blocks read below are the settled canonical ones.
             while chain.nodes[0].block_number() < last + 3 and time.monotonic() < deadline:

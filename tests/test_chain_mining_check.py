@@ -14,7 +14,7 @@ pytestmark = pytest.mark.chain
 
 def test_mining_check_writes_json_csv_and_plot(tmp_path):
     base = free_port_base(3, span=100)
-    rc = main(["--mode", "both", "--blocks", "6", "--warmup", "2", "--difficulty", "131072",
+    rc = main(["--mode", "both", "--blocks", "6", "--warmup", "2", "--difficulty", "524288",
                "--max-minutes", "3", "--port-base", str(base), "--out", str(tmp_path)])
     assert rc == 0
     res = json.loads((tmp_path / "mining.json").read_text())
