@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.tools/bin:$(CURDIR)/node_modules/.
 .PHONY: setup doctor demo test clean help contracts gas paper bench-agent mining-check bench-chain dag
 
 help:
-	@echo "make setup   install and start everything (idempotent; ~25 min first time, <30 s after)"
+	@echo "make setup   install and start everything (idempotent; ~16-22 min first time, ~10 s after)"
 	@echo "make doctor  what this machine can emulate (datapath, netem, Docker, geth, solc)"
 	@echo "make demo    run the default scenario on the emulated network; prints where results are"
 	@echo "make test    setup + the whole test suite (what CI runs)"
