@@ -76,11 +76,14 @@ class DockerHost(Host):
             pass
 
 
-def remove_leftover_containers() -> list[str]:
-    """Remove every container the testbed started (label ``mec-testbed``); return their names."""
+def remove_leftover_containers(hosts: list[str] | None = None) -> list[str]:
+    """Remove the testbed's containers (label ``mec-testbed``): those of the named Mininet
+    ``hosts``, or every one if ``hosts`` is None; return their names."""
     client = docker.from_env()
+    wanted = None if hosts is None else {NAME_PREFIX + h for h in hosts}
     gone = []
     for c in client.containers.list(all=True, filters={"label": CONTAINER_LABEL}):
-        c.remove(force=True)
-        gone.append(c.name)
+        if wanted is None or c.name in wanted:
+            c.remove(force=True)
+            gone.append(c.name)
     return gone

@@ -108,8 +108,9 @@ class EmulatedNetwork:
             self.net = None
             if self.controller is not None:
                 self.controller.stop()
-            # Whatever a crashed start left behind: containers, bridges, veths.
-            remove_leftover_containers()
+            # Whatever a crashed start left behind: this topology's containers and bridges
+            # (not those of another run on the same machine).
+            remove_leftover_containers(self.topo.hosts())
             for sw in self.topo.switches():
                 subprocess.run(["ovs-vsctl", "--if-exists", "del-br", sw], capture_output=True)
 

@@ -25,8 +25,8 @@ def test_ping_tcp_and_controller_flows(network_ready, no_leftovers, tmp_path):
         assert net.pingAll(timeout=2) == 0.0
         h1, h2, ue1 = net.get("h1", "h2", "ue1")
         # ue1 really is the container: its root file system is the image's.
-        cid = ue1.container.id
-        assert ue1.cmd("cat /etc/hostname").strip() == cid[:12] or ue1.container.attrs["Config"]["Hostname"] == "ue1"
+        # (/etc/hostname is the one Docker wrote for the container; the host's is different.)
+        assert ue1.cmd("cat /etc/hostname").strip() == "ue1"
         assert "bookworm" in ue1.cmd("cat /etc/os-release")
         assert ping_rtt_ms(h1, ue1, 3)["loss_pct"] == 0.0
         assert iperf_mbit(h1, h2, 1.5) > 5
