@@ -1,13 +1,16 @@
-"""The paper's model, its Gymnasium environment, the learners, the baselines and the experiments.
+"""The paper's model, its Gymnasium environment, the learners and the baselines.
 
-- :mod:`agent.config`: ModelConfig, LearnerConfig, PaperConfig (TOML sections [model] [learner] [paper])
+- :mod:`agent.config`: ModelConfig, LearnerConfig, PaperConfig (scenario sections [model] [learner] [paper])
 - :mod:`agent.model`: eqs. (1)-(6), (11) as pure numpy functions (reused by the live testbed)
-- :mod:`agent.env`: ``MecChainEnv``, the system as a ``gymnasium.Env``
+- :mod:`agent.env`: ``MecChainEnv``, the system as a ``gymnasium.Env``, registered as ``"MecChain-v0"``
 - :mod:`agent.learners`: Double DQN, classic DQN, tabular Q-learning
 - :mod:`agent.baselines`, :mod:`agent.oracle`: random, greedy, genetic algorithm, one-slot oracle
-- :mod:`agent.experiments`: ``python -m agent paper`` (Figs. 4-7, Table II) and ``python -m agent bench``
+- :mod:`agent.registry`: every agent by name (``make_agent``), saved agents read back (``load_agent``)
+
+The experiments that use them (``python -m testbed paper|sweep|bench-agent``) are in
+:mod:`testbed.experiments`.
 """
 from agent.config import ConfigError, LearnerConfig, ModelConfig, PaperConfig
-from agent.env import MecChainEnv
+from agent.env import ENV_ID, MecChainEnv
 
-__all__ = ["ConfigError", "LearnerConfig", "ModelConfig", "PaperConfig", "MecChainEnv"]
+__all__ = ["ConfigError", "LearnerConfig", "ModelConfig", "PaperConfig", "MecChainEnv", "ENV_ID"]

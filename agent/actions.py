@@ -42,7 +42,18 @@ def match_users(scores: np.ndarray, pending: np.ndarray) -> np.ndarray:
 
 def match_users_batch(scores: np.ndarray, pending: np.ndarray) -> np.ndarray:
     """:func:`match_users` for a batch: scores (B, M, U+1), pending (B, U) -> (B, M)."""
-    return np.stack([match_users(s, p) for s, p in zip(scores, pending)])
+    B, M, U1 = scores.shape
+    U = U1 - 1
+    if U < M:
+        return np.stack([match_users(s, p) for s, p in zip(scores, pending)])
+    out = np.empty((B, M), dtype=np.int64)
+    full = pending.all(axis=1)
+    for b in range(B):                     # the common case (no idle server) without match_users' set-up
+        if full[b]:
+            out[b] = linear_sum_assignment(scores[b, :, :U], maximize=True)[1]
+        else:
+            out[b] = match_users(scores[b], pending[b])
+    return out
 
 
 @lru_cache(maxsize=64)

@@ -56,8 +56,7 @@ class GAAgent(Agent):
     name = "ga"
 
     def __init__(self, cfg: ModelConfig, lcfg: LearnerConfig | None = None, seed: int = 0):
-        super().__init__(cfg, seed)
-        self.lcfg = lcfg or LearnerConfig()
+        super().__init__(cfg, lcfg, seed)
         self.evaluations_per_slot = self.lcfg.ga_population * self.lcfg.ga_generations
 
     def _repair_users(self, users: np.ndarray, pending: np.ndarray) -> np.ndarray:

@@ -12,12 +12,11 @@ is a reading explained in ``docs/model.md``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A configuration value is out of range or inconsistent; the message names the field."""
+from testbed.errors import ConfigError  # noqa: E402  (the lab's one configuration error)
 
 
 def _range(section: str, name: str, value, lo_min: float, strict: bool = False) -> tuple[float, float]:
@@ -65,6 +64,9 @@ class _TomlMixin:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+DEMAND_READINGS = ("total", "per_mb")
+
+
 @dataclass(kw_only=True)
 class ModelConfig(_TomlMixin):
     """The system model of the paper (sections III-IV, Table I) plus the readings we chose.
@@ -77,10 +79,11 @@ class ModelConfig(_TomlMixin):
     n_servers: int = 10                                   # M
     n_users: int = 20                                     # U (Table I: 5-30; up to 100)
     data_mb_range: tuple[float, float] = (1.0, 5.0)       # d_u, MB (Table I)
-    demand_gcycles_range: tuple[float, float] = (0.6, 1.6)  # ξ_u, Gcycles per MB of data (Table I value, our unit)
+    demand_gcycles_range: tuple[float, float] = (0.6, 1.6)  # ξ_u (Table I): Gcycles of the task, or per MB (demand_reading)
+    demand_reading: str = "total"                         # "total": task needs ξ_u Gcycles; "per_mb": d_u·ξ_u Gcycles
     desired_time_s_range: tuple[float, float] = (0.5, 2.0)  # τ_u, s (not in Table I)
     cpu_ghz: float = 5.0                                  # f_m, GHz = Gcycles/s (Table I)
-    unit_price: float = 0.15                              # µ, token per Gcycle of demand (Table I)
+    unit_price: float = 0.15                              # µ, token per Gcycle of demand ξ_u (Table I); φ_u = µ·ξ_u
     hash_levels_mhs: tuple[float, ...] = (20.0, 40.0, 60.0, 80.0, 100.0)  # allowed p_m, MHash/s (Table I range)
     hash_budget_mhs: float = 600.0                        # Σ_m p_m <= budget, MHash/s
     network_hash_mhs: float = 1000.0                      # H, total hash power of the chain, MHash/s
@@ -90,7 +93,7 @@ class ModelConfig(_TomlMixin):
     eta_per_s: float = 1.0 / 600.0                        # η, 1/s (paper: 1/600 s)
     prop_base_s: float = 0.0                              # φ(b) = prop_base_s + prop_s_per_kb·b, s
     prop_s_per_kb: float = 0.08                           # s/KB (Decker & Wattenhofer's ~80 ms/KB)
-    cpu_per_mhs: float = 0.02                             # κ, GHz of task capacity used per MHash/s mined
+    cpu_per_mhs: float = 0.0                              # κ, GHz of task capacity used per MHash/s mined (0: not in the paper)
     latency_weight: float = 1.0                           # w, token per second of latency in (11)
     reputation_window: int = 10                           # W, slots in the sliding window of (3)
     max_wait_slots: int = 10                              # a task waiting this long is dropped
@@ -105,6 +108,8 @@ class ModelConfig(_TomlMixin):
         self.data_mb_range = _range(s, "data_mb_range", self.data_mb_range, 0.0, strict=True)
         self.demand_gcycles_range = _range(s, "demand_gcycles_range", self.demand_gcycles_range, 0.0, strict=True)
         self.desired_time_s_range = _range(s, "desired_time_s_range", self.desired_time_s_range, 0.0, strict=True)
+        if self.demand_reading not in DEMAND_READINGS:
+            raise ConfigError(f"{s}.demand_reading must be one of {', '.join(DEMAND_READINGS)}, got {self.demand_reading!r}")
         _positive(s, self, "cpu_ghz", "unit_price", "hash_budget_mhs", "network_hash_mhs", "block_kb",
                   "slot_s", allow_zero=False)
         _positive(s, self, "mining_reward", "fee_per_kb", "eta_per_s", "prop_base_s", "prop_s_per_kb",
@@ -144,8 +149,9 @@ class ModelConfig(_TomlMixin):
     @property
     def max_execution_s(self) -> float:
         """Longest execution time of eq. (2): largest task, top hash level (s)."""
-        cycles = self.data_mb_range[1] * self.demand_gcycles_range[1]
-        return cycles / (self.cpu_ghz - self.cpu_per_mhs * self.hash_levels_mhs[-1])
+        from agent.model import task_gcycles      # the one definition of a task's cycles (lazy: model imports us)
+        cycles = task_gcycles(self, self.data_mb_range[1], self.demand_gcycles_range[1])
+        return float(cycles) / (self.cpu_ghz - self.cpu_per_mhs * self.hash_levels_mhs[-1])
 
     @property
     def equal_hash_level(self) -> int:
@@ -169,7 +175,7 @@ class LearnerConfig(_TomlMixin):
     pair_rank: int = 8                       # rank of the server-UE interaction term ("shared" head)
     target_update_every: int = 50            # hard copy θ' <- θ every this many gradient steps
     learning_starts: int = 128               # transitions before the first update
-    train_every: int = 1                     # slots per gradient step
+    train_every: int = 4                     # slots per gradient step (Algorithm 1: 1; see docs/model.md §6)
     eps_start: float = 1.0                   # ε-greedy schedule, linear in slots
     eps_end: float = 0.02
     eps_decay_slots: int = 300
@@ -211,23 +217,38 @@ class LearnerConfig(_TomlMixin):
             raise ConfigError(f"{s}.eps_end = {self.eps_end} must be <= eps_start = {self.eps_start}")
 
 
+# The readings `make paper` runs by default: the two units of ξ x a latency weight above (w = 1)
+# and below (w = 0.1) the threshold w* of Fig. 6 (docs/model.md §5). Each is a set of [model]
+# fields laid over the scenario's [model]; the first is the paper scenario's own (closest to the
+# paper's text). Names avoid dots so that `--set paper.readings.NAME.field=value` works.
+DEFAULT_READINGS: dict[str, dict[str, Any]] = {
+    "total_w1": {"demand_reading": "total", "latency_weight": 1.0},
+    "total_w01": {"demand_reading": "total", "latency_weight": 0.1},
+    "per_mb_w1": {"demand_reading": "per_mb", "latency_weight": 1.0},
+    "per_mb_w01": {"demand_reading": "per_mb", "latency_weight": 0.1},
+}
+
+
 @dataclass(kw_only=True)
 class PaperConfig(_TomlMixin):
-    """Sizes of the experiments of `make paper` (Figs. 4-7, Table II)."""
+    """Sizes of the experiments of `make paper` (Figs. 4-7, Table II) and the readings they run under."""
     _section = "paper"
 
     seeds: int = 5
-    jobs: int = 2                                         # worker processes
+    jobs: int = 2                                         # worker processes / Ray CPUs on this machine
     fig4_slots: int = 2000
     fig4_users: int = 20
-    train_slots: int = 600                                # Figs. 5-7 / Table II: training, then ...
+    train_slots: int = 2000                               # Figs. 5-7 / Table II: training (as Fig. 4), then ...
     eval_slots: int = 200                                 # ... frozen-policy evaluation
     users_grid: tuple[int, ...] = (5, 10, 20, 30)         # Fig. 5 (must hold 10, 20, 30 for Table II)
-    demand_grid: tuple[float, ...] = (0.6, 1.0, 1.3, 1.6)  # Fig. 6, Gcycles per MB
+    demand_grid: tuple[float, ...] = (0.6, 1.0, 1.3, 1.6)  # Fig. 6, ξ in the unit of model.demand_reading
     block_grid: tuple[float, ...] = (1.0, 5.0, 10.0)      # Fig. 7, KB
-    fee_reading_per_kb: float = 0.5                       # r of the oracle's fee reading in Fig. 7, token/KB
+    fee_reading_per_kb: float = 0.5                       # r of Fig. 7's fee reading (every series), token/KB
     convergence_window: int = 100                         # moving average (slots)
     convergence_tolerance: float = 0.05                   # within 5 % of the final value
+    # name -> [model] fields laid over the scenario's [model]; every figure runs under each.
+    readings: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_READINGS.items()})
+    default_reading: str = "total_w1"                     # the reading closest to the paper's text
 
     def __post_init__(self):
         s = self._section
@@ -244,3 +265,23 @@ class PaperConfig(_TomlMixin):
         _positive(s, self, "fee_reading_per_kb", allow_zero=True)
         if not 0 < self.convergence_tolerance < 1:
             raise ConfigError(f"{s}.convergence_tolerance must be in (0, 1), got {self.convergence_tolerance}")
+        if not isinstance(self.readings, dict) or not self.readings:
+            raise ConfigError(f"{s}.readings must be a non-empty table of name = {{model field = value}}, "
+                              f"got {self.readings!r}")
+        known = {f.name for f in fields(ModelConfig)}
+        for name, over in self.readings.items():
+            if not isinstance(over, dict):
+                raise ConfigError(f"{s}.readings.{name} must be a table of [model] fields, got {over!r}")
+            unknown = sorted(set(over) - known)
+            if unknown:
+                raise ConfigError(f"{s}.readings.{name}: unknown [model] field(s) {', '.join(unknown)}")
+        if self.default_reading not in self.readings:
+            raise ConfigError(f"{s}.default_reading must be one of paper.readings ({', '.join(self.readings)}), "
+                              f"got {self.default_reading!r}")
+
+    def reading_model(self, base: ModelConfig, name: str) -> ModelConfig:
+        """The scenario's [model] with reading ``name`` laid over it."""
+        try:
+            return ModelConfig.from_dict({**base.to_dict(), **self.readings[name]})
+        except ConfigError as e:
+            raise ConfigError(f"{self._section}.readings.{name} over [model]: {e}") from None

@@ -24,9 +24,13 @@ from agent.config import ModelConfig
 class MecChainEnv(gym.Env):
     """M MEC servers (also miners) and U UEs; one task per UE at a time.
 
-    Action: int array (2, M). Row 0: UE served by server m (``U`` = idle). Row 1: index of
-    server m's hash level in ``cfg.hash_levels_mhs``. Infeasible actions raise ``ValueError``
-    (see :func:`agent.model.action_problems`): agents must emit feasible ones.
+    Action: the flat ``MultiDiscrete([U+1]*M + [K]*M)`` vector (2M,) that any Gymnasium library
+    handles: the first M entries are the UE served by each server m (``U`` = idle), the last M
+    the index of server m's hash level in ``cfg.hash_levels_mhs``. The project's own agents emit
+    the same numbers as a (2, M) array (row 0 users, row 1 levels); :meth:`step` accepts both
+    (:func:`split_action` is the one conversion). Infeasible actions raise ``ValueError``
+    (see :func:`agent.model.action_problems`): agents must emit feasible ones, and generic
+    libraries wrap the env in :class:`RepairAction` (``gymnasium.make("MecChain-v0", repair=True)``).
 
     Observation: float64 vector laid out by :class:`agent.model.ObsLayout` (model units).
     Reward: eq. (11) for the slot (token). ``info["server_utility"]`` has the M per-server terms.
@@ -38,13 +42,12 @@ class MecChainEnv(gym.Env):
         c = self.cfg
         self.layout = model.ObsLayout(c.n_users, c.n_servers)
         U, M = c.n_users, c.n_servers
-        fastest = c.data_mb_range[0] * c.demand_gcycles_range[0] / c.cpu_ghz        # shortest task (s)
+        fastest = float(model.task_gcycles(c, c.data_mb_range[0], c.demand_gcycles_range[0])) / c.cpu_ghz  # s
         high = self.layout.join(np.full(U, c.demand_gcycles_range[1]), np.full(U, c.data_mb_range[1]),
                                 np.full(U, float(c.max_wait_slots)), np.ones(U),
                                 np.full(M, max(1.0, c.desired_time_s_range[1] / fastest)))
         self.observation_space = spaces.Box(np.zeros_like(high), high, dtype=np.float64)
-        self.action_space = spaces.MultiDiscrete(
-            np.array([[c.n_users + 1] * c.n_servers, [c.n_levels] * c.n_servers]))
+        self.action_space = spaces.MultiDiscrete([c.n_users + 1] * c.n_servers + [c.n_levels] * c.n_servers)
         self._levels = np.asarray(c.hash_levels_mhs)
         self.t = 0
 
@@ -91,8 +94,7 @@ class MecChainEnv(gym.Env):
     def step(self, action):
         c = self.cfg
         U, M = c.n_users, c.n_servers
-        action = np.asarray(action, dtype=np.int64).reshape(2, M)
-        users, levels = action[0], action[1]
+        users, levels = split_action(action, M)
         problems = model.action_problems(c, users, levels, self.pending)
         if problems:
             raise ValueError("infeasible action: " + "; ".join(problems))
@@ -133,6 +135,15 @@ class MecChainEnv(gym.Env):
         return self._obs(), float(terms.total), False, truncated, info
 
 
+def split_action(action, n_servers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users (M,), levels (M,)) from a flat (2M,) action or a (2, M) one."""
+    a = np.asarray(action, dtype=np.int64)
+    if a.size != 2 * n_servers:
+        raise ValueError(f"action must have 2 x {n_servers} entries (users, hash levels), got shape {a.shape}")
+    a = a.reshape(2, n_servers)
+    return a[0], a[1]
+
+
 class RepairAction(gym.ActionWrapper):
     """Make any action of the ``MultiDiscrete`` space feasible, so generic RL libraries (which
     sample the whole space) can drive :class:`MecChainEnv`. Deterministic: a UE chosen twice
@@ -143,7 +154,7 @@ class RepairAction(gym.ActionWrapper):
         env: MecChainEnv = self.unwrapped
         c = env.cfg
         U, M = c.n_users, c.n_servers
-        users, levels = (np.array(row, dtype=np.int64) for row in np.asarray(action).reshape(2, M))
+        users, levels = (row.copy() for row in split_action(action, M))
         out = np.full(M, U, dtype=np.int64)
         taken = np.zeros(U, dtype=bool)
         for m in range(M):                       # M is small; this loop is over servers, not UEs
@@ -158,4 +169,22 @@ class RepairAction(gym.ActionWrapper):
         p = np.asarray(c.hash_levels_mhs)
         while p[levels].sum() > c.hash_budget_mhs + 1e-9:
             levels[np.argmax(levels)] -= 1
-        return np.stack([out, levels])
+        return np.concatenate([out, levels])
+
+
+def make_env(cfg: ModelConfig | dict | None = None, repair: bool = False, **model_fields) -> gym.Env:
+    """Entry point of ``gymnasium.make("MecChain-v0", cfg=..., repair=..., **model_fields)``.
+
+    ``cfg`` is a :class:`ModelConfig` or a dict of its fields (e.g. ``Scenario.model.to_dict()``);
+    keyword arguments override single fields (``n_users=30``). ``repair=True`` wraps the env in
+    :class:`RepairAction` so that any sample of the action space is feasible (for generic RL
+    libraries such as Stable-Baselines3).
+    """
+    base = cfg.to_dict() if isinstance(cfg, ModelConfig) else dict(cfg or {})
+    env: gym.Env = MecChainEnv(ModelConfig.from_dict({**base, **model_fields}))
+    return RepairAction(env) if repair else env
+
+
+ENV_ID = "MecChain-v0"
+if ENV_ID not in gym.registry:
+    gym.register(ENV_ID, entry_point="agent.env:make_env")

@@ -3,8 +3,9 @@
 Nothing here keeps state: the Gymnasium environment (:mod:`agent.env`), the oracle, the genetic
 algorithm and, later, the live testbed (which feeds measured latencies and reputations) all call
 these same functions. Every function broadcasts over leading dimensions. Units: data in MB,
-service demand ξ in Gcycles per MB, CPU in GHz (Gcycles/s), hash power in MHash/s, time in s,
-block size in KB, money in tokens. The readings behind each one are in docs/model.md.
+service demand ξ in Gcycles (``demand_reading = "total"``) or Gcycles per MB (``"per_mb"``),
+CPU in GHz (Gcycles/s), hash power in MHash/s, time in s, block size in KB, money in tokens.
+The readings behind each one are in docs/model.md.
 """
 from __future__ import annotations
 
@@ -18,13 +19,26 @@ from agent.config import ModelConfig
 # --- Offloading (section III.A) ------------------------------------------------------------
 
 def service_cost(unit_price: float, demand):
-    """Eq. (1): φ_u = µ·ξ_u, tokens paid by UE u (µ token/Gcycle, ξ_u Gcycles/MB as in Table I)."""
+    """Eq. (1): φ_u = µ·ξ_u, tokens paid by UE u (µ token/Gcycle, ξ_u as in Table I).
+
+    The same in both readings of ξ: the paper prices the service demand, not the cycles run.
+    """
     return unit_price * np.asarray(demand, dtype=float)
 
 
-def task_cycles(data_mb, demand):
-    """Cycles of task R_u: d_u·ξ_u (Gcycles), the numerator of eq. (2)."""
-    return np.asarray(data_mb, dtype=float) * np.asarray(demand, dtype=float)
+def task_gcycles(cfg: ModelConfig, data_mb, demand):
+    """Total Gcycles of task R_u = (d_u, ξ_u, τ_u): the numerator of eq. (2).
+
+    ``cfg.demand_reading == "total"``: ξ_u is "the number of CPU cycles of the task" (the
+    paper's words, Table I in Gcycles), so the task needs ξ_u Gcycles and d_u does not enter.
+    ``"per_mb"``: ξ_u is Gcycles per MB of data, as the product d_u·ξ_u of eq. (2) implies.
+    The one place where the two readings differ: eq. (2), the oracle, the environment, the
+    genetic algorithm and the live testbed's unit conversion all call this.
+    """
+    demand = np.asarray(demand, dtype=float)
+    if cfg.demand_reading == "per_mb":
+        return np.asarray(data_mb, dtype=float) * demand
+    return demand * np.ones_like(np.asarray(data_mb, dtype=float))
 
 
 def task_capacity(cpu_ghz, hash_mhs, cpu_per_mhs: float):
@@ -36,9 +50,21 @@ def task_capacity(cpu_ghz, hash_mhs, cpu_per_mhs: float):
     return np.asarray(cpu_ghz, dtype=float) - cpu_per_mhs * np.asarray(hash_mhs, dtype=float)
 
 
-def execution_latency(data_mb, demand, capacity_ghz):
-    """Eq. (2): T_u^m = d_u·ξ_u / f_u^m (s), for a served task (x_u^m = 1)."""
-    return task_cycles(data_mb, demand) / np.asarray(capacity_ghz, dtype=float)
+def execution_latency(gcycles, capacity_ghz):
+    """Eq. (2): T_u^m = (Gcycles of the task, :func:`task_gcycles`) / f_u^m (s), for x_u^m = 1."""
+    return np.asarray(gcycles, dtype=float) / np.asarray(capacity_ghz, dtype=float)
+
+
+def latency_weight_threshold(cfg: ModelConfig) -> float:
+    """w* (token/s): the utility (11) rises with the service demand ξ (Fig. 6) iff w < w*.
+
+    Per served task, ∂(φ_u - w·T_u)/∂ξ_u = µ - w·∂T_u/∂ξ_u: with T = d·ξ/f (per_mb) that is
+    µ - w·d/f, positive on average iff w < µ·f/d̄; with T = ξ/f (total) iff w < µ·f. f is the
+    CPU left for tasks at an equal split of the hash budget, f_m - κ·P/M; d̄ the mean data size.
+    """
+    f = cfg.cpu_ghz - cfg.cpu_per_mhs * cfg.hash_budget_mhs / cfg.n_servers
+    d_mean = sum(cfg.data_mb_range) / 2
+    return float(cfg.unit_price * f / (d_mean if cfg.demand_reading == "per_mb" else 1.0))
 
 
 def reputation(desired_s_sum, actual_s_sum, default: float = 1.0):
@@ -116,7 +142,7 @@ def slot_terms(cfg: ModelConfig, data_mb, demand, users, levels) -> SlotTerms:
     d = np.take_along_axis(np.broadcast_to(data_mb, users.shape[:-1] + (U,)), idx, axis=-1)
     xi = np.take_along_axis(np.broadcast_to(demand, users.shape[:-1] + (U,)), idx, axis=-1)
     cap = task_capacity(cfg.cpu_ghz, p, cfg.cpu_per_mhs)
-    latency = np.where(served, execution_latency(d, xi, cap), 0.0)
+    latency = np.where(served, execution_latency(task_gcycles(cfg, d, xi), cap), 0.0)
     revenue = np.where(served, service_cost(cfg.unit_price, xi), 0.0)
     mining = mining_reward(cfg, p)
     return SlotTerms(mining, revenue, latency, mining + revenue - cfg.latency_weight * latency)
@@ -130,7 +156,7 @@ def pair_values(cfg: ModelConfig, data_mb, demand):
     """
     p = np.asarray(cfg.hash_levels_mhs)
     cap = task_capacity(cfg.cpu_ghz, p, cfg.cpu_per_mhs)                       # (K,)
-    lat = execution_latency(np.asarray(data_mb)[:, None], np.asarray(demand)[:, None], cap[None, :])
+    lat = execution_latency(task_gcycles(cfg, data_mb, demand)[:, None], cap[None, :])
     mine = mining_reward(cfg, p)                                               # (K,)
     serve = mine[None, :] + service_cost(cfg.unit_price, demand)[:, None] - cfg.latency_weight * lat
     return serve, mine

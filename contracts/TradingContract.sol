@@ -83,6 +83,8 @@ contract TradingContract {
     error UnknownMec(address server);
     error ZeroDemand();
     error ZeroPayment();
+    /// phi_u = mu * xi_u does not fit the escrow's 128-bit amount (refused, never truncated).
+    error AmountTooLarge(uint256 amount, uint256 maxAmount);
     error WrongValue(uint256 expected, uint256 sent);
     error DeadlineInPast(uint256 deadline, uint256 blockTime);
     error TaskExists(address ue, uint64 taskId);
@@ -157,11 +159,13 @@ contract TradingContract {
         if (serviceDemand == 0) revert ZeroDemand();
         uint256 amount = uint256(unitPrice) * serviceDemand / CYCLES_PER_GCYCLE;
         if (amount == 0) revert ZeroPayment();
+        // mu < 2^128 and xi_u < 2^64 make amounts up to 2^192 possible: the escrow keeps 128
+        // bits, so a larger amount is refused here rather than cut (and the rest stranded).
+        if (amount > type(uint128).max) revert AmountTooLarge(amount, type(uint128).max);
         if (msg.value != amount) revert WrongValue(amount, msg.value);
         if (deadline <= block.timestamp) revert DeadlineInPast(deadline, block.timestamp);
         Escrow storage e = escrows[msg.sender][taskId];
         if (e.state != State.None) revert TaskExists(msg.sender, taskId);
-        // amount == msg.value, so it is below the ether supply and fits 128 bits.
         escrows[msg.sender][taskId] = Escrow(uint128(amount), deadline, mecIndex, State.Open);
         emit EscrowOpened(msg.sender, taskId, mecServer_, amount, dataSize, serviceDemand, deadline);
     }

@@ -17,12 +17,9 @@ eth_sendRawTransaction; the node's `personal` API is never used.
 Every transaction returns a :class:`TxReport` (gas used, fee, inclusion and confirmation
 latency); :attr:`TradingContract.reports` keeps them all for the gas report and the testbed.
 
-Many concurrent senders are safe: :class:`TxSender` hands out nonces per account under a lock,
-and a transaction that the node dropped is re-broadcast byte for byte (same hash), one stuck in
-the pool is replaced by a copy with the same nonce and a higher fee, and only a nonce consumed
-by a transaction we never signed leads to a new nonce. Same-nonce copies can't both be mined,
-and the contract itself refuses a second payment of one task (TaskExists, AlreadyPaid,
-AlreadyRefunded), so no retry pays twice.
+Sending (nonces, retries, confirmation) is :class:`contracts.txsender.TxSender`'s job: a retry
+never pays twice, and the contract itself refuses a second payment of one task (TaskExists,
+AlreadyPaid, AlreadyRefunded).
 """
 from __future__ import annotations
 
@@ -31,18 +28,21 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-import eth_abi
 from eth_account.signers.local import LocalAccount
 from eth_keys import keys
-from eth_utils import event_abi_to_log_topic, function_signature_to_4byte_selector, to_checksum_address
+from eth_utils import event_abi_to_log_topic, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.exceptions import ContractLogicError
 
 from contracts.build import load_artifact
 from contracts.config import ContractConfig
+from contracts.txsender import ContractRevert, ErrorTable, TransactionTimeout, TxSender
+
+__all__ = ["TradingContract", "Escrow", "EscrowState", "TxReport", "ContractRevert",
+           "TransactionTimeout", "TxSender"]
 
 CONTRACT_NAME = "TradingContract"
 UINT64_MAX = 2**64 - 1
@@ -107,175 +107,6 @@ class TxReport:
         raise KeyError(f"{self.function} emitted no {name} event (emitted: {[n for n, _ in self.events]})")
 
 
-class ContractRevert(Exception):
-    """The contract rejected a call; `error` is the Solidity custom error's name.
-
-    Raised before anything is sent when gas estimation reverts, or after mining (then
-    `receipt` is set and the sender paid the gas of the failed transaction).
-    """
-
-    def __init__(self, function: str, error: str, args: dict, data: str, receipt: Any = None):
-        self.function, self.error, self.error_args, self.data, self.receipt = function, error, args, data, receipt
-        shown = ", ".join(f"{k}={v}" for k, v in args.items())
-        where = f" in block {receipt['blockNumber']}" if receipt is not None else ""
-        super().__init__(f"{function} reverted{where}: {error}({shown})")
-
-
-class TransactionTimeout(Exception):
-    """A transaction did not confirm within the configured time or number of resends."""
-
-
-# ---------------------------------------------------------------------------- sending
-
-
-class TxSender:
-    """Signs, sends and confirms transactions for any number of local accounts on one node.
-
-    One instance per process and node: it owns each account's next nonce, so every thread that
-    sends through it gets a distinct nonce. Nonces are re-read from the node ('pending' count)
-    when the node says one is too low (another process used the account).
-    """
-
-    def __init__(self, w3: Web3, config: ContractConfig):
-        self.w3 = w3
-        self.config = config
-        self.chain_id = w3.eth.chain_id
-        self._nonces: dict[str, int] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-
-    def _lock(self, address: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(address, threading.Lock())
-
-    def reset_nonces(self) -> None:
-        """Re-read every account's nonce from the node (after a node restart or a chain revert)."""
-        with self._locks_guard:
-            addresses = list(self._locks)
-        for address in addresses:
-            self.forget_nonce(address)
-
-    def forget_nonce(self, address: str) -> None:
-        """Re-read `address`'s nonce from the node before its next transaction."""
-        with self._lock(address):
-            self._nonces.pop(address, None)
-
-    def _broadcast(self, account: LocalAccount, tx: dict, nonce: int | None) -> tuple[int, HexBytes, HexBytes]:
-        """Sign `tx` with `nonce` (None: the account's next one) and send it; return (nonce, raw, hash)."""
-        address = account.address
-        with self._lock(address):
-            for _ in range(5):
-                use = nonce
-                if use is None:
-                    use = self._nonces.get(address)
-                    if use is None:
-                        use = self.w3.eth.get_transaction_count(address, "pending")
-                signed = account.sign_transaction({**tx, "nonce": use, "chainId": self.chain_id})
-                try:
-                    self.w3.eth.send_raw_transaction(signed.raw_transaction)
-                except Web3RPCError as exc:
-                    message = str(exc).lower()
-                    if "already known" in message or "already imported" in message:
-                        pass  # the node has these exact bytes already: sent
-                    elif nonce is None and "nonce too low" in message:
-                        self._nonces.pop(address, None)  # someone else used the account
-                        continue
-                    else:
-                        raise
-                if nonce is None:
-                    self._nonces[address] = max(self._nonces.get(address, 0), use + 1)
-                return use, signed.raw_transaction, signed.hash
-            raise TransactionTimeout(f"could not find a free nonce for {address} in 5 attempts")
-
-    def _receipt(self, hashes: list[HexBytes]):
-        for h in hashes:
-            try:
-                return self.w3.eth.get_transaction_receipt(h)
-            except TransactionNotFound:
-                continue
-        return None
-
-    def _known(self, tx_hash: HexBytes) -> bool:
-        try:
-            self.w3.eth.get_transaction(tx_hash)
-            return True
-        except TransactionNotFound:
-            return False
-
-    def transact(self, account: LocalAccount, tx: dict, *, function: str,
-                 estimate: Callable[[dict], int]) -> tuple[Any, float, float, int]:
-        """Send `tx` (to, data, value) from `account`, wait for confirmation.
-
-        `estimate(tx)` returns the gas limit (and raises ContractRevert for a doomed call).
-        Returns (receipt, inclusion latency s, confirmation latency s, resends).
-        """
-        cfg = self.config
-        tx = {**tx, "from": account.address}
-        explicit_gas = "gas" in tx
-        if not explicit_gas:
-            tx["gas"] = estimate(tx)
-        tx["gasPrice"] = cfg.gas_price_wei or self.w3.eth.gas_price
-        unsigned = {k: v for k, v in tx.items() if k != "from"}
-        t0 = time.monotonic()
-        nonce, raw, first = self._broadcast(account, unsigned, None)
-        hashes = [first]
-        resends, last_action = 0, t0
-        while (receipt := self._receipt(hashes)) is None:
-            now = time.monotonic()
-            if now - t0 > cfg.receipt_timeout_s:
-                raise TransactionTimeout(f"{function} from {account.address} (nonce {nonce}) not mined "
-                                         f"after {cfg.receipt_timeout_s} s; sent as {[h.hex() for h in hashes]}")
-            if now - last_action >= cfg.resend_after_s:
-                if resends >= cfg.max_resends:
-                    raise TransactionTimeout(f"{function} from {account.address} (nonce {nonce}) not mined "
-                                             f"after {resends} resends")
-                resends, last_action = resends + 1, now
-                if self.w3.eth.get_transaction_count(account.address, "latest") > nonce:
-                    if (receipt := self._receipt(hashes)) is not None:
-                        break
-                    # The nonce went to a transaction we never signed: ours can no longer run.
-                    # Start afresh; re-estimating reverts if the call is no longer valid.
-                    self.forget_nonce(account.address)
-                    if not explicit_gas:
-                        unsigned["gas"] = estimate(tx)
-                    nonce, raw, new = self._broadcast(account, unsigned, None)
-                    hashes.append(new)
-                elif not self._known(hashes[-1]):
-                    # Dropped by the node: the same bytes again (same hash, cannot run twice).
-                    try:
-                        self.w3.eth.send_raw_transaction(raw)
-                    except Web3RPCError as exc:
-                        if "nonce too low" not in str(exc).lower() and "already" not in str(exc).lower():
-                            raise
-                else:
-                    # Stuck in the pool: replace with the same nonce and a higher fee.
-                    unsigned["gasPrice"] = math.ceil(unsigned["gasPrice"] * cfg.fee_bump)
-                    nonce, raw, new = self._broadcast(account, unsigned, nonce)
-                    hashes.append(new)
-            time.sleep(cfg.poll_interval_s)
-        included = time.monotonic() - t0
-        receipt = self._confirm(receipt, hashes, t0)
-        return receipt, included, time.monotonic() - t0, resends
-
-    def _confirm(self, receipt, hashes: list[HexBytes], t0: float):
-        """Wait until `confirmations` blocks hold the transaction (the including one counts).
-
-        The receipt is re-read on every poll, so a re-org that moves or drops the transaction
-        is followed: only a receipt of the canonical chain, deep enough, is returned.
-        """
-        need = self.config.confirmations
-        if need <= 1:
-            return receipt  # the including block is the one confirmation asked for
-        while True:
-            if time.monotonic() - t0 > self.config.receipt_timeout_s:
-                raise TransactionTimeout(f"transaction {hashes[-1].hex()} not {need} blocks deep after "
-                                         f"{self.config.receipt_timeout_s} s")
-            fresh = self._receipt(hashes)
-            if fresh is not None and self.w3.eth.block_number - fresh["blockNumber"] + 1 >= need:
-                return fresh
-            time.sleep(self.config.poll_interval_s)
-
-
 # ---------------------------------------------------------------------------- the contract
 
 
@@ -300,7 +131,7 @@ class TradingContract:
         self.sender = sender or TxSender(w3, self.config)
         self.reports: list[TxReport] = []
         self._reports_lock = threading.Lock()
-        self._errors = _error_table(self.artifact["abi"])
+        self.errors = ErrorTable(self.artifact["abi"])
         self._events = {event_abi_to_log_topic(e): e["name"] for e in self.artifact["abi"] if e["type"] == "event"}
 
     # ------------------------------------------------------------------ deploy
@@ -314,10 +145,10 @@ class TradingContract:
         sender = sender or TxSender(w3, config)
         factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         data = factory.constructor(config.unit_price_wei_per_gcycle).data_in_transaction
-        errors = _error_table(artifact["abi"])
+        errors = ErrorTable(artifact["abi"])
         receipt, included, confirmed, resends = sender.transact(
             provider, {"data": data, "value": 0}, function="deploy",
-            estimate=lambda tx: _estimate(w3, tx, "deploy", errors, config))
+            estimate=lambda tx: errors.estimate(w3, tx, "deploy", config.gas_limit_margin))
         if receipt["status"] != 1 or not receipt.get("contractAddress"):
             raise ContractRevert("deploy", "DeployFailed", {}, "0x", receipt)
         trade = cls(w3, receipt["contractAddress"], config, sender=sender, artifact=artifact)
@@ -329,13 +160,13 @@ class TradingContract:
     def set_unit_price(self, provider: LocalAccount, unit_price_wei_per_gcycle: int, **kw) -> TxReport:
         """Set mu, wei per Gcycle (ESP only)."""
         _check_uint("unit_price_wei_per_gcycle", unit_price_wei_per_gcycle, 2**128 - 1)
-        return self._transact(provider, "setUnitPrice", [unit_price_wei_per_gcycle], **kw)
+        return self.transact(provider, "setUnitPrice", [unit_price_wei_per_gcycle], **kw)
 
     def register_mec(self, provider: LocalAccount, *, server: str, wallet: str | None = None, **kw) -> TxReport:
         """Register MEC server `server` (its account), paid into `wallet` W_m (default: the server)."""
         server = _address("server", server)
         wallet = _address("wallet", wallet or server)
-        return self._transact(provider, "registerMec", [server, wallet], **kw)
+        return self.transact(provider, "registerMec", [server, wallet], **kw)
 
     # ------------------------------------------------------------------ UE
 
@@ -343,7 +174,7 @@ class TradingContract:
         """The paper's CreationTrade(): register UE u (Id_u = its address, PK_u from its key,
         W_u = `wallet`, default its own address, where refunds go)."""
         public_key = keys.PrivateKey(ue.key).public_key.to_bytes()  # 64 bytes, hashes to Id_u
-        return self._transact(ue, "createTrade", [_address("wallet", wallet or ue.address), public_key], **kw)
+        return self.transact(ue, "createTrade", [_address("wallet", wallet or ue.address), public_key], **kw)
 
     def trading(self, ue: LocalAccount, *, mec: str, task_id: int, data_size_bits: int,
                 service_demand_cycles: int, execution_time_s: float | None = None,
@@ -354,8 +185,8 @@ class TradingContract:
             task_id: the UE's own id of the task (unique per UE), 0 .. 2**64-1.
             data_size_bits: d_u, bits.
             service_demand_cycles: xi_u, CPU cycles.
-            execution_time_s: tau_u, seconds; the on-chain deadline is then the latest block's
-                time + ceil(tau_u) + config.settlement_grace_s.
+            execution_time_s: tau_u, seconds; the on-chain deadline is then the later of the
+                latest block's time and the clock, + ceil(tau_u) + config.settlement_grace_s.
             deadline: absolute on-chain deadline (unix seconds), instead of execution_time_s.
             value_wei: ether sent; default phi_u from the contract's current mu (tests send
                 wrong amounts on purpose).
@@ -370,18 +201,21 @@ class TradingContract:
             if not (isinstance(execution_time_s, (int, float)) and math.isfinite(execution_time_s)
                     and execution_time_s >= 0):
                 raise ValueError(f"execution_time_s must be a finite number >= 0, got {execution_time_s!r}")
-            deadline = self.latest_block_time() + math.ceil(execution_time_s) + self.config.settlement_grace_s
+            # From the later of the head's time and the clock: on a slow chain the head can be
+            # tens of seconds old, and the block that takes the payment gets the clock's time.
+            now = max(self.latest_block_time(), int(time.time()))
+            deadline = now + math.ceil(execution_time_s) + self.config.settlement_grace_s
         _check_uint("deadline", deadline, UINT40_MAX)
         if value_wei is None:
             value_wei = self.quote(service_demand_cycles)
         _check_uint("value_wei", value_wei, 2**256 - 1)
-        return self._transact(ue, "trading", [mec, task_id, data_size_bits, service_demand_cycles, deadline],
+        return self.transact(ue, "trading", [mec, task_id, data_size_bits, service_demand_cycles, deadline],
                               value=value_wei, **kw)
 
     def refund(self, ue: LocalAccount, *, task_id: int, **kw) -> TxReport:
         """Take back the escrow of task `task_id` after its deadline (paid to W_u)."""
         _check_uint("task_id", task_id, UINT64_MAX)
-        return self._transact(ue, "refund", [task_id], **kw)
+        return self.transact(ue, "refund", [task_id], **kw)
 
     # ------------------------------------------------------------------ MEC
 
@@ -392,7 +226,7 @@ class TradingContract:
         result_hash = bytes(HexBytes(result_hash))
         if len(result_hash) != 32:
             raise ValueError(f"result_hash must be 32 bytes, got {len(result_hash)}")
-        return self._transact(mec, "complete", [_address("ue", ue), task_id, result_hash], **kw)
+        return self.transact(mec, "complete", [_address("ue", ue), task_id, result_hash], **kw)
 
     # ------------------------------------------------------------------ reads
 
@@ -436,24 +270,47 @@ class TradingContract:
         """Ether held by the contract (the sum of open escrows), wei."""
         return self.w3.eth.get_balance(self.address)
 
-    def opened_escrows(self, *, mec: str | None = None, from_block: int = 0, to_block: int | str = "latest") -> list[dict]:
-        """EscrowOpened events (optionally for one MEC server): what a MEC executor should serve."""
-        filters = {"mec": _address("mec", mec)} if mec else None
+    def opened_escrows(self, *, mec: str | None = None, ue: str | None = None, task_id: int | None = None,
+                       from_block: int = 0, to_block: int | str = "latest") -> list[dict]:
+        """EscrowOpened events, optionally for one MEC server, one UE and one of its task ids
+        (all three are indexed: the node filters them by topic)."""
+        filters: dict[str, Any] = {}
+        if mec:
+            filters["mec"] = _address("mec", mec)
+        if ue:
+            filters["ue"] = _address("ue", ue)
+        if task_id is not None:
+            _check_uint("task_id", task_id, UINT64_MAX)
+            filters["taskId"] = task_id
         logs = self.contract.events.EscrowOpened().get_logs(from_block=from_block, to_block=to_block,
-                                                             argument_filters=filters)
+                                                             argument_filters=filters or None)
         return [dict(log["args"]) for log in logs]
+
+    def paid_escrows(self, *, ue: str | None = None, task_id: int | None = None, from_block: int = 0,
+                     to_block: int | str = "latest") -> list[dict]:
+        """EscrowPaid events (with the resultHash each MEC server committed to)."""
+        filters: dict[str, Any] = {}
+        if ue:
+            filters["ue"] = _address("ue", ue)
+        if task_id is not None:
+            filters["taskId"] = task_id
+        logs = self.contract.events.EscrowPaid().get_logs(from_block=from_block, to_block=to_block,
+                                                           argument_filters=filters or None)
+        return [dict(log["args"]) | {"blockNumber": log["blockNumber"]} for log in logs]
 
     # ------------------------------------------------------------------ internals
 
-    def _transact(self, account: LocalAccount, function: str, args: list, *, value: int = 0,
-                  gas: int | None = None) -> TxReport:
-        """Send one call. `gas` skips estimation, so a doomed call is mined and fails on chain."""
+    def transact(self, account: LocalAccount, function: str, args: list, *, value: int = 0,
+                 gas: int | None = None) -> TxReport:
+        """Send one call of any contract function with raw arguments (the named methods above
+        check their arguments first; this does not). `gas` skips estimation, so a doomed call
+        is mined and fails on chain."""
         tx = {"to": self.address, "data": self.contract.encode_abi(function, args=args), "value": value}
         if gas is not None:
             tx["gas"] = gas
         receipt, included, confirmed, resends = self.sender.transact(
             account, tx, function=function,
-            estimate=lambda t: _estimate(self.w3, t, function, self._errors, self.config))
+            estimate=lambda t: self.errors.estimate(self.w3, t, function, self.config.gas_limit_margin))
         if receipt["status"] != 1:
             raise self._failed(function, account, tx, receipt)
         return self._report(function, account, receipt, included, confirmed, resends)
@@ -473,14 +330,14 @@ class TradingContract:
         except Exception:  # debug API not enabled on this node: replay instead
             data = None
         if data and len(data) >= 10:
-            name, args, data = _decode_revert(ContractLogicError("reverted", data=data), self._errors)
+            name, args, data = self.errors.decode(ContractLogicError("reverted", data=data))
             return ContractRevert(function, name, args, data, receipt)
         call = {"from": account.address, "to": tx["to"], "data": tx["data"], "value": tx["value"],
                 "gas": receipt["gasUsed"] * 2 + 50_000}
         try:
             self.w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)
         except ContractLogicError as exc:
-            name, args, data = _decode_revert(exc, self._errors)
+            name, args, data = self.errors.decode(exc)
             return ContractRevert(function, name, args, data, receipt)
         return ContractRevert(function, "Unknown", {}, "0x", receipt)
 
@@ -510,38 +367,6 @@ class TradingContract:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _error_table(abi: list[dict]) -> dict[bytes, tuple[str, list[str], list[str]]]:
-    """4-byte selector -> (error name, argument names, argument types) for every custom error."""
-    table = {}
-    for item in abi:
-        if item["type"] == "error":
-            types = [i["type"] for i in item["inputs"]]
-            sig = f"{item['name']}({','.join(types)})"
-            table[function_signature_to_4byte_selector(sig)] = (item["name"], [i["name"] for i in item["inputs"]], types)
-    return table
-
-
-def _decode_revert(exc: ContractLogicError, errors: dict) -> tuple[str, dict, str]:
-    data = exc.data if isinstance(exc.data, str) else None
-    if not data or len(data) < 10:
-        return type(exc).__name__, {"message": exc.message}, data or "0x"
-    raw = bytes(HexBytes(data))
-    if raw[:4] in errors:
-        name, names, types = errors[raw[:4]]
-        values = eth_abi.decode(types, raw[4:])
-        return name, dict(zip(names, values)), data
-    return "Unknown", {"data": data, "message": exc.message}, data
-
-
-def _estimate(w3: Web3, tx: dict, function: str, errors: dict, config: ContractConfig) -> int:
-    try:
-        gas = w3.eth.estimate_gas({k: v for k, v in tx.items() if k in ("from", "to", "data", "value")})
-    except ContractLogicError as exc:
-        name, args, data = _decode_revert(exc, errors)
-        raise ContractRevert(function, name, args, data) from None
-    return math.ceil(gas * config.gas_limit_margin)
 
 
 def _address(name: str, value: Any) -> str:

@@ -1,6 +1,6 @@
 """Compile the Solidity sources with the pinned solc (solcjs) into build artifacts.
 
-``python -m contracts.build`` writes ``contracts/build/<Contract>.json`` (ABI, creation and
+``python -m testbed build-contracts`` writes ``contracts/build/<Contract>.json`` (ABI, creation and
 runtime bytecode, compiler settings and a hash of everything that went in). Artifacts are
 generated, never edited by hand; :func:`load_artifact` refuses one whose input hash no longer
 matches the sources, so a stale artifact cannot be deployed by mistake.
@@ -13,7 +13,6 @@ Tests run anvil with ``--hardfork london`` so the same rules and gas schedule ap
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
@@ -106,7 +105,7 @@ def compile_all(solcjs: Path = SOLCJS) -> dict[str, dict]:
                 "compiler": version,
                 "settings": {k: v for k, v in SETTINGS.items() if k != "outputSelection"},
                 "inputHash": digest,
-                "generatedBy": "python -m contracts.build (do not edit)",
+                "generatedBy": "python -m testbed build-contracts (do not edit)",
             }
     return artifacts
 
@@ -125,39 +124,40 @@ def load_artifact(name: str, build_dir: Path = BUILD_DIR) -> dict:
     """The artifact of contract `name`, after checking it was built from the current sources."""
     path = build_dir / f"{name}.json"
     if not path.exists():
-        raise StaleArtifactError(f"no artifact {path}: run `python -m contracts.build`")
+        raise StaleArtifactError(f"no artifact {path}: run `python -m testbed build-contracts`")
     artifact = json.loads(path.read_text())
     if artifact.get("inputHash") != input_hash():
         raise StaleArtifactError(
             f"artifact {path} is stale (sources or compiler settings changed since it was built): "
-            "run `python -m contracts.build`"
+            "run `python -m testbed build-contracts`"
         )
     return artifact
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--solcjs", type=Path, default=SOLCJS, help="path of the pinned solcjs")
-    parser.add_argument("--out", type=Path, default=BUILD_DIR, help="artifact directory")
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 if the artifacts in --out are missing or stale")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = []
-        for src in source_files():
-            for name in _contract_names(src):
-                try:
-                    load_artifact(name, args.out)
-                except StaleArtifactError as exc:
-                    stale.append(str(exc))
+def stale_artifacts(out: Path = BUILD_DIR) -> list[str]:
+    """Why each artifact in ``out`` is missing or stale (empty: all up to date)."""
+    stale = []
+    for src in source_files():
+        for name in _contract_names(src):
+            try:
+                load_artifact(name, out)
+            except StaleArtifactError as exc:
+                stale.append(str(exc))
+    return stale
+
+
+def build(check: bool = False, solcjs: Path = SOLCJS, out: Path = BUILD_DIR) -> int:
+    """``testbed build-contracts [--check]``: compile into ``out``, or only check it; exit code."""
+    if check:
+        stale = stale_artifacts(out)
         print("\n".join(stale) or "artifacts up to date")
         return 1 if stale else 0
     try:
-        artifacts = compile_all(args.solcjs)
+        artifacts = compile_all(solcjs)
     except BuildError as exc:
         print(f"build failed:\n{exc}", file=sys.stderr)
         return 1
-    for path in write_artifacts(artifacts, args.out):
+    for path in write_artifacts(artifacts, out):
         art = json.loads(path.read_text())
         print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
               f"{(len(art['deployedBytecode']) - 2) // 2} bytes runtime, {art['compiler']}, evm {EVM_VERSION}")
@@ -169,6 +169,3 @@ def _contract_names(src: Path) -> list[str]:
     import re
     return re.findall(r"^\s*contract\s+(\w+)", src.read_text(), flags=re.MULTILINE)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,11 +9,9 @@ testbed/config.py composes :class:`ContractConfig` from the TOML section ``[cont
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, Mapping
 
+from testbed.errors import is_int, is_number, require
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,39 +51,22 @@ class ContractConfig:
     rpc_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        def need(name: str, ok: bool, what: str) -> None:
-            if not ok:
-                raise ValueError(f"contract.{name} must be {what}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+        def need(ok: bool, name: str, what: str) -> None:
+            require(ok, f"contract.{name}", what, getattr(self, name))
 
         mu = self.unit_price_wei_per_gcycle
-        need("unit_price_wei_per_gcycle", is_int(mu) and 0 < mu < 2**128, "an integer in [1, 2**128)")
-        need("settlement_grace_s", is_int(self.settlement_grace_s) and self.settlement_grace_s >= 0,
+        need(is_int(mu) and 0 < mu < 2**128, "unit_price_wei_per_gcycle", "an integer in [1, 2**128)")
+        need(is_int(self.settlement_grace_s) and self.settlement_grace_s >= 0, "settlement_grace_s",
              "an integer >= 0")
-        need("gas_price_wei", self.gas_price_wei is None or (is_int(self.gas_price_wei) and self.gas_price_wei > 0),
+        need(self.gas_price_wei is None or (is_int(self.gas_price_wei) and self.gas_price_wei > 0), "gas_price_wei",
              "None or an integer > 0")
-        need("gas_limit_margin", is_num(self.gas_limit_margin) and 1.0 <= self.gas_limit_margin <= 10.0,
+        need(is_number(self.gas_limit_margin) and 1.0 <= self.gas_limit_margin <= 10.0, "gas_limit_margin",
              "a number in [1, 10]")
-        need("fee_bump", is_num(self.fee_bump) and 1.1 <= self.fee_bump <= 10.0, "a number in [1.1, 10]")
-        need("confirmations", is_int(self.confirmations) and self.confirmations >= 1, "an integer >= 1")
+        need(is_number(self.fee_bump) and 1.1 <= self.fee_bump <= 10.0, "fee_bump", "a number in [1.1, 10]")
+        need(is_int(self.confirmations) and self.confirmations >= 1, "confirmations", "an integer >= 1")
         for name in ("receipt_timeout_s", "poll_interval_s", "resend_after_s", "rpc_timeout_s"):
-            need(name, is_num(getattr(self, name)) and getattr(self, name) > 0, "a number > 0")
-        need("max_resends", is_int(self.max_resends) and self.max_resends >= 0, "an integer >= 0")
-
-    @classmethod
-    def from_mapping(cls, section: Mapping[str, Any]) -> "ContractConfig":
-        """Build from a TOML [contract] table; unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) in [contract]: {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(known))})")
-        return cls(**dict(section))
+            need(is_number(getattr(self, name)) and getattr(self, name) > 0, name, "a number > 0")
+        need(is_int(self.max_resends) and self.max_resends >= 0, "max_resends", "an integer >= 0")
 
     def payment_wei(self, service_demand_cycles: int) -> int:
         """phi_u = mu * xi_u in wei for xi_u CPU cycles, rounded down as the contract does."""

@@ -1,6 +1,8 @@
-"""Run the testbed's os-ken apps (os-ken 4.x has no ``osken-manager`` command).
+"""The lab's SDN controller program: os-ken apps in one process (os-ken 4.x has no
+``osken-manager`` command). The lab starts it; it is not a user command.
 
     python -m controller --listen 127.0.0.1 --port 6653 [--app controller.l2_switch ...]
+                         [--lab-config RUN/controller.json]
 """
 import argparse
 import sys
@@ -13,7 +15,12 @@ def main(argv=None) -> int:
     ap.add_argument("--listen", default="127.0.0.1", help="OpenFlow listen address")
     ap.add_argument("--port", type=int, default=6653, help="OpenFlow TCP port")
     ap.add_argument("--app", action="append", help="os-ken app module (repeatable)")
+    ap.add_argument("--lab-config", default=None, help="the lab run's controller settings (JSON)")
     args = ap.parse_args(argv)
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from controller import settings
+    settings.set_path(args.lab_config)
     # Imported here: os-ken monkey-patches the process with eventlet on import.
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager

@@ -1,14 +1,36 @@
-"""OpenFlow 1.3 learning switch (os-ken ships no sample apps since 4.x; this is the
-``simple_switch_13`` behaviour the testbed needs).
+"""Forwarding: an OpenFlow 1.3 learning switch for any loop-free topology (star, cells, tree).
 
-Table-miss sends packets to the controller; the app learns ``(dpid, src MAC) -> in_port`` and
-installs a unicast flow once the destination is known, so later packets stay in the switch.
+The pipeline has two tables, so that other apps can act on a packet before it is forwarded:
+
+- table 0 belongs to the apps that rewrite or capture (:mod:`controller.steering` puts the
+  service-address rewrites there, :mod:`controller.monitor` its probe replies); its default
+  entry sends everything on to table 1;
+- table 1 is this app's: multicast and broadcast frames are flooded by the switch itself (no
+  trip to the controller: at 30 sites every ARP broadcast used to reach the controller once
+  per switch), and a unicast frame to an unknown address goes to the controller, which learns
+  ``(switch, source MAC) -> port`` and installs a flow once the destination is known.
 """
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib.packet import ethernet, ether_types, packet
 from os_ken.ofproto import ofproto_v1_3
+
+FORWARDING_TABLE = 1
+
+
+def add_flow(dp, priority, match, actions=(), table_id=0, goto=None, idle_timeout=0, cookie=0,
+             command=None):
+    """One flow entry: apply ``actions``, then go to table ``goto`` if given."""
+    parser, ofp = dp.ofproto_parser, dp.ofproto
+    inst = []
+    if actions:
+        inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, list(actions)))
+    if goto is not None:
+        inst.append(parser.OFPInstructionGotoTable(goto))
+    dp.send_msg(parser.OFPFlowMod(datapath=dp, table_id=table_id, priority=priority, match=match,
+                                  instructions=inst, idle_timeout=idle_timeout, cookie=cookie,
+                                  command=ofp.OFPFC_ADD if command is None else command))
 
 
 class L2Switch(app_manager.OSKenApp):
@@ -22,22 +44,19 @@ class L2Switch(app_manager.OSKenApp):
     def switch_features_handler(self, ev):
         dp = ev.msg.datapath
         parser, ofp = dp.ofproto_parser, dp.ofproto
-        match = parser.OFPMatch()
-        actions = [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]
-        self.add_flow(dp, 0, match, actions)
+        self.mac_to_port.pop(dp.id, None)       # a reconnecting switch: learn afresh
+        add_flow(dp, 0, parser.OFPMatch(), table_id=0, goto=FORWARDING_TABLE)
+        add_flow(dp, 0, parser.OFPMatch(), [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)],
+                 table_id=FORWARDING_TABLE)
+        add_flow(dp, 1, parser.OFPMatch(eth_dst=("01:00:00:00:00:00", "01:00:00:00:00:00")),
+                 [parser.OFPActionOutput(ofp.OFPP_FLOOD)], table_id=FORWARDING_TABLE)
         self.logger.info("switch %016x connected", dp.id)
-
-    @staticmethod
-    def add_flow(dp, priority, match, actions, buffer_id=None, idle_timeout=0):
-        parser, ofp = dp.ofproto_parser, dp.ofproto
-        inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
-        kw = {"buffer_id": buffer_id} if buffer_id is not None else {}
-        dp.send_msg(parser.OFPFlowMod(datapath=dp, priority=priority, match=match,
-                                      instructions=inst, idle_timeout=idle_timeout, **kw))
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def packet_in_handler(self, ev):
         msg = ev.msg
+        if msg.table_id != FORWARDING_TABLE:
+            return                              # another app's capture (table 0)
         dp = msg.datapath
         parser, ofp = dp.ofproto_parser, dp.ofproto
         in_port = msg.match["in_port"]
@@ -49,11 +68,8 @@ class L2Switch(app_manager.OSKenApp):
         out_port = table.get(eth.dst, ofp.OFPP_FLOOD)
         actions = [parser.OFPActionOutput(out_port)]
         if out_port != ofp.OFPP_FLOOD:
-            match = parser.OFPMatch(in_port=in_port, eth_dst=eth.dst, eth_src=eth.src)
-            if msg.buffer_id != ofp.OFP_NO_BUFFER:
-                self.add_flow(dp, 1, match, actions, msg.buffer_id)
-                return
-            self.add_flow(dp, 1, match, actions)
+            add_flow(dp, 10, parser.OFPMatch(in_port=in_port, eth_dst=eth.dst), actions,
+                     table_id=FORWARDING_TABLE)
         data = msg.data if msg.buffer_id == ofp.OFP_NO_BUFFER else None
         dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=msg.buffer_id, in_port=in_port,
                                         actions=actions, data=data))

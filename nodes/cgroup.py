@@ -41,25 +41,40 @@ def available() -> str | None:
     return None
 
 
-class CpuQuota:
-    """One cgroup holding one process, with a CPU quota in cores (1.0 = one full core)."""
+MIN_QUOTA_US = 1000   # the kernel refuses a CFS quota below 1 ms per period
 
-    def __init__(self, name: str, period_us: int = 100_000):
-        self.name, self.period_us = name, period_us
+
+class QuotaError(ValueError):
+    """A CPU quota the kernel cannot enforce (below 1 ms per period, or not positive)."""
+
+
+class CpuQuota:
+    """One cgroup with a CPU quota in cores (1.0 = one full core).
+
+    ``parent`` nests it under another group (a path relative to the CPU controller's root,
+    default ``mec-chain``): the parent's quota then caps the children together, which is how
+    a MEC host's miner and executor share that host's CPU.
+    """
+
+    def __init__(self, name: str, period_us: int = 100_000, parent: str = PARENT):
+        self.name, self.period_us, self.parent = name, period_us, parent
         self.kind = available()
         if self.kind is None:
             raise CgroupError("no cgroup CPU controller (neither /sys/fs/cgroup/cpu/"
                               "cpu.cfs_quota_us nor a v2 'cpu' controller): use "
                               "chain.budget_mode = \"threads\"")
         if self.kind == "v1":
-            self.dir = _v1_dir() / PARENT / name
+            self.dir = _v1_dir() / parent / name
         else:
-            parent = CGROUP_ROOT / PARENT
-            parent.mkdir(exist_ok=True)
-            # v2 only lets a group's children use the cpu controller once it is delegated.
-            (CGROUP_ROOT / "cgroup.subtree_control").write_text("+cpu")
-            (parent / "cgroup.subtree_control").write_text("+cpu")
-            self.dir = parent / name
+            # v2 only lets a group's children use the cpu controller once it is delegated,
+            # at every level from the root down.
+            d = CGROUP_ROOT
+            for part in Path(parent).parts:
+                (d / "cgroup.subtree_control").write_text("+cpu")
+                d = d / part
+                d.mkdir(exist_ok=True)
+            (d / "cgroup.subtree_control").write_text("+cpu")
+            self.dir = d / name
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -70,20 +85,35 @@ class CpuQuota:
         """Move process ``pid`` with all its threads into this group."""
         (self.dir / "cgroup.procs").write_text(str(pid))
 
-    def set(self, cores: float | None) -> None:
-        """Cap the group at ``cores`` CPUs (None = no cap) and weight it by the same amount."""
+    @staticmethod
+    def check(cores: float | None, period_us: int = 100_000) -> None:
+        """Refuse a quota the kernel would not enforce as asked (the kernel's minimum is 1 ms
+        per period: with a 10-ms period, 0.05 cores would silently become 0.1)."""
+        if cores is None:
+            return
+        if not cores > 0:
+            raise QuotaError(f"a CPU quota must be > 0 cores, got {cores!r}")
+        if round(cores * period_us) < MIN_QUOTA_US:
+            raise QuotaError(f"a CPU quota of {cores} cores is {cores * period_us:.0f} us per "
+                             f"{period_us}-us period, below the kernel's minimum of "
+                             f"{MIN_QUOTA_US} us: use at least {MIN_QUOTA_US / period_us:g} cores "
+                             "or a longer period")
+
+    def set(self, cores: float | None, weight: float | None = None) -> None:
+        """Cap the group at ``cores`` CPUs (None = no cap) and weight it by ``weight`` cores'
+        worth of CPU shares (default: the same as ``cores``; 1 core if uncapped)."""
+        self.check(cores, self.period_us)
         self.cores = cores
+        w = weight if weight is not None else (cores if cores is not None else 1.0)
         if self.kind == "v1":
-            quota = -1 if cores is None else max(1000, round(cores * self.period_us))
+            quota = -1 if cores is None else round(cores * self.period_us)
             (self.dir / "cpu.cfs_period_us").write_text(str(self.period_us))
             (self.dir / "cpu.cfs_quota_us").write_text(str(quota))
-            shares = 1024 if cores is None else max(2, round(1024 * cores))
-            (self.dir / "cpu.shares").write_text(str(shares))
+            (self.dir / "cpu.shares").write_text(str(max(2, round(1024 * w))))
         else:
-            quota = "max" if cores is None else str(max(1000, round(cores * self.period_us)))
+            quota = "max" if cores is None else str(round(cores * self.period_us))
             (self.dir / "cpu.max").write_text(f"{quota} {self.period_us}")
-            weight = 100 if cores is None else min(10_000, max(1, round(100 * cores)))
-            (self.dir / "cpu.weight").write_text(str(weight))
+            (self.dir / "cpu.weight").write_text(str(min(10_000, max(1, round(100 * w)))))
 
     def throttled(self) -> dict:
         """The kernel's throttling counters for the group (nr_periods, nr_throttled, ...)."""
@@ -97,19 +127,22 @@ class CpuQuota:
         return out
 
     def remove(self) -> None:
-        """Delete the group once its process has exited (processes left: moved to the root)."""
+        """Delete the group once its processes have exited (any left: moved to the root), and
+        its parents that are left empty."""
         try:
             procs = (self.dir / "cgroup.procs").read_text().split()
         except OSError:
             return
-        root_procs = (self.dir.parent.parent / "cgroup.procs")
+        root = self.dir.parents[len(Path(self.parent).parts)]
         for pid in procs:
             try:
-                root_procs.write_text(pid)
+                (root / "cgroup.procs").write_text(pid)
             except OSError:
                 pass
-        for d in (self.dir, self.dir.parent):
+        d = self.dir
+        while d != root:
             try:
                 os.rmdir(d)
             except OSError:
-                pass   # parent still holds other nodes' groups, or already gone
+                break   # a parent still holds other groups, or already gone
+            d = d.parent

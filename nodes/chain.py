@@ -5,7 +5,7 @@ starting difficulty, pre-funded accounts for the ESP, the MEC servers and the UE
 one datadir per node, gives each node its own ports and the others as static peers, starts
 them, waits until they are peered and mining, changes their hash budgets at run time, and
 always stops them. The same code runs on loopback (``ips=None``) and inside Mininet hosts
-(``ips=[h.IP() ...]``, ``launchers=[mininet_launcher(h) ...]``).
+(``ips=[h.IP() ...]``, ``launchers=[in_mininet_host(h) ...]`` from :mod:`testbed.processes`).
 
 Shanghai stays off: geth 1.11.6's ethash refuses a Shanghai header ("ethash does not support
 shanghai fork"), so contracts must target the ``london`` EVM (no PUSH0).
@@ -17,16 +17,13 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-
+from nodes.accounts import ChainAccounts
 from nodes.config import ChainConfig
-from nodes.geth import BudgetError, GethError, GethNode, Launcher, local_launcher
+from nodes.geth import WALLET_APIS, BudgetError, GethError, GethNode, default_launcher
+from testbed.processes import Launcher
 
 LONDON_FORKS = ("homesteadBlock", "eip150Block", "eip155Block", "eip158Block", "byzantiumBlock",
                 "constantinopleBlock", "petersburgBlock", "istanbulBlock", "muirGlacierBlock",
@@ -39,30 +36,6 @@ class PeeringError(GethError):
 
 class GenesisMismatch(PeeringError):
     """A node's genesis differs from the chain's: its peers refuse it in the eth handshake."""
-
-
-@lru_cache(maxsize=8)
-def _derive(mnemonic: str, n: int) -> tuple[LocalAccount, ...]:
-    Account.enable_unaudited_hdwallet_features()
-    return tuple(Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}")
-                 for i in range(n))
-
-
-@dataclass(frozen=True)
-class ChainAccounts:
-    """Pre-funded wallets, derived from the mnemonic: ESP, MEC servers (W_m), UEs (W_u)."""
-    esp: LocalAccount
-    mec_servers: tuple[LocalAccount, ...]
-    ues: tuple[LocalAccount, ...]
-
-    @classmethod
-    def derive(cls, mnemonic: str, n_servers: int, n_ues: int) -> "ChainAccounts":
-        acc = _derive(mnemonic, 1 + n_servers + n_ues)
-        return cls(esp=acc[0], mec_servers=acc[1:1 + n_servers], ues=acc[1 + n_servers:])
-
-    @property
-    def all(self) -> tuple[LocalAccount, ...]:
-        return (self.esp, *self.mec_servers, *self.ues)
 
 
 def make_genesis(cfg: ChainConfig, accounts: ChainAccounts, timestamp: int | None = None,
@@ -91,18 +64,33 @@ def node_key(chain_id: int, index: int) -> bytes:
 class Chain:
     """N geth miners, peered as a full mesh of static peers, owned and always torn down.
 
-    ``with Chain(cfg) as chain: chain.start(); chain.set_hash_budget(0, 2)`` ... Nodes are
-    named ``mec1`` ... ``mecN`` (MEC server m is ``nodes[m-1]``).
+    ``with Chain(cfg, budgets=[1, 1, 1]) as chain:`` yields a started chain (peered and
+    mining); ``chain.set_hash_budget("mec2", 1, cpu_quota=0.3)`` ... Nodes are named ``mec1``
+    ... ``mecN`` (MEC server m is ``nodes[m-1]``). ``budgets``/``cpu_quotas`` are the initial
+    hash budgets (threads; cores in cpu_quota mode), as for :meth:`start`.
     """
 
     def __init__(self, cfg: ChainConfig, *, ips: Sequence[str] | None = None,
-                 launchers: Sequence[Launcher] | None = None, names: Sequence[str] | None = None):
+                 launchers: Sequence[Launcher] | None = None, names: Sequence[str] | None = None,
+                 budgets: Sequence[int] | None = None,
+                 cpu_quotas: Sequence[float | None] | None = None,
+                 rpc_ips: Sequence[str] | None = None, quota_parents: Sequence[str | None] | None = None,
+                 gateway_ip: str | None = None, gateway_launcher: Launcher | None = None):
+        """``ips``: each miner's address for its peers; ``rpc_ips``: where each miner's RPC
+        (with ``miner``/``admin``) listens, default the same; ``quota_parents``: the cgroup each
+        miner's quota nests under. ``gateway_ip``: also run a non-mining full node there that
+        serves only the wallet namespaces (eth, net, web3) on that address: the RPC endpoint
+        of UEs and executors, so their requests never wait on a miner's CPU quota."""
         n = cfg.n_nodes
         self.cfg = cfg
+        self.initial_budgets, self.initial_quotas = budgets, cpu_quotas
         self.ips = list(ips) if ips is not None else [cfg.host] * n
-        self.launchers = list(launchers) if launchers is not None else [local_launcher] * n
+        self.rpc_ips = list(rpc_ips) if rpc_ips is not None else list(self.ips)
+        self.quota_parents = list(quota_parents) if quota_parents is not None else [None] * n
+        self.launchers = list(launchers) if launchers is not None else [default_launcher()] * n
         self.names = list(names) if names is not None else [f"mec{i + 1}" for i in range(n)]
-        for arg, seq in (("ips", self.ips), ("launchers", self.launchers), ("names", self.names)):
+        for arg, seq in (("ips", self.ips), ("launchers", self.launchers), ("names", self.names),
+                         ("rpc_ips", self.rpc_ips), ("quota_parents", self.quota_parents)):
             if len(seq) != n:
                 raise ValueError(f"Chain: {arg} has {len(seq)} entries for n_nodes={n}")
         if not cfg.geth_path.exists():
@@ -112,13 +100,24 @@ class Chain:
             raise GethError(
                 f"chain.pow_mode = 'full' needs the DAGs of epochs 0 and 1 in {cfg.dag_path} "
                 "(geth builds epoch 1's in the background as soon as it mines, in every node): "
-                f"run `python -m nodes.chain_bench dag --generate` once (about 2 x 12 CPU-minutes)")
+                f"run `make dag` (python -m testbed bench-chain dag --generate) once (about 2 x 12 CPU-minutes)")
         self.accounts = ChainAccounts.derive(cfg.mnemonic, n, cfg.n_ues)
         self._tmp = cfg.workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="mec-chain-") if self._tmp
                             else cfg.path(cfg.workdir))
         self.genesis_path = self.workdir / "genesis.json"
         self.nodes = [self._make_node(i) for i in range(n)]
+        self.gateway: GethNode | None = None
+        if gateway_ip is not None:
+            c = self.cfg
+            self.gateway = GethNode(
+                name="gateway", datadir=self.workdir / "gateway", geth=c.geth_path, ip=gateway_ip,
+                p2p_port=c.p2p_port + n, http_port=c.http_port + n, ws_port=c.ws_port + n,
+                authrpc_port=c.authrpc_port + n, network_id=c.chain_id, nodekey=node_key(c.chain_id, n),
+                etherbase=self.accounts.esp.address, pow_mode=c.pow_mode, dag_dir=c.dag_path,
+                cache_mb=c.cache_mb, verbosity=c.verbosity, max_threads=c.max_threads,
+                budget_mode="threads", cpu_period_us=c.cpu_period_us,
+                launcher=gateway_launcher or default_launcher(), http_apis=WALLET_APIS)
         self.genesis_hash: str | None = None
         self.timings: dict[str, float] = {}
 
@@ -132,7 +131,13 @@ class Chain:
             etherbase=self.accounts.mec_servers[i].address, pow_mode=c.pow_mode,
             dag_dir=c.dag_path, cache_mb=c.cache_mb, verbosity=c.verbosity,
             max_threads=c.max_threads, budget_mode=c.budget_mode,
-            cpu_period_us=c.cpu_period_us, launcher=self.launchers[i])
+            cpu_period_us=c.cpu_period_us, launcher=self.launchers[i], rpc_ip=self.rpc_ips[i],
+            quota_parent=self.quota_parents[i])
+
+    @property
+    def all_nodes(self) -> list[GethNode]:
+        """The miners and, if any, the gateway."""
+        return self.nodes + ([self.gateway] if self.gateway is not None else [])
 
     # ---- look-up -------------------------------------------------------------------------
     def node(self, which: int | str | GethNode) -> GethNode:
@@ -166,8 +171,17 @@ class Chain:
         self.workdir.mkdir(parents=True, exist_ok=True)
         genesis = make_genesis(self.cfg, self.accounts)
         self.genesis_path.write_text(json.dumps(genesis, indent=1))
-        for i, nd in enumerate(self.nodes):
-            nd.init(self.genesis_path, self.static_peers(i))
+        # No static peers at the first launch: nodes launched together would dial each other
+        # before the others listen, and geth retries a refused static dial only after 35 s.
+        # start() joins them with admin_addPeer once all listen, then writes the static peers
+        # into each node's config for a later restart.
+        jobs = [(nd, []) for nd in self.nodes]
+        if self.gateway is not None:     # started last: it may dial every miner at once
+            jobs.append((self.gateway, [nd.enode for nd in self.nodes]))
+        # geth init is a short CPU-bound process per node: run them side by side
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda job: job[0].init(self.genesis_path, job[1]), jobs))
         self.timings["init_s"] = time.monotonic() - t0
 
     def start(self, budgets: Sequence[int] | None = None,
@@ -182,17 +196,35 @@ class Chain:
             raise BudgetError(f"budgets/cpu_quotas need {n} entries, got {len(budgets)}/"
                               f"{len(cpu_quotas)}")
         for nd, t, q in zip(self.nodes, budgets, cpu_quotas):
-            nd._check_budget(t, q)
+            nd.check_budget(t, q)
         if not self.genesis_path.exists():
             self.setup()
         t0 = time.monotonic()
         try:
+            for nd in self.nodes:     # launch all, then wait for each RPC
+                nd.start(0, timeout=self.cfg.start_timeout_s, wait=False)
             for nd in self.nodes:
-                nd.start(0, timeout=self.cfg.start_timeout_s)
+                nd.wait_rpc(max(1.0, t0 + self.cfg.start_timeout_s - time.monotonic()))
+            if self.gateway is not None:
+                # only now: geth retries a refused static dial after 35 s, so the gateway
+                # must find the miners already listening
+                self.gateway.start(0, timeout=self.cfg.start_timeout_s)
             self.timings["rpc_up_s"] = time.monotonic() - t0
             self.genesis_hash = self.nodes[0].genesis_hash()
+            for i, nd in enumerate(self.nodes):        # a full mesh: each pair dialled once
+                for other in self.nodes[i + 1:]:
+                    nd.add_peer(other.enode)
+                nd.write_config(self.static_peers(i))  # for a restart
             # Budgets only once peered: nodes mining alone would fork off at genesis.
             self.wait_peered(deadline=t0 + self.cfg.start_timeout_s)
+            if self.gateway is not None:
+                # it serves no admin namespace: net_peerCount is what it tells
+                gw_peers = lambda: int(self.gateway.rpc("net_peerCount"), 16)  # noqa: E731
+                while gw_peers() < len(self.nodes):
+                    if time.monotonic() > t0 + self.cfg.start_timeout_s:
+                        raise PeeringError(f"gateway: {gw_peers()} of {len(self.nodes)} "
+                                           f"miners peered after {self.cfg.start_timeout_s:.0f} s")
+                    time.sleep(0.2)
             self.timings["peered_s"] = time.monotonic() - t0
             for nd, t, q in zip(self.nodes, budgets, cpu_quotas):
                 if t > 0 or q is not None:
@@ -206,9 +238,13 @@ class Chain:
         return dict(self.timings)
 
     def stop(self) -> None:
-        """Stop every node (always safe to call again); remove a temporary workdir."""
+        """Stop every node (always safe to call again); remove a temporary workdir.
+        All nodes get SIGTERM first, then each is waited for: a throttled node takes seconds
+        to exit, and one at a time that added up to 42 s at 40 nodes."""
         errors = []
-        for nd in self.nodes:
+        for nd in self.all_nodes:
+            nd.signal_stop()
+        for nd in self.all_nodes:
             try:
                 nd.stop()
             except Exception as e:   # keep stopping the others
@@ -219,6 +255,7 @@ class Chain:
             raise GethError("while stopping: " + "; ".join(errors))
 
     def __enter__(self) -> "Chain":
+        self.start(self.initial_budgets, self.initial_quotas)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -311,7 +348,7 @@ class Chain:
         nd = self.node(node)
         others = [o for o in self.nodes if o is not nd and o.alive]
         threads = self.cfg.threads if threads is None else threads
-        nd._check_budget(threads, cpu_quota)
+        nd.check_budget(threads, cpu_quota)
         t0 = time.monotonic()
         nd.start(0, timeout=self.cfg.sync_timeout_s)
         out = {"rpc_s": time.monotonic() - t0}

@@ -19,16 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: ethash refuses any difficulty below this (params.MinimumDifficulty in geth).
 MIN_DIFFICULTY = 131_072
-#: The anvil/hardhat development mnemonic: the same keys fund the anvil chain of the contract
-#: tests and this geth chain, so the contract binding works unchanged on both.
-DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
 POW_MODES = ("test", "full")
 BUDGET_MODES = ("threads", "cpu_quota")
 
 
-class ChainConfigError(ValueError):
-    """A ``[chain]`` value is out of range; the message names the field."""
+from nodes.accounts import DEV_MNEMONIC
+from testbed.errors import ConfigError, is_int, require
 
 
 @dataclass(kw_only=True)
@@ -74,14 +71,13 @@ class ChainConfig:
 
     def __post_init__(self):
         def need(ok: bool, field: str, what: str, value):
-            if not ok:
-                raise ChainConfigError(f"chain.{field} must be {what}, got {value!r}")
+            require(ok, f"chain.{field}", what, value)
 
         for name in ("n_nodes", "n_ues", "chain_id", "genesis_difficulty", "gas_limit",
                      "prefund_wei", "p2p_port", "http_port", "ws_port", "authrpc_port",
                      "threads", "max_threads", "cpu_period_us", "cache_mb", "verbosity"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool), name, "an integer", v)
+            need(is_int(v), name, "an integer", v)
         need(1 <= self.n_nodes <= 64, "n_nodes", "in [1, 64]", self.n_nodes)
         need(0 <= self.n_ues <= 10_000, "n_ues", "in [0, 10000]", self.n_ues)
         need(1 <= self.chain_id < 2**32, "chain_id", "in [1, 2^32)", self.chain_id)
@@ -97,16 +93,17 @@ class ChainConfig:
         try:
             ip = ipaddress.ip_address(self.host)
         except ValueError:
-            raise ChainConfigError(f"chain.host must be an IP address, got {self.host!r}") from None
+            raise ConfigError(f"chain.host must be an IP address, got {self.host!r}") from None
         need(not ip.is_unspecified, "host", "a specific address (never all interfaces)", self.host)
         for name in ("p2p_port", "http_port", "ws_port", "authrpc_port"):
             v = getattr(self, name)
-            need(1024 <= v and v + self.n_nodes - 1 <= 65535, name,
-                 f"a port such that {name} + n_nodes - 1 <= 65535", v)
+            need(1024 <= v and v + self.n_nodes <= 65535, name,
+                 f"a port such that {name} + n_nodes <= 65535 (one more for the RPC gateway)", v)
         bases = sorted((getattr(self, n), n) for n in ("p2p_port", "http_port", "ws_port",
                                                        "authrpc_port"))
         for (a, na), (b, nb) in zip(bases, bases[1:]):
-            need(b - a >= self.n_nodes, nb, f"at least n_nodes ports away from {na}={a}", b)
+            need(b - a > self.n_nodes, nb,
+                 f"more than n_nodes ports away from {na}={a} (the miners and the gateway)", b)
         need(1 <= self.max_threads <= 256, "max_threads", "in [1, 256]", self.max_threads)
         need(0 <= self.threads <= self.max_threads, "threads",
              f"in [0, max_threads={self.max_threads}]", self.threads)

@@ -2,11 +2,12 @@
 
 A :class:`GethNode` is the miner of one MEC server ``m`` (paper section III.C). Its life
 cycle follows Mininet's nodes: ``init()`` writes the datadir, ``start()`` launches geth and
-waits for its RPC, ``stop()`` always ends it (``kill()`` is the fault injection). How the
-process is launched is a parameter: :func:`local_launcher` (a plain subprocess on this host,
-for loopback chains) or :func:`mininet_launcher` (``host.popen`` inside a Mininet host, where
-the node binds its emulated IP). The node never listens on all interfaces and never serves the
-``personal`` namespace (IPC, which would serve every namespace, is disabled).
+waits for its RPC, ``stop()`` always ends it (``kill()`` is the fault injection). The process
+is owned by a :class:`testbed.processes.ManagedProcess`; where it runs is a launcher:
+``testbed.processes.local(new_session=False)`` on loopback, ``in_mininet_host(host)`` inside
+a Mininet host, where the node binds its emulated IP. The node never listens on all
+interfaces and never serves the ``personal`` namespace (IPC, which would serve every
+namespace, is disabled).
 
 Two quirks of geth 1.11.6 that this class hides (checked in its source):
 - ``eth_hashrate`` always answers 0 because the ethash engine sits inside the ``beacon``
@@ -19,40 +20,33 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Protocol
+from typing import Any
 
 import psutil
 from eth_keys import keys
 from web3 import Web3
 
-from nodes.cgroup import CpuQuota
+from nodes.cgroup import CpuQuota, QuotaError
+from testbed.processes import Launcher, ManagedProcess, ProcessError, local
 
-#: HTTP JSON-RPC namespaces. Never ``personal`` (keys are signed in Python, not in geth).
+#: HTTP JSON-RPC namespaces of a miner's management endpoint. Never ``personal`` (keys are
+#: signed in Python, not in geth).
 HTTP_APIS = ("eth", "net", "web3", "miner", "admin", "txpool")
 WS_APIS = ("eth", "net", "web3")
+#: What a wallet needs, and all a UE may reach (the RPC gateway serves only these).
+WALLET_APIS = ("eth", "net", "web3")
 #: geth's ethash.Mode values in a --config TOML (consensus/ethash/ethash.go, v1.11.6).
 POW_MODE_CODES = {"full": 0, "test": 2}
 
 
-class Launcher(Protocol):
-    """Starts ``argv`` with stdout+stderr into ``log``; returns a ``subprocess.Popen``."""
-    def __call__(self, argv: list[str], log: IO[bytes]) -> subprocess.Popen: ...
-
-
-def local_launcher(argv: list[str], log: IO[bytes]) -> subprocess.Popen:
-    """Run on this host. Same session as the caller on purpose: a new session would get its
-    own scheduler autogroup, and the kernel would then split CPU per node, not per thread."""
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def mininet_launcher(host) -> Launcher:
-    """Run inside a Mininet host (``mininet.node.Host``), through its ``popen``."""
-    def launch(argv: list[str], log: IO[bytes]) -> subprocess.Popen:
-        return host.popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return launch
+def default_launcher() -> Launcher:
+    """On this host, in the caller's session on purpose: a new session would get its own
+    scheduler autogroup, and the kernel would then split CPU per node, not per thread."""
+    return local(new_session=False)
 
 
 class GethError(RuntimeError):
@@ -97,21 +91,32 @@ class GethNode:
                  nodekey: bytes, etherbase: str, pow_mode: str = "test",
                  dag_dir: Path | None = None, cache_mb: int = 64, verbosity: int = 3,
                  max_threads: int = 8, budget_mode: str = "threads",
-                 cpu_period_us: int = 100_000, launcher: Launcher = local_launcher):
-        if ip in ("0.0.0.0", "::", ""):
-            raise GethError(f"{name}: ip must be the node's own address, not {ip!r}")
+                 cpu_period_us: int = 100_000, launcher: Launcher | None = None,
+                 rpc_ip: str | None = None, http_apis: tuple[str, ...] = HTTP_APIS,
+                 quota_parent: str | None = None):
+        """``ip``: the node's address on the network its peers use (devp2p). ``rpc_ip``: where
+        its HTTP/WS RPC listens (default ``ip``; in the lab, the management network, so that
+        UEs on the data network cannot reach ``miner``/``admin``). ``http_apis``: the HTTP
+        namespaces. ``quota_parent``: the cgroup its CPU quota nests under (a MEC host's)."""
+        for label, addr in (("ip", ip), ("rpc_ip", rpc_ip)):
+            if addr in ("0.0.0.0", "::", ""):
+                raise GethError(f"{name}: {label} must be the node's own address, not {addr!r}")
+        if "personal" in http_apis:
+            raise GethError(f"{name}: the personal namespace is never served (keys stay in Python)")
         if pow_mode not in POW_MODE_CODES:
             raise GethError(f"{name}: pow_mode must be one of {sorted(POW_MODE_CODES)}")
         if pow_mode == "full" and dag_dir is None:
             raise GethError(f"{name}: pow_mode 'full' needs dag_dir")
         self.name, self.datadir, self.geth, self.ip = name, Path(datadir), Path(geth), ip
+        self.rpc_ip, self.http_apis, self.quota_parent = rpc_ip or ip, tuple(http_apis), quota_parent
         self.p2p_port, self.http_port, self.ws_port = p2p_port, http_port, ws_port
         self.authrpc_port, self.network_id = authrpc_port, network_id
         self.nodekey, self.etherbase = nodekey, Web3.to_checksum_address(etherbase)
         self.pow_mode, self.dag_dir, self.cache_mb = pow_mode, dag_dir, cache_mb
         self.verbosity, self.max_threads = verbosity, max_threads
-        self.budget_mode, self.cpu_period_us, self.launcher = budget_mode, cpu_period_us, launcher
-        self.proc: subprocess.Popen | None = None
+        self.budget_mode, self.cpu_period_us = budget_mode, cpu_period_us
+        self.launcher = launcher or default_launcher()
+        self.proc: ManagedProcess | None = None
         self.quota: CpuQuota | None = None
         self.threads = 0                    # current budget: mining threads
         self.cpu_quota: float | None = None  # current budget: cores, or None
@@ -121,11 +126,11 @@ class GethNode:
     # ---- addresses -------------------------------------------------------------------
     @property
     def http_url(self) -> str:
-        return f"http://{self.ip}:{self.http_port}"
+        return f"http://{self.rpc_ip}:{self.http_port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.ip}:{self.ws_port}"
+        return f"ws://{self.rpc_ip}:{self.ws_port}"
 
     @property
     def node_id(self) -> str:
@@ -146,7 +151,7 @@ class GethNode:
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.alive
 
     def __repr__(self):
         return f"GethNode({self.name}, {self.ip}:{self.http_port}, threads={self.threads})"
@@ -193,33 +198,40 @@ class GethNode:
                 "--syncmode", "full", "--gcmode", "archive", "--snapshot=false",
                 # no discovery (no UDP socket); no IPC, which would serve every namespace
                 "--nodiscover", "--ipcdisable", "--nat", f"extip:{self.ip}",
-                "--http", "--http.addr", self.ip, "--http.port", str(self.http_port),
-                "--http.api", ",".join(HTTP_APIS),
-                "--ws", "--ws.addr", self.ip, "--ws.port", str(self.ws_port),
+                "--http", "--http.addr", self.rpc_ip, "--http.port", str(self.http_port),
+                "--http.api", ",".join(self.http_apis),
+                "--ws", "--ws.addr", self.rpc_ip, "--ws.port", str(self.ws_port),
                 "--ws.api", ",".join(WS_APIS),
-                "--authrpc.addr", self.ip, "--authrpc.port", str(self.authrpc_port),
+                "--authrpc.addr", self.rpc_ip, "--authrpc.port", str(self.authrpc_port),
                 "--cache", str(self.cache_mb), "--verbosity", str(self.verbosity),
-                "--miner.etherbase", self.etherbase]
+                "--miner.etherbase", self.etherbase,
+                # geth rebuilds its sealing work every recommit interval (default 2 s): a fixed
+                # cost that eats most of a small CPU quota; 15 s is its maximum. A new block or
+                # transaction still restarts the work at once.
+                "--miner.recommit", "15s"]
         return args
 
     def start(self, threads: int = 0, cpu_quota: float | None = None,
-              timeout: float = 30.0) -> "GethNode":
+              timeout: float = 30.0, wait: bool = True) -> "GethNode":
         """Launch geth, wait until its HTTP RPC answers, then give it its hash budget.
 
         geth starts without ``--mine`` on purpose: a node mining before it has peers forks
         off at genesis, and geth only reconciles forks through its downloader, which waits
         for 5 peers or 10 s. :class:`nodes.chain.Chain` sets budgets once nodes are peered.
         """
-        self._check_budget(threads, cpu_quota)
+        self.check_budget(threads, cpu_quota)
         if self.alive:
             raise GethError(f"{self.name}: already running (pid {self.pid})")
-        with open(self.log_path, "ab") as log:
-            self.proc = self.launcher(self.argv(), log)
-        self.started_at = time.monotonic()
+        self.proc = ManagedProcess(f"geth {self.name}", self.argv(), self.log_path,
+                                   launcher=self.launcher, grace_s=10.0)
         self.threads = 0
         try:
+            self.proc.start()
+            self.started_at = self.proc.started_at
             if self.budget_mode == "cpu_quota" or cpu_quota is not None:
                 self._ensure_quota()
+            if not wait:    # the caller waits for the RPC (a chain launches all nodes first)
+                return self
             self.wait_rpc(timeout)
             if threads > 0 or cpu_quota is not None:
                 self.set_hash_budget(threads, cpu_quota)
@@ -229,36 +241,27 @@ class GethNode:
         return self
 
     def wait_rpc(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise GethError(f"{self.name}: geth exited with code {self.proc.returncode} "
-                                f"before its RPC answered:\n{self.log_tail()}")
-            try:
-                if self.w3.is_connected():
-                    return
-            except Exception:
-                pass
-            time.sleep(0.1)
-        raise GethError(f"{self.name}: RPC {self.http_url} silent after {timeout:.0f} s:\n"
-                        f"{self.log_tail()}")
+        try:
+            self.proc.wait_ready(lambda _p: self.w3.is_connected(), timeout,
+                                 f"answering RPC at {self.http_url}")
+        except ProcessError as e:
+            raise GethError(str(e)) from None
 
     def stop(self, grace: float = 10.0) -> None:
         """End geth (SIGTERM lets it flush its database; SIGKILL after ``grace`` s)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            self.proc.stop(grace)
         self._released()
+
+    def signal_stop(self) -> None:
+        """Send SIGTERM without waiting (a chain stops all its nodes at once, then waits)."""
+        if self.proc is not None:
+            self.proc.signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """Fault injection: SIGKILL, no shutdown (the node loses what it had not flushed)."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None:
             self.proc.kill()
-            self.proc.wait(timeout=10)
         self._released()
 
     def _released(self) -> None:
@@ -269,10 +272,7 @@ class GethNode:
             self.quota = None
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self.proc.log_tail(lines) if self.proc is not None else ""
 
     # ---- JSON-RPC ----------------------------------------------------------------------
     def rpc(self, method: str, *params) -> Any:
@@ -311,7 +311,8 @@ class GethNode:
         self.rpc("admin_addPeer", enode)
 
     # ---- hash budget -------------------------------------------------------------------
-    def _check_budget(self, threads, cpu_quota) -> None:
+    def check_budget(self, threads, cpu_quota) -> None:
+        """Raise :class:`BudgetError` naming the argument if the budget is not allowed."""
         if isinstance(threads, bool) or not isinstance(threads, int):
             raise BudgetError(f"{self.name}: threads must be an integer, got {threads!r}")
         if not 0 <= threads <= self.max_threads:
@@ -323,13 +324,18 @@ class GethNode:
                     or not 0.01 <= cpu_quota <= ncpu:
                 raise BudgetError(f"{self.name}: cpu_quota must be cores in [0.01, {ncpu}] "
                                   f"or None, got {cpu_quota!r}")
+            try:
+                CpuQuota.check(cpu_quota, self.cpu_period_us)
+            except QuotaError as e:
+                raise BudgetError(f"{self.name}: cpu_quota: {e}") from None
 
     def _ensure_quota(self) -> CpuQuota:
         """The node's cgroup, created on first use. Named after the node and its pid, so two
         chains with a node ``mec1`` each never share (or remove) each other's group."""
         if self.quota is None:
             self.quota = CpuQuota(f"{self.name.replace('/', '_')}-{self.proc.pid}",
-                                  self.cpu_period_us)
+                                  self.cpu_period_us, **({"parent": self.quota_parent}
+                                                         if self.quota_parent else {}))
             self.quota.attach(self.proc.pid)
         return self.quota
 
@@ -339,7 +345,7 @@ class GethNode:
         budget mode, a CPU quota of ``cpu_quota`` cores. Takes effect at once in geth:
         ``miner_start(n)`` on a running miner makes ethash restart its search with n threads.
         """
-        self._check_budget(threads, cpu_quota)
+        self.check_budget(threads, cpu_quota)
         if not self.alive:
             raise GethError(f"{self.name}: not running, cannot set its hash budget")
         if cpu_quota is not None or self.budget_mode == "cpu_quota" or self.quota is not None:

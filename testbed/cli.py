@@ -1,19 +1,36 @@
-"""The testbed's command line.
+"""The lab's one command line: ``python -m testbed VERB [--scenario NAME|PATH] [--set a.b=v]``.
 
-    testbed doctor [--json]                       what this machine can emulate
-    testbed demo [--scenario smoke] [--set network.link_bw_mbit=20]
-    testbed cleanup                               remove what a crashed run left behind
+Every verb gets all its settings from one :class:`testbed.config.Scenario` (the scenario file,
+then the ``--set`` overrides); the Makefile targets call these verbs. ``python -m testbed VERB
+--help`` describes each.
+
+    doctor            what this machine can emulate; exit 1 if a required part is missing
+    run               the live lab: paid offloading, mining, the policy every slot
+    demo              the live lab with the DDQN (trained in simulation if needed) beside greedy
+    fidelity          the simulator against a live run, before and after fitting its constants
+    smoke             the toolchain on the emulated network (ping, TCP, controller flows)
+    paper             the paper's figures under every reading (Figs. 4-7, Table II)
+    sweep             a sweep over seeds x readings x scenarios (a scenario's [sweep]), on Ray
+    bench-agent       the agent's speed and quality, as JSON
+    gas               gas of every contract call beside the paper's Table III
+    mining-check      do miners win blocks in proportion to their hash budget?
+    bench-chain WHICH chain start-up, hash-budget change, full DAG
+    calibrate         measure this machine: hash rate per core, the work kernel's cycles
+    build-contracts   compile the contracts (--check: stale artifacts are an error)
+    build-images      build the Docker images offline from Debian packages
+    cleanup           remove what a crashed run left behind
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
-from testbed.config import ConfigError, load_scenario
+from testbed.config import ConfigError, Scenario, load_scenario
 
 
 def _terminate_as_interrupt(signum, frame):
@@ -21,54 +38,224 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def cmd_doctor(args) -> int:
+def _need_root(verb: str) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit(f"testbed {verb} needs root (Mininet, Open vSwitch, cgroups): "
+                         "run it with sudo")
+
+
+def _out(scn: Scenario, args, *parts: str) -> Path:
+    """``--out`` if given, else the scenario's results folder (joined with ``parts``)."""
+    return Path(args.out) if getattr(args, "out", None) else scn.results_path.joinpath(*parts)
+
+
+# ---------------------------------------------------------------------------- verbs
+
+
+def cmd_doctor(scn: Scenario, args) -> int:
     from testbed.platform import detect
     rep = detect()
     print(rep.to_json() if args.json else rep.to_text())
+    missing = rep.missing()
+    if missing:
+        print(f"doctor: missing required part(s): {', '.join(missing)}. Run `make setup`.",
+              file=sys.stderr)
+        return 1
     return 0
 
 
-def cmd_demo(args) -> int:
-    if os.geteuid() != 0:
-        print("testbed demo needs root (Mininet and Open vSwitch): run it with sudo", file=sys.stderr)
-        return 2
+def cmd_smoke(scn: Scenario, args) -> int:
+    _need_root("smoke")
     from testbed import smoke
-    scn = load_scenario(args.scenario, args.set or [])
     run_dir = scn.results_path / scn.name / time.strftime("%Y%m%d-%H%M%S")
-    print(f"[demo] scenario {scn.name}: bringing up topology '{scn.topology}' ...", flush=True)
+    print(f"[smoke] scenario {scn.name}: bringing up topology '{scn.topology.kind}' ...", flush=True)
     result = smoke.run(scn, run_dir)
     for k in ("datapath", "startup_s", "pingall_loss_pct", "rtt_h1_h2", "rtt_h1_ue1",
               "tcp_h1_h2_mbit", "tcp_h1_ue1_mbit", "controller_flows", "total_s"):
         print(f"  {k:<18} {result[k]}")
     for n in result["notes"]:
         print(f"  note: {n}")
-    print(f"[demo] results: {run_dir}/smoke.json and smoke.png")
+    print(f"[smoke] results: {run_dir}/smoke.json and smoke.png")
     return 0
 
 
-def cmd_cleanup(args) -> int:
+def cmd_run(scn: Scenario, args) -> int:
+    _need_root("run")
+    from testbed.experiments import live
+    summary = live.run(scn, Path(args.out) if args.out else None, cli=args.cli)
+    t = summary["tasks"]
+    print(f"[run] {t['completed']} of {t['offered']} tasks completed, {t['failed']} failed, "
+          f"{t['refunded']} refunded; books close: {summary['lost']['books_close']}")
+    print(f"[run] results: {summary.get('run_dir') or ''}")
+    return 0 if summary["lost"]["books_close"] else 1
+
+
+def cmd_demo(scn: Scenario, args) -> int:
+    _need_root("demo")
+    from testbed.experiments import demo
+    rep = demo.run(scn, _out(scn, args, "demo", time.strftime("%Y%m%d-%H%M%S")))
+    for name, p in rep["policies"].items():
+        print(f"[demo] {name:<8} " + (f"failed: {p['error']}" if "error" in p else
+                                      f"utility {p['utility_mean']:.2f} ± {p['utility_ci95']:.2f} per slot, "
+                                      f"{p['tasks']['completed']}/{p['tasks']['offered']} tasks, books close "
+                                      f"{p['books_close']}"))
+    if rep["verdict"]:
+        print(f"[demo] DDQN at least greedy: {rep['verdict']['ddqn_at_least_greedy']}")
+    print(f"[demo] report: {rep['out_dir']}/demo.md")
+    return 0 if all("error" not in p and p["books_close"] for p in rep["policies"].values()) else 1
+
+
+def cmd_fidelity(scn: Scenario, args) -> int:
+    from testbed.experiments import fidelity
+    if args.run is None:
+        _need_root("fidelity (it makes a live run first; or give --run RUN_DIR)")
+    res = fidelity.run(scn, _out(scn, args, "fidelity"), Path(args.run) if args.run else None)
+    for name in ("before", "after"):
+        L = res[name]
+        print(f"[fidelity] {name:<6} mean latency measured/simulated {L['latency']['ratio_of_means']:.2f}, "
+              f"block share max error {L['block_share_max_error']:.2f}, "
+              f"utility measured/simulated {L['utility']['ratio_of_means'] or float('nan'):.2f}")
+    print(f"[fidelity] report: {res['out_dir']}/fidelity.md")
+    return 0
+
+
+def cmd_paper(scn: Scenario, args) -> int:
+    from testbed.experiments.paper import run_paper
+    run_paper(scn, _out(scn, args, "paper"), jobs=args.jobs, engine=args.engine,
+              address=args.address)
+    return 0
+
+
+def cmd_sweep(scn: Scenario, args) -> int:
+    from testbed.experiments.paper import run_sweep
+    run_sweep(scn, _out(scn, args, "sweep"), engine=args.engine, address=args.address)
+    return 0
+
+
+def cmd_bench_agent(scn: Scenario, args) -> int:
+    import json
+    from testbed.experiments.bench_agent import bench
+    print(json.dumps(bench(scn), indent=1))
+    return 0
+
+
+def cmd_gas(scn: Scenario, args) -> int:
+    from testbed.experiments import gas
+    gas.run(scn, _out(scn, args))
+    return 0
+
+
+def cmd_mining_check(scn: Scenario, args) -> int:
+    _need_root("mining-check")
+    from testbed.experiments import mining_check
+    mining_check.run(scn, _out(scn, args))
+    return 0
+
+
+def cmd_bench_chain(scn: Scenario, args) -> int:
+    from testbed.experiments import chain_bench
+    if args.which != "dag":
+        _need_root("bench-chain")
+    chain_bench.run(scn, args.which, generate=args.generate, out_dir=_out(scn, args))
+    return 0
+
+
+def cmd_calibrate(scn: Scenario, args) -> int:
+    _need_root("calibrate")
+    from testbed.experiments import calibrate
+    calibrate.run(scn, Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_build_contracts(scn: Scenario, args) -> int:
+    from contracts.build import build
+    return build(check=args.check)
+
+
+def cmd_build_images(scn: Scenario, args) -> int:
+    from testbed import images
+    images.build_all()
+    return 0
+
+
+def cmd_cleanup(scn: Scenario, args) -> int:
+    _need_root("cleanup")
     from testbed.network import full_cleanup
     full_cleanup()
     print("cleanup done")
     return 0
 
 
+# ---------------------------------------------------------------------------- parser
+
+#: verb -> (handler, default scenario, help, extra-arguments adder)
+Verb = tuple[Callable, str | None, str, Callable[[argparse.ArgumentParser], None] | None]
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["ray", "pool"], default="ray",
+                   help="run jobs as Ray tasks (default: an embedded local Ray) or on a process pool")
+    p.add_argument("--address", default=None,
+                   help="an existing Ray cluster (ray start --head ...); default RAY_ADDRESS or local")
+
+
+VERBS: dict[str, Verb] = {
+    "doctor": (cmd_doctor, None, "what this machine can emulate; exit 1 if a required part is missing",
+               lambda p: p.add_argument("--json", action="store_true", help="machine-readable output")),
+    "smoke": (cmd_smoke, "smoke", "the toolchain on the emulated network: ping, TCP, controller flows", None),
+    "demo": (cmd_demo, "lab", "the DDQN on the live lab beside greedy, same seed -> demo.md, demo.png", None),
+    "fidelity": (cmd_fidelity, "lab", "the simulator against a live run; fit κ, work scale, link rate -> "
+                 "results/fidelity/", lambda p: p.add_argument("--run", default=None,
+                                                              help="a live run's folder (default: make one)")),
+    "run": (cmd_run, "lab", "the live lab: UEs pay and offload, executors compute, miners mine, for lab.slots slots",
+            lambda p: p.add_argument("--cli", action="store_true",
+                                     help="open the Mininet CLI with everything running (the slots run meanwhile)")),
+    "paper": (cmd_paper, "paper", "the paper's Figs. 4-7 and Table II under every reading -> results/paper/",
+              lambda p: (p.add_argument("--jobs", type=int, default=None, help="parallel jobs (default paper.jobs)"),
+                         _engine_args(p))),
+    "sweep": (cmd_sweep, "sweeps/readings", "a sweep (seeds x readings x scenarios): the scenario's [sweep]",
+              _engine_args),
+    "bench-agent": (cmd_bench_agent, "paper", "agent speed and quality (JSON)", None),
+    "gas": (cmd_gas, "gas", "gas of every contract call beside the paper's Table III -> gas.json, gas.md", None),
+    "mining-check": (cmd_mining_check, "mining",
+                     "miners' block share against their hash budget (1:2:4) -> mining.json, mining.png", None),
+    "bench-chain": (cmd_bench_chain, None, "chain benchmarks: startup, budget or dag (JSON)",
+                    lambda p: (p.add_argument("which", choices=["startup", "budget", "dag"]),
+                               p.add_argument("--generate", action="store_true",
+                                              help="dag: (re)generate the full DAGs"))),
+    "calibrate": (cmd_calibrate, None, "measure hash rate per core and the work kernel -> results/calibration.json", None),
+    "build-contracts": (cmd_build_contracts, None, "compile the Solidity contracts into contracts/build/",
+                        lambda p: p.add_argument("--check", action="store_true",
+                                                 help="only check that the artifacts are up to date")),
+    "build-images": (cmd_build_images, None, "build the Docker images offline (idempotent)", None),
+    "cleanup": (cmd_cleanup, None, "remove bridges, namespaces and containers left by a crash", None),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m testbed", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, (fn, default, help_, extra) in VERBS.items():
+        p = sub.add_parser(verb, help=help_, description=help_)
+        p.add_argument("--scenario", default=default,
+                       help=f"scenario name in scenarios/ or a TOML path (default: {default or 'built-in defaults'})")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override one field of the scenario (repeatable)")
+        p.add_argument("--out", default=None, help="results folder (default: the scenario's)")
+        if extra:
+            extra(p)
+        p.set_defaults(fn=fn)
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="testbed", description="Blockchain-empowered MEC testbed")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("doctor", help="report what this machine can emulate")
-    d.add_argument("--json", action="store_true", help="machine-readable output")
-    d.set_defaults(fn=cmd_doctor)
-    m = sub.add_parser("demo", help="run a scenario on the emulated network")
-    m.add_argument("--scenario", default="smoke", help="scenario name in scenarios/ or a TOML path")
-    m.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field")
-    m.set_defaults(fn=cmd_demo)
-    c = sub.add_parser("cleanup", help="remove bridges, namespaces and containers left by a crash")
-    c.set_defaults(fn=cmd_cleanup)
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        return args.fn(args)
+        scn = load_scenario(args.scenario, args.set)
+        return args.fn(scn, args)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2

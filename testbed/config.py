@@ -1,15 +1,26 @@
 """The one configuration object: a :class:`Scenario` loaded from a TOML file.
 
-Every part of the testbed gets its settings from here (no part reads environment variables
-or globals of its own). A scenario file has one table per part::
+Every command of the lab (``python -m testbed VERB --scenario NAME --set a.b=value``) gets all
+its settings from here; no part reads a file, an environment variable or a global of its own.
+A scenario file has one table per part; each part owns the dataclass of its table and checks
+its own fields::
 
-    name = "smoke"
-    results_dir = "results"
+    name = "lab"
+    seed = 0
 
-    [network]          # testbed.config.NetworkConfig
-    link_bw_mbit = 50
+    [model]            # agent.config.ModelConfig: the paper's system (M, U, ξ_u, µ, p_m, ...)
+    n_servers = 10
+    [chain]            # nodes.config.ChainConfig: the geth miners
+    genesis_difficulty = 524288
+    [network]          # testbed.config.NetworkConfig: Mininet, OVS, os-ken
 
-Command-line overrides use dotted keys: ``--set network.link_bw_mbit=20``.
+**One name, one number.** A quantity that two parts both need is set in one place and copied
+to the other when the scenario is loaded (:data:`LINKED`): the number of MEC servers M is
+``model.n_servers`` (the chain's node count and the topology's MEC hosts follow it), the number
+of UEs U is ``model.n_users`` (the chain funds exactly those UEs), the unit price µ is
+``model.unit_price`` in token/Gcycle (the contract's wei/Gcycle is converted from it by
+:mod:`testbed.units`). Setting the copy to another value is refused with a message naming both
+fields.
 """
 from __future__ import annotations
 
@@ -17,14 +28,14 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from testbed.errors import ConfigError, is_int, is_number, require
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
 
-
-class ConfigError(ValueError):
-    """A scenario value is missing, unknown or out of range; the message names the field."""
+__all__ = ["ConfigError", "Scenario", "load_scenario", "SECTIONS", "ROOT", "SCENARIOS"]
 
 
 @dataclass(kw_only=True)
@@ -39,49 +50,287 @@ class NetworkConfig:
     iperf_seconds: float = 3.0
 
     def __post_init__(self):
-        if self.datapath not in ("auto", "kernel", "user"):
-            raise ConfigError(f"network.datapath must be auto, kernel or user, got {self.datapath!r}")
-        if self.link_bw_mbit is not None and not 0 < self.link_bw_mbit <= 10_000:
-            raise ConfigError(f"network.link_bw_mbit must be in (0, 10000] Mbit/s, got {self.link_bw_mbit}")
-        if self.link_delay_ms is not None and self.link_delay_ms < 0:
-            raise ConfigError(f"network.link_delay_ms must be >= 0, got {self.link_delay_ms}")
-        if not 1 <= self.controller_port <= 65535:
-            raise ConfigError(f"network.controller_port must be a TCP port, got {self.controller_port}")
-        if self.ping_count < 1:
-            raise ConfigError(f"network.ping_count must be >= 1, got {self.ping_count}")
-        if self.iperf_seconds <= 0:
-            raise ConfigError(f"network.iperf_seconds must be > 0, got {self.iperf_seconds}")
+        require(self.datapath in ("auto", "kernel", "user"), "network.datapath",
+                "auto, kernel or user", self.datapath)
+        require(self.link_bw_mbit is None or (is_number(self.link_bw_mbit) and 0 < self.link_bw_mbit <= 10_000),
+                "network.link_bw_mbit", "in (0, 10000] Mbit/s", self.link_bw_mbit)
+        require(self.link_delay_ms is None or (is_number(self.link_delay_ms) and self.link_delay_ms >= 0),
+                "network.link_delay_ms", ">= 0", self.link_delay_ms)
+        require(is_int(self.controller_port) and 1 <= self.controller_port <= 65535,
+                "network.controller_port", "a TCP port", self.controller_port)
+        require(is_int(self.ping_count) and self.ping_count >= 1, "network.ping_count", ">= 1",
+                self.ping_count)
+        require(is_number(self.iperf_seconds) and self.iperf_seconds > 0, "network.iperf_seconds",
+                "> 0", self.iperf_seconds)
 
 
-from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402  (each part
-from contracts.config import ContractConfig  # noqa: E402              owns its section)
+@dataclass(kw_only=True)
+class MiningCheckConfig:
+    """``testbed mining-check``: do miners win blocks in proportion to their hash budget?
+    One node per entry of ``ratio``, so ``len(ratio)`` must equal ``model.n_servers``."""
+    ratio: tuple[int, ...] = (1, 2, 4)   # hash budgets, relative
+    mode: str = "both"                   # "cpu_quota", "threads" or "both" (quota first)
+    blocks: int = 150                    # canonical blocks measured per mode
+    warmup_s: float = 15.0               # mining before the measurement starts, s
+    cores: float = 1.4                   # cpu_quota mode: cores shared out by the ratio
+    max_minutes: float = 20.0            # give up a mode after this long
+
+    def __post_init__(self):
+        try:
+            self.ratio = tuple(int(r) for r in self.ratio)
+        except (TypeError, ValueError):
+            raise ConfigError(f"mining.ratio must be a list of positive integers, got {self.ratio!r}") from None
+        require(len(self.ratio) >= 2 and min(self.ratio) >= 1, "mining.ratio",
+                ">= 2 positive integers like [1, 2, 4]", list(self.ratio))
+        require(self.mode in ("cpu_quota", "threads", "both"), "mining.mode",
+                "cpu_quota, threads or both", self.mode)
+        require(is_int(self.blocks) and self.blocks >= 1, "mining.blocks", ">= 1", self.blocks)
+        require(is_number(self.warmup_s) and self.warmup_s >= 0, "mining.warmup_s", ">= 0 s", self.warmup_s)
+        require(is_number(self.cores) and self.cores > 0, "mining.cores", "> 0 cores", self.cores)
+        require(is_number(self.max_minutes) and self.max_minutes > 0, "mining.max_minutes", "> 0",
+                self.max_minutes)
+
+
+@dataclass(kw_only=True)
+class BenchChainConfig:
+    """``testbed bench-chain``: start-up of ``model.n_servers`` miners, a budget change."""
+    settle_s: float = 10.0               # mining before memory is read, s
+    budget_steps: tuple[int, ...] = (1, 0, 1, 2, 1)   # thread budgets applied in turn
+    step_s: float = 25.0                 # seconds per budget step (>= 3 geth hashrate ticks)
+    dag_run_s: float = 60.0              # dag: seconds each node profile mines
+
+    def __post_init__(self):
+        require(is_number(self.settle_s) and self.settle_s >= 0, "bench_chain.settle_s", ">= 0",
+                self.settle_s)
+        self.budget_steps = tuple(int(b) for b in self.budget_steps)
+        require(len(self.budget_steps) >= 2, "bench_chain.budget_steps", ">= 2 steps",
+                self.budget_steps)
+        require(is_number(self.step_s) and self.step_s >= 5, "bench_chain.step_s",
+                ">= 5 s (one hashrate tick)", self.step_s)
+
+
+@dataclass(kw_only=True)
+class CalibrateConfig:
+    """``testbed calibrate``: how long each measurement of this machine runs."""
+    kernel_seconds: float = 3.0          # work kernel, per measurement, s
+    # geth CPU quotas measured, cores: the lab's miners run at a few hundredths of a core, where
+    # geth's fixed work (block import, networking, GC) takes a large share, so the rate per core
+    # is measured there and not extrapolated from a large quota
+    hash_quotas: tuple[float, ...] = (0.04, 0.08, 0.16, 0.3)
+    hash_seconds: float = 40.0           # per quota (>= 8 hashrate ticks), s
+    out: str = "results/calibration.json"
+
+    def __post_init__(self):
+        require(is_number(self.kernel_seconds) and self.kernel_seconds > 0, "calibrate.kernel_seconds",
+                "> 0 s", self.kernel_seconds)
+        self.hash_quotas = tuple(float(q) for q in self.hash_quotas)
+        require(len(self.hash_quotas) >= 1 and min(self.hash_quotas) >= 0.01, "calibrate.hash_quotas",
+                "cores >= 0.01", self.hash_quotas)
+        require(is_number(self.hash_seconds) and self.hash_seconds >= 11, "calibrate.hash_seconds",
+                ">= 11 s (two geth hashrate ticks)", self.hash_seconds)
+
+
+@dataclass(kw_only=True)
+class LabConfig:
+    """The live lab (``testbed run``): how the model's system becomes processes on the
+    emulated network. M, U, the slot length and the task distributions are the model's
+    (``model.n_servers``, ``model.n_users``, ``model.slot_s``, Table I's ranges)."""
+    slots: int = 30                      # time slots of a run
+    policy: str = "greedy"               # who decides each slot: round_robin, greedy, agent:NAME,
+                                         # file:PATH (testbed/policy.py)
+    reputation_floor: float = 0.3        # greedy: no UE for a server below this x the best Υ_m
+    learn_online: bool = False           # a learning agent keeps learning from the live slots
+    mining_cores: float = 0.8            # CPU cores that the whole hash budget P stands for
+    host_cores: float = 0.2              # one MEC host's CPU quota, f_m with no mining (cores)
+    coupling: str = "shared"             # "shared": miner and executor share the host's quota (κ);
+                                         # "separate": the executor keeps host_cores for itself
+    executor_port: int = 7000            # TCP port of every MEC executor
+    api_port: int = 8080                 # the controller's HTTP API on lab0
+    max_upload_mb: float = 8.0           # an executor refuses a bigger upload
+    header_timeout_s: float = 10.0       # a client that sends no request within this is dropped
+    dishonest: tuple[str, ...] = ()      # MEC servers whose executor fakes results (fault injection)
+    calibration: str = "results/calibration.json"
+    drain_s: float = 150.0               # after the last slot: wait this long for tasks to settle
+    block_interval_s: float = 2.5        # the chain's starting difficulty is set for this mean
+                                         # block interval at the initial hash budgets (calibrated)
+    host_cores_by_server: dict = field(default_factory=dict)   # e.g. {mec2 = 0.08}: a slower host
+
+    def __post_init__(self):
+        require(is_int(self.slots) and self.slots >= 1, "lab.slots", "an integer >= 1", self.slots)
+        require(isinstance(self.policy, str) and self.policy, "lab.policy", "a policy name", self.policy)
+        for name in ("mining_cores", "host_cores", "max_upload_mb", "header_timeout_s", "drain_s",
+                     "block_interval_s"):
+            v = getattr(self, name)
+            require(is_number(v) and v > 0, f"lab.{name}", "> 0", v)
+        require(self.coupling in ("shared", "separate"), "lab.coupling", "shared or separate", self.coupling)
+        for name in ("executor_port", "api_port"):
+            v = getattr(self, name)
+            require(is_int(v) and 1024 <= v <= 65535, f"lab.{name}", "a TCP port >= 1024", v)
+        self.dishonest = tuple(str(x) for x in self.dishonest)
+        require(isinstance(self.host_cores_by_server, dict) and all(
+            is_number(v) and v > 0 for v in self.host_cores_by_server.values()),
+            "lab.host_cores_by_server", "a table of server name = cores > 0", self.host_cores_by_server)
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    """``make demo`` (``python -m testbed demo``): the scenario's live lab run once per policy,
+    on the same seed, and one report comparing them."""
+    policies: list[str] = field(default_factory=lambda: ["ddqn", "greedy"])
+    # "ddqn": the saved DDQN of this model (``model`` below), trained in simulation first when
+    # there is none; or any lab.policy (round_robin, greedy, agent:NAME, file:PATH)
+    model: str = ""                      # a saved DDQN; "" = results/models/ddqn-<model digest>.pt
+    train_slots: int = 3000              # simulated training slots when no saved DDQN exists
+
+    def __post_init__(self):
+        require(isinstance(self.policies, list) and self.policies and all(isinstance(p, str) and p
+                                                                          for p in self.policies),
+                "demo.policies", "a non-empty list of policy names", self.policies)
+        require(is_int(self.train_slots) and self.train_slots >= 1, "demo.train_slots", "an integer >= 1",
+                self.train_slots)
+
+
+@dataclass(kw_only=True)
+class SweepConfig:
+    """A sweep: every combination of scenario x reading x grid point x algorithm x seed.
+
+    The ``[sweep]`` section of a scenario (``python -m testbed sweep --scenario sweeps/readings``)::
+
+        [sweep]
+        scenarios = ["paper"]                 # names in scenarios/ or paths; [] = this scenario itself
+        readings = ["total_w1", "per_mb_w1"]  # names in each scenario's [paper.readings]; [] = all
+        algos = ["ddqn", "dqn", "greedy", "random", "oracle"]
+        seeds = [0, 1, 2, 3, 4]
+        train_slots = 600                     # 0 = the scenario's paper.train_slots
+        eval_slots = 200                      # 0 = the scenario's paper.eval_slots
+        [sweep.grid]                          # [model] or [learner] fields crossed with each other
+        "model.n_users" = [10, 20, 30]
+        "learner.lr" = [0.003, 0.01]
+    """
+    scenarios: list[str] = field(default_factory=list)
+    readings: list[str] = field(default_factory=list)
+    algos: list[str] = field(default_factory=lambda: ["ddqn", "dqn", "greedy", "random", "oracle"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    train_slots: int = 0
+    eval_slots: int = 0
+    grid: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from agent.registry import AGENTS
+        s = "sweep"
+        for name in ("scenarios", "readings", "algos", "seeds"):
+            if not isinstance(getattr(self, name), list):
+                raise ConfigError(f"{s}.{name} must be a list, got {getattr(self, name)!r}")
+        bad = [a for a in self.algos if a not in AGENTS]
+        if not self.algos or bad:
+            raise ConfigError(f"{s}.algos must be names among {', '.join(AGENTS)}, got {self.algos!r}")
+        if not self.seeds or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in self.seeds):
+            raise ConfigError(f"{s}.seeds must be a non-empty list of integers >= 0, got {self.seeds!r}")
+        for name in ("train_slots", "eval_slots"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{s}.{name} must be an integer >= 0, got {v!r}")
+        if not isinstance(self.grid, dict):
+            raise ConfigError(f"{s}.grid must be a table of \"section.field\" = [values], got {self.grid!r}")
+        for key, values in self.grid.items():
+            section, dot, leaf = key.partition(".")
+            if section not in ("model", "learner") or not dot or not leaf:
+                raise ConfigError(f"{s}.grid key {key!r} must be \"model.FIELD\" or \"learner.FIELD\"")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{s}.grid.\"{key}\" must be a non-empty list, got {values!r}")
+
+
+# Imported here: each part owns its section's dataclass (they import testbed.errors only).
+from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402
+from contracts.config import ContractConfig  # noqa: E402
 from nodes.config import ChainConfig  # noqa: E402
+from topologies.config import TopologyConfig  # noqa: E402
 
-# Section name -> dataclass. Each class validates its own fields.
-SECTIONS: dict[str, type] = {"network": NetworkConfig, "chain": ChainConfig, "contract": ContractConfig,
-                             "model": ModelConfig, "learner": LearnerConfig, "paper": PaperConfig}
+#: Section name -> dataclass. Each class validates its own fields.
+#: The model comes first: the chain's and the contract's linked fields are copied from it, so
+#: a bad model value is reported as itself, not as its copy.
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "topology": TopologyConfig, "network": NetworkConfig, "chain": ChainConfig,
+    "contract": ContractConfig, "learner": LearnerConfig, "paper": PaperConfig,
+    "mining": MiningCheckConfig, "bench_chain": BenchChainConfig, "calibrate": CalibrateConfig,
+    "lab": LabConfig, "demo": DemoConfig, "sweep": SweepConfig,
+}
 
 
 @dataclass(kw_only=True)
 class Scenario:
     name: str = "smoke"
-    topology: str = "smoke"             # key of topologies.TOPOLOGIES
     results_dir: str = "results"
     seed: int = 0
+    topology: TopologyConfig = field(default_factory=TopologyConfig)   # what the network looks like
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    chain: ChainConfig = field(default_factory=ChainConfig)           # the MEC servers' miners
+    chain: ChainConfig = field(default_factory=ChainConfig)        # the MEC servers' miners
     contract: ContractConfig = field(default_factory=ContractConfig)
     model: ModelConfig = field(default_factory=ModelConfig)        # the paper's system model
     learner: LearnerConfig = field(default_factory=LearnerConfig)  # DDQN/DQN hyperparameters
     paper: PaperConfig = field(default_factory=PaperConfig)        # sizes of `make paper`
+    mining: MiningCheckConfig = field(default_factory=MiningCheckConfig)
+    bench_chain: BenchChainConfig = field(default_factory=BenchChainConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    lab: LabConfig = field(default_factory=LabConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)          # `make demo`
+    sweep: SweepConfig = field(default_factory=SweepConfig)       # `testbed sweep`
+
+    def __post_init__(self):
+        require(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
 
     @property
     def results_path(self) -> Path:
         p = Path(self.results_dir)
         return p if p.is_absolute() else ROOT / p
 
+    def path(self, value: str) -> Path:
+        """A path of the scenario, relative to the repository root unless absolute."""
+        p = Path(value)
+        return p if p.is_absolute() else ROOT / p
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for results files): every field of every section."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- linked fields
+
+
+def _unit_price_wei(model: dict) -> int:
+    from testbed.units import token_to_wei
+    return token_to_wei(model.get("unit_price", ModelConfig.unit_price))
+
+
+#: (copy, source, converter): the copy is set from the source when a scenario is loaded. A
+#: copy given explicitly with another value is refused, naming both fields.
+LINKED: list[tuple[str, str, Callable[[dict], Any]]] = [
+    ("chain.n_nodes", "model.n_servers", lambda m: m.get("n_servers", ModelConfig.n_servers)),
+    ("chain.n_ues", "model.n_users", lambda m: m.get("n_users", ModelConfig.n_users)),
+    ("contract.unit_price_wei_per_gcycle", "model.unit_price", _unit_price_wei),
+]
+
+
+def _link(data: dict[str, Any]) -> None:
+    model = data.get("model", {})
+    for copy, source, convert in LINKED:
+        section, leaf = copy.split(".")
+        want = convert(model)
+        table = data.setdefault(section, {})
+        if leaf in table and table[leaf] != want:
+            raise ConfigError(
+                f"{copy} = {table[leaf]!r} disagrees with {source} = "
+                f"{model.get(source.split('.')[1], '(default)')!r} (= {want!r} in {copy}'s unit): "
+                f"this quantity is one number, set it as {source} and leave {copy} out")
+        table[leaf] = want
+
+
+# ---------------------------------------------------------------------------- loading
+
 
 def _build(cls: type, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where.rstrip('.')}] must be a table, got {values!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -93,8 +342,6 @@ def _build(cls: type, values: dict[str, Any], where: str):
         raise
     except TypeError as e:   # wrong type reaching a constructor
         raise ConfigError(f"{where.rstrip('.') or 'scenario'}: {e}") from None
-    except ValueError as e:  # a part's own validation; its message names the field
-        raise ConfigError(str(e)) from None
 
 
 def _parse_value(text: str) -> Any:
@@ -104,15 +351,23 @@ def _parse_value(text: str) -> Any:
         return text   # a bare word is a string
 
 
-def load_scenario(path: str | Path | None = None, overrides: list[str] = ()) -> Scenario:
-    """Load a scenario: a path, or a name in ``scenarios/``; ``overrides`` are ``a.b=value``."""
+def scenario_file(name_or_path: str | Path) -> Path:
+    """``name`` in ``scenarios/`` or a path to a TOML file."""
+    p = Path(name_or_path)
+    if not p.exists() and (SCENARIOS / f"{name_or_path}.toml").exists():
+        p = SCENARIOS / f"{name_or_path}.toml"
+    if not p.exists():
+        known = ", ".join(sorted(x.stem for x in SCENARIOS.glob("*.toml")))
+        raise ConfigError(f"scenario file not found: {name_or_path} (scenarios: {known})")
+    return p
+
+
+def load_scenario(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Scenario:
+    """Load a scenario: a path, or a name in ``scenarios/``; ``overrides`` are
+    ``section.field=value`` (TOML values; a bare word is a string)."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.exists() and (SCENARIOS / f"{path}.toml").exists():
-            p = SCENARIOS / f"{path}.toml"
-        if not p.exists():
-            raise ConfigError(f"scenario file not found: {path}")
+        p = scenario_file(path)
         with open(p, "rb") as f:
             try:
                 data = tomllib.load(f)
@@ -120,13 +375,26 @@ def load_scenario(path: str | Path | None = None, overrides: list[str] = ()) -> 
                 raise ConfigError(f"{p}: {e}") from None
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like section.field=value")
         *parents, leaf = key.strip().split(".")
         node = data
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
         node[leaf] = _parse_value(text.strip())
+    _link(data)
+    top = {k: v for k, v in data.items() if k not in SECTIONS}
+    sections = {k: _build(cls, data.get(k, {}), k + ".") for k, cls in SECTIONS.items()}
+    return _build(Scenario, {**top, **sections}, "")
+
+
+def scenario_from_dict(data: dict[str, Any]) -> Scenario:
+    """A Scenario from :meth:`Scenario.to_dict` (how a running lab hands its one Scenario to
+    the programs on its hosts), checked as a loaded one is."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    _link(data)
     top = {k: v for k, v in data.items() if k not in SECTIONS}
     sections = {k: _build(cls, data.get(k, {}), k + ".") for k, cls in SECTIONS.items()}
     return _build(Scenario, {**top, **sections}, "")

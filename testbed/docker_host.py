@@ -12,15 +12,18 @@ pair inside node 1 and moves one end to ``netns <pid of node 2>``.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import docker
+import psutil
 from mininet.node import Host
 
 from testbed.images import UE_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER_LABEL = "mec-testbed"          # every container the testbed starts carries it
+OWNER_LABEL = "mec-testbed.owner"        # ... and the pid of the process that started it
 NAME_PREFIX = "mn."
 
 
@@ -28,20 +31,24 @@ class DockerHost(Host):
     """Mininet host backed by a container of ``image``.
 
     Extra params: ``image`` (default the UE image), ``cpu_quota`` (cores, e.g. 0.5, or None),
-    ``mem_limit`` (e.g. "512m" or None), ``volumes`` (dict host path -> container path, ro).
+    ``mem_limit`` (e.g. "512m" or None), ``volumes`` (dict host path -> container path, read-only;
+    or -> (container path, "rw") for a writable one).
     """
 
     def __init__(self, name: str, image: str = UE_IMAGE, cpu_quota: float | None = None,
-                 mem_limit: str | None = None, volumes: dict[str, str] | None = None, **params):
+                 mem_limit: str | None = None, volumes: dict[str, str | tuple[str, str]] | None = None,
+                 **params):
         self.image = image
         self._client = docker.from_env()
+        _clear_stale(self._client, NAME_PREFIX + name)
         binds = {str(ROOT): {"bind": str(ROOT), "mode": "ro"}}
         for src, dst in (volumes or {}).items():
-            binds[src] = {"bind": dst, "mode": "ro"}
+            dst, mode = (dst, "ro") if isinstance(dst, str) else dst
+            binds[src] = {"bind": dst, "mode": mode}
         self.container = self._client.containers.run(
             image, name=NAME_PREFIX + name, hostname=name, detach=True, network_mode="none",
-            labels={CONTAINER_LABEL: "1"}, volumes=binds, command=["sleep", "infinity"],
-            cap_add=["NET_ADMIN"], init=True, mem_limit=mem_limit,
+            labels={CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid())}, volumes=binds, command=["sleep", "infinity"],
+            cap_drop=["NET_ADMIN", "NET_RAW"], init=True, mem_limit=mem_limit,
             nano_cpus=int(cpu_quota * 1e9) if cpu_quota else None)
         self.container.reload()
         self.container_pid = int(self.container.attrs["State"]["Pid"])
@@ -74,6 +81,23 @@ class DockerHost(Host):
             self.container.remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+def _clear_stale(client, cname: str) -> None:
+    """A container already named ``cname``: the testbed's own from a run that died (its owner
+    pid gone) is removed; anything else is refused with a clear error, never touched."""
+    try:
+        c = client.containers.get(cname)
+    except docker.errors.NotFound:
+        return
+    labels = c.labels or {}
+    owner = labels.get(OWNER_LABEL, "")
+    if labels.get(CONTAINER_LABEL) == "1" and owner.isdigit() and not psutil.pid_exists(int(owner)):
+        print(f"removing container {cname} left by an earlier run (pid {owner}, gone)", flush=True)
+        c.remove(force=True)
+        return
+    raise RuntimeError(f"a container named {cname} exists and is not a leftover of a dead testbed run "
+                       f"(labels {labels}); remove or rename it (docker rm -f {cname}) and start again")
 
 
 def remove_leftover_containers(hosts: list[str] | None = None) -> list[str]:

@@ -10,14 +10,12 @@ Containers run the project's Python from the host: the repository (with its ``.v
 from Debian's ``/usr/bin/python3``) is bind-mounted read-only at the same path, and the image
 has the very same interpreter, so no Python package is installed into an image.
 
-    python -m testbed.images build     # idempotent
+    python -m testbed build-images     # idempotent
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -95,15 +93,3 @@ def build_all() -> None:
         size = client.images.get(name).attrs["Size"] / 2**20
         state = f"built in {time.monotonic() - t0:.1f} s" if built else "up to date"
         print(f"SETUP:image {name}: {state}, {size:.0f} MiB", flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testbed.images", description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=["build"], help="build the images that are missing or stale")
-    ap.parse_args(argv)
-    build_all()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

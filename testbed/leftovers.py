@@ -1,17 +1,25 @@
 """What a run can leave behind on the machine, so tests can assert that teardown is clean.
 
-``snapshot()`` lists network namespaces, veth interfaces, OVS bridges, the testbed's
-containers, Mininet shells and geth/anvil/controller processes; ``leaks(before, after)`` is
-what appeared in between.
+``snapshot()`` lists what *this* Python process could have left: network namespaces, veth
+interfaces, OVS bridges and the lab's cgroups (compared before/after), containers this
+process started (label ``mec-testbed.owner`` = its pid), and processes it started (every
+:class:`testbed.processes.ManagedProcess`, plus any descendant of this process still running,
+Mininet shells included). ``leaks(before, after)`` is what appeared in between.
+
+A user's own geth, anvil, container or bridge on the same machine is neither touched nor
+counted: it is not our child, not in the registry and carries no label of ours.
 """
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import psutil
 
-# Process command lines that belong to a testbed run.
-PROCESS_MARKS = ("mininet:", "geth", "anvil", "-m controller")
+from testbed.processes import started_pids
+
+CGROUP_DIRS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))
 
 
 def _lines(cmd: list[str]) -> set[str]:
@@ -23,12 +31,30 @@ def _lines(cmd: list[str]) -> set[str]:
 
 
 def _processes() -> set[str]:
-    found = set()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if any(m in cmd for m in PROCESS_MARKS) and "pytest" not in cmd:
-            found.add(f"{p.info['pid']} {cmd[:120]}")
-    return found
+    """Processes this run started that are still running (zombies excluded: they hold nothing)."""
+    found = {}
+    for pid, name in started_pids().items():
+        found[pid] = name
+    me = psutil.Process()
+    for child in me.children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            found.setdefault(child.pid, " ".join(child.cmdline())[:120])
+        except psutil.NoSuchProcess:
+            continue
+    return {f"{pid} {name}" for pid, name in found.items()}
+
+
+def _cgroups() -> set[str]:
+    """The lab's cgroups (``mec-chain``, ``mec-lab`` subtrees of the CPU controller)."""
+    out = set()
+    for root in CGROUP_DIRS:
+        for top in ("mec-chain", "mec-lab"):
+            base = root / top
+            if base.is_dir():
+                out |= {str(p.relative_to(root)) for p in base.rglob("*") if p.is_dir()}
+    return out
 
 
 def snapshot() -> dict[str, set[str]]:
@@ -37,9 +63,10 @@ def snapshot() -> dict[str, set[str]]:
         "veth": {line.split(":")[1].strip().split("@")[0]
                  for line in _lines(["ip", "-o", "link", "show", "type", "veth"])},
         "ovs_bridges": _lines(["ovs-vsctl", "--timeout=5", "list-br"]),
-        "containers": _lines(["/usr/bin/docker", "ps", "-a", "--filter", "label=mec-testbed",
-                              "--format", "{{.Names}}"]),
+        "containers": _lines(["/usr/bin/docker", "ps", "-a", "--filter",
+                              f"label=mec-testbed.owner={os.getpid()}", "--format", "{{.Names}}"]),
         "processes": _processes(),
+        "cgroups": _cgroups(),
     }
 
 

@@ -4,42 +4,305 @@
 picks the Open vSwitch datapath from the platform probe (kernel if the module exists, else
 userspace ``netdev``) and refuses, with a clear message, what the machine cannot emulate
 (link delay without ``netem``) instead of failing deep inside Mininet.
+
+The node and link classes a topology names (``topologies/``):
+
+- :class:`DataSwitch`: an OpenFlow 1.3 switch driven by the os-ken controller. A *subclass*
+  of ``OVSSwitch``, never a ``functools.partial``: Mininet starts the switches of a class
+  with ``batchStartup`` in one ``ovs-vsctl`` call from Python; a partial has no such method,
+  so Mininet sends each switch's whole ``add-br ... add-port ...`` line through the switch's
+  shell, whose terminal cuts lines at 4095 bytes: past ~54 ports the bridge never came up.
+- :class:`ManagementBridge`: a standalone L2 bridge with no controller (the management
+  network of the MEC servers, the chain gateway and the lab's root-namespace host).
+- :class:`ShapedLink` / :class:`ShapedIntf`: Mininet's ``TCLink`` with an htb ``quantum``
+  chosen for the rate, so the kernel does not warn ``quantum of class ... is big`` (which
+  Mininet prints as ``*** Error``), and with TX checksum offload off by default (TCP through
+  the userspace datapath needs it off). A real tc failure is still printed as ``*** Error``.
+
+A root-namespace host (``addHost(name, inNamespace=False)``, the lab's ``lab0``) is supported:
+its interfaces get the same offload settings, it never forwards between them, and on an
+interface that is not on the management network it accepts only packets for that interface's
+own address (so a UE cannot reach the root namespace's other addresses, or the management
+network, through it). Every other host with a management interface stops forwarding and drops
+packets for the management network that arrive on its data interfaces (a UE may add routes:
+it has ``NET_ADMIN`` in its container). With the userspace datapath the root namespace's own
+stack is also kept off every switch port (see :meth:`EmulatedNetwork._root_stack_off_switch_ports`):
+otherwise it answers ARP and routes packets on them, bypassing the switches.
+
+:func:`probe_reachability` pings many pairs at once (Mininet's ``pingAll`` is pairwise-serial).
 """
 from __future__ import annotations
 
+import ipaddress
+import json
+import math
+import re
 import subprocess
 import sys
 import time
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mininet.clean import cleanup as mininet_cleanup
-from mininet.link import TCLink
+from mininet.link import TCIntf, TCLink
 from mininet.log import setLogLevel
 from mininet.net import Mininet
-from mininet.node import OVSSwitch, RemoteController
+from mininet.node import OVSBridge, OVSSwitch, RemoteController
 from mininet.topo import Topo
 
-from testbed.config import ConfigError, NetworkConfig
+from testbed.config import NetworkConfig
 from testbed.docker_host import DockerHost, remove_leftover_containers
+from testbed.errors import ConfigError
 from testbed.platform import PlatformReport, detect
 from testbed.processes import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+IPTABLES_TAG = "mec-testbed"   # comment on the root-namespace rules this module adds
 
+
+# --------------------------------------------------------------------------- node classes
+
+class DataSwitch(OVSSwitch):
+    """OpenFlow 1.3 Open vSwitch bridge controlled by the os-ken controller."""
+
+    def __init__(self, name, protocols="OpenFlow13", **params):
+        super().__init__(name, protocols=protocols, **params)
+
+
+class ManagementBridge(OVSBridge):
+    """Standalone L2 bridge (``fail_mode=standalone``, no controller): the management network."""
+
+
+def htb_quantum(rate_mbit: float) -> int:
+    """htb quantum (bytes) for a class of ``rate_mbit``: rate/r2q as htb would compute it
+    (r2q = 10), kept within [MTU, 200000] bytes, htb's own bounds, but given explicitly so the
+    kernel does not correct it and warn."""
+    return int(min(max(rate_mbit * 1e6 / 8 / 10, 1514), 200_000))
+
+
+class ShapedIntf(TCIntf):
+    """``TCIntf`` with an explicit htb quantum and TX checksum offload off by default."""
+
+    bwParamMax = 10_000   # Mbit/s; htb handles it (Mininet's 1000 is a caution, not a limit)
+
+    def bwCmds(self, bw=None, speedup=0, use_hfsc=False, use_tbf=False, **params):
+        cmds, parent = super().bwCmds(bw=bw, speedup=speedup, use_hfsc=use_hfsc,
+                                      use_tbf=use_tbf, **params)
+        if bw is not None and not (use_hfsc or use_tbf):
+            rate = speedup if speedup > 0 and self.node.name[:1] == "s" else bw
+            cmds = [c + f" quantum {htb_quantum(rate)}" if " htb rate " in c else c for c in cmds]
+        return cmds, parent
+
+    def config(self, txo=False, **params):
+        # The userspace datapath does not fill in checksums a veth left to the NIC: TCP fails
+        # with offload on. Off costs a little CPU with the kernel datapath and is harmless.
+        return super().config(txo=txo, **params)
+
+
+class ShapedLink(TCLink):
+    """A veth pair of :class:`ShapedIntf` (``bw`` in Mbit/s, ``delay`` needs netem)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("cls1", ShapedIntf)
+        kwargs.setdefault("cls2", ShapedIntf)
+        super().__init__(*args, **kwargs)
+
+
+class _Pending:
+    """Stands in a Mininet host list for a container host still being created."""
+
+    def __init__(self, future):
+        self.future = future
+
+
+class _ListeningController(RemoteController):
+    """The os-ken controller, already started and checked listening by :class:`EmulatedNetwork`.
+    Mininet's own check (``telnet`` to the port) reads the controller's binary OpenFlow HELLO
+    as UTF-8 text and fails at random on its transaction id, so it is skipped."""
+
+    def checkListening(self):
+        pass
+
+
+class _LabMininet(Mininet):
+    """Mininet whose every switch (data and management) uses the datapath the lab chose, and
+    which creates container hosts concurrently (Mininet would wait ~0.3 s for each in turn)."""
+
+    container_starts = 6    # containers created at once (the Docker engine shares the cores)
+
+    def __init__(self, *args, datapath: str, **kwargs):
+        self.lab_datapath = datapath
+        self._pool: ThreadPoolExecutor | None = None
+        super().__init__(*args, **kwargs)
+
+    def addSwitch(self, name, cls=None, **params):
+        params["datapath"] = self.lab_datapath
+        return super().addSwitch(name, cls=cls, **params)
+
+    def addHost(self, name, cls=None, **params):
+        if self._pool is not None and isinstance(cls, type) and issubclass(cls, DockerHost):
+            # Mininet still computes the host's defaults (IP, MAC) in topology order.
+            pool, real = self._pool, cls
+            return super().addHost(name, cls=lambda n, **p: _Pending(pool.submit(real, n, **p)), **params)
+        return super().addHost(name, cls=cls, **params)
+
+    def addLink(self, *args, **kwargs):
+        self._resolve_pending()   # links need the hosts: every container is up by now
+        return super().addLink(*args, **kwargs)
+
+    def buildFromTopo(self, topo=None):
+        with ThreadPoolExecutor(max_workers=self.container_starts) as pool:
+            self._pool = pool
+            try:
+                super().buildFromTopo(topo)
+            finally:
+                self._pool = None
+                self._resolve_pending(raise_error=sys.exc_info()[0] is None)
+
+    def _resolve_pending(self, raise_error: bool = True) -> None:
+        """Put each created container host in place of its stand-in; drop the failed ones
+        (after the others are registered, so stop() removes them) and raise the first error."""
+        errors = []
+        for k, h in enumerate(list(self.hosts)):
+            if isinstance(h, _Pending):
+                try:
+                    real = h.future.result()
+                    self.hosts[k] = real
+                    self.nameToNode[real.name] = real
+                except BaseException as e:   # noqa: BLE001 - re-raised below
+                    errors.append(e)
+        if errors:
+            self.hosts[:] = [h for h in self.hosts if not isinstance(h, _Pending)]
+            for name in [n for n, h in self.nameToNode.items() if isinstance(h, _Pending)]:
+                del self.nameToNode[name]
+            if raise_error:
+                raise errors[0]
+
+    def stop(self):
+        # Mininet deletes each link with two commands through the nodes' shells and removes
+        # containers one by one (~0.2 s each). Delete every veth pair at once from its
+        # root-namespace end, stop the rest as Mininet does, remove the containers concurrently.
+        ends = [i.name for link in self.links for i in (link.intf1, link.intf2)
+                if i is not None and not i.node.inNamespace]
+        ends = list(dict.fromkeys(n for n in ends if n != "lo"))
+        if ends:
+            subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {n}\n" for n in ends),
+                           capture_output=True, text=True)
+            self.links = [link for link in self.links
+                          if not any(not i.node.inNamespace for i in (link.intf1, link.intf2))]
+        dockers = [h for h in self.hosts if isinstance(h, DockerHost)]
+        every = self.hosts
+        self.hosts = [h for h in every if not isinstance(h, DockerHost)]
+        try:
+            super().stop()
+        finally:
+            self.hosts = every
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda h: h.terminate(), dockers))
+
+
+# --------------------------------------------------------------------------- reachability
+
+@dataclass
+class Reachability:
+    """Outcome of :func:`probe_reachability`.
+
+    ``failed``: (source, target) pairs that never answered; ``first_round_failed``: how many
+    pairs missed their first echo request (a learning switch floods and learns on the first
+    packets, so this counts pairs that needed a retry, not lost traffic).
+    """
+    pairs: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    first_round_failed: int = 0
+    rounds: int = 0
+    seconds: float = 0.0
+
+    @property
+    def loss_pct(self) -> float:
+        return round(100.0 * len(self.failed) / self.pairs, 2) if self.pairs else 0.0
+
+    def to_dict(self, max_failed: int = 20) -> dict:
+        return {"pairs": self.pairs, "failed": len(self.failed), "loss_pct": self.loss_pct,
+                "first_round_failed": self.first_round_failed, "rounds": self.rounds,
+                "seconds": round(self.seconds, 2),
+                "failed_pairs": [f"{s}->{t}" for s, t in self.failed[:max_failed]]}
+
+
+_PING_SUMMARY = re.compile(r"--- (\S+) ping statistics ---\s+\d+ packets transmitted, (\d+) received")
+
+
+def probe_reachability(sources, targets: dict[str, str] | None = None, *, timeout_s: float = 2.0,
+                       attempts: int = 3, in_flight: int = 64) -> Reachability:
+    """Ping every target from every source host, all sources at once (Mininet's ``pingAll``
+    is pairwise-serial: minutes past ~60 hosts).
+
+    Each round sends one echo request per pair still unanswered, with at most ``in_flight``
+    pings running over all sources (they share the machine's cores and the controller, which
+    sees every first packet); a pair counts as reachable if any of its ``attempts`` requests
+    is answered within ``timeout_s``.
+
+    ``sources``: Mininet hosts. ``targets``: label -> IP address; default every source's
+    default (data) address, labelled by host name (a host does not probe itself).
+    """
+    t0 = time.monotonic()
+    sources = list(sources)
+    if targets is None:
+        targets = {h.name: h.IP() for h in sources}
+    wait = max(1, math.ceil(timeout_s))
+    todo = {h.name: {ip: label for label, ip in targets.items() if label != h.name} for h in sources}
+    pairs = sum(len(t) for t in todo.values())
+    first_failed, rounds = 0, 0
+    for rounds in range(1, attempts + 1):
+        active = [h for h in sources if todo[h.name]]
+        if not active:
+            rounds -= 1
+            break
+        per_source = max(1, in_flight // len(active))
+        for h in active:
+            h.sendCmd(f"printf '%s\\n' {' '.join(todo[h.name])} | "
+                      f"xargs -P {per_source} -n 1 ping -n -q -c 1 -W {wait} 2>&1")
+        for h in active:
+            answered = {ip for ip, got in _PING_SUMMARY.findall(h.waitOutput()) if int(got) > 0}
+            todo[h.name] = {ip: label for ip, label in todo[h.name].items() if ip not in answered}
+        if rounds == 1:
+            first_failed = sum(len(t) for t in todo.values())
+    failed = [(src, label) for src, left in todo.items() for label in left.values()]
+    return Reachability(pairs=pairs, failed=failed, first_round_failed=first_failed,
+                        rounds=rounds, seconds=time.monotonic() - t0)
+
+
+def _run_on_hosts(hosts_cmds: list[tuple[object, str]]) -> dict[str, str]:
+    """Send one command line to each host at once, then collect every output."""
+    for host, cmd in hosts_cmds:
+        host.sendCmd(cmd)
+    return {host.name: host.waitOutput() for host, _ in hosts_cmds}
+
+
+# --------------------------------------------------------------------------- the owner
 
 class EmulatedNetwork:
-    """``with EmulatedNetwork(topo, cfg, log_dir) as net:`` gives a started ``Mininet``."""
+    """``with EmulatedNetwork(topo, cfg, log_dir) as net:`` gives a started ``Mininet``.
+
+    ``topo`` may carry a ``plan`` (``topologies.plan.TopologyPlan``): its notes (what is not
+    emulated here) join :attr:`notes`, and its management network (``plan.mgmt_net``) is
+    isolated from the data network as described in the module docstring.
+    """
 
     def __init__(self, topo: Topo, cfg: NetworkConfig, log_dir: Path,
-                 platform: PlatformReport | None = None, controller_apps: list[str] | None = None):
+                 platform: PlatformReport | None = None, controller_apps: list[str] | None = None,
+                 controller_args: list[str] | None = None):
         self.topo, self.cfg, self.log_dir = topo, cfg, Path(log_dir)
+        self.controller_args = list(controller_args or [])   # e.g. the lab app's --lab-config
         self.platform = platform or detect()
         self.apps = controller_apps or ["controller.l2_switch"]
         self.datapath = self._choose_datapath()
         self.notes: list[str] = []
         self.controller: ManagedProcess | None = None
         self.net: Mininet | None = None
+        self.plan = getattr(topo, "plan", None)
+        self._root_rules: list[list] = []   # [table, spec] of iptables rules added in the root ns
+        self.timings: dict[str, float] = {}   # seconds per bring-up step (controller_s, build_s, ...)
 
     def _choose_datapath(self) -> str:
         want, kernel_ok = self.cfg.datapath, self.platform.ovs_datapath == "kernel"
@@ -55,46 +318,176 @@ class EmulatedNetwork:
         if self.cfg.link_bw_mbit and not self.platform.htb:
             raise ConfigError("network.link_bw_mbit is set but htb is unavailable: bandwidth "
                               "cannot be shaped here (see `testbed doctor`)")
+        if self.plan is not None and not self.platform.htb and (
+                any(n.link_bw_mbit for n in self.plan.nodes.values())
+                or any(link["bw_mbit"] for link in self.plan.links)):
+            raise ConfigError(f"the '{self.plan.kind}' topology shapes link rates but htb is "
+                              "unavailable here: bandwidth cannot be shaped (see `testbed doctor`)")
         setLogLevel("warning")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        t = time.monotonic()
         self.controller = ManagedProcess(
             "os-ken controller",
             [sys.executable, "-m", "controller", "--listen", self.cfg.controller_ip,
-             "--port", str(self.cfg.controller_port), *sum((["--app", a] for a in self.apps), [])],
+             "--port", str(self.cfg.controller_port), *sum((["--app", a] for a in self.apps), []),
+             *self.controller_args],
             self.log_dir / "controller.log", cwd=ROOT).start()
         self.controller.wait_for_port(self.cfg.controller_ip, self.cfg.controller_port)
-        switch = partial(OVSSwitch, protocols="OpenFlow13",
-                         datapath="user" if self.datapath == "user" else "kernel")
-        self.net = Mininet(topo=self.topo, switch=switch, link=TCLink, controller=None,
-                           autoSetMacs=True, build=False, waitConnected=False)
-        self.net.addController(RemoteController("c0", ip=self.cfg.controller_ip,
+        t = self._lap("controller_s", t)
+        self.net = _LabMininet(topo=self.topo, switch=DataSwitch, link=ShapedLink, controller=None,
+                               autoSetMacs=True, build=False, waitConnected=False,
+                               datapath=self.datapath)
+        self.net.addController(_ListeningController("c0", ip=self.cfg.controller_ip,
                                                 port=self.cfg.controller_port))
         self.net.build()
+        t = self._lap("build_s", t)       # hosts (containers included) and links
         self.net.start()
+        t = self._lap("switches_s", t)
         if self.datapath == "user":
-            # The userspace datapath does not fill in TCP checksums offloaded by veths.
-            for host in self.net.hosts:
-                for intf in host.intfList():
-                    if intf.name != "lo":
-                        host.cmd("ethtool -K", intf.name, "tx off")
+            self._root_stack_off_switch_ports()
+            self._checksum_offload_off()
             self.notes.append("userspace OVS datapath (netdev); TX checksum offload off on hosts")
         if not self.cfg.link_delay_ms:
             self.notes.append("no link delay emulated (link_delay_ms unset)")
-        self._wait_connected()
+        if self.plan is not None:
+            self.notes += [n for n in self.plan.notes if n not in self.notes]
+            if getattr(self.plan, "mgmt_net", None):
+                self._isolate_management(ipaddress.ip_network(self.plan.mgmt_net))
+        t = self._lap("configure_s", t)   # offload, isolation
+        self.wait_connected()
+        self._lap("connect_s", t)
         return self.net
 
-    def _wait_connected(self, timeout: float = 20.0) -> None:
+    def _lap(self, what: str, since: float) -> float:
+        now = time.monotonic()
+        self.timings[what] = round(now - since, 2)
+        return now
+
+    # -- host interfaces -------------------------------------------------------------------
+
+    @staticmethod
+    def _host_intfs(host) -> list:
+        return [i for i in host.intfList() if i.name != "lo"]
+
+    def _checksum_offload_off(self) -> None:
+        """``ethtool -K <intf> tx off`` on every host interface (root-namespace hosts too)."""
+        jobs = [(h, "; ".join(f"ethtool -K {i.name} tx off >/dev/null" for i in self._host_intfs(h)))
+                for h in self.net.hosts if self._host_intfs(h)]
+        _run_on_hosts(jobs)
+
+    def _root_rule(self, table: str, spec: list[str]) -> None:
+        """Add a tagged iptables rule in the root namespace (once); stop() removes it."""
+        spec = [*spec, "-m", "comment", "--comment", IPTABLES_TAG]
+        if subprocess.run(["iptables", "-w", "-t", table, "-C", *spec], capture_output=True).returncode:
+            subprocess.run(["iptables", "-w", "-t", table, "-I", *spec], check=True, capture_output=True)
+        self._root_rules.append([table, spec])
+
+    @staticmethod
+    def _sysctl(settings: list[str]) -> None:
+        for k in range(0, len(settings), 200):
+            subprocess.run(["sysctl", "-q", "-w", *settings[k:k + 200]], check=True, capture_output=True)
+
+    def _root_stack_off_switch_ports(self) -> None:
+        """With the userspace datapath a switch port is a plain veth in the root namespace:
+        OVS reads it through a packet socket, but the root namespace's own stack also sees
+        every packet, answers ARP for its addresses there and routes what it gets. Without
+        this, a UE's packets for lab0 go into the root namespace through the UE's own switch
+        port (bypassing the switch) and can be forwarded anywhere, management network
+        included. The stack is kept off every port: no ARP replies, no IPv6, no forwarding,
+        and IPv4 dropped before routing (raw PREROUTING); OVS still gets every packet."""
+        settings = []
+        for sw in self.net.switches:
+            for i in sw.intfList():
+                if i.name != "lo":
+                    settings += [f"net.ipv4.conf.{i.name}.arp_ignore=8",
+                                 f"net.ipv4.conf.{i.name}.forwarding=0",
+                                 f"net.ipv6.conf.{i.name}.disable_ipv6=1"]
+            self._root_rule("raw", ["PREROUTING", "-i", f"{sw.name}-eth+", "-j", "DROP"])
+        self._sysctl(settings)
+
+    def _isolate_management(self, mgmt: ipaddress.IPv4Network) -> None:
+        """Keep data-network traffic off the management network (see the module docstring)."""
+        jobs = []
+        for h in self.net.hosts:
+            intfs = self._host_intfs(h)
+            on_mgmt = [i for i in intfs if i.IP() and ipaddress.ip_address(i.IP()) in mgmt]
+            if h.inNamespace and not on_mgmt:
+                continue
+            data = [i for i in intfs if i not in on_mgmt]
+            if h.inNamespace:
+                cmds = ["sysctl -qw net.ipv4.ip_forward=0"]
+                cmds += [f"iptables -w -A INPUT -i {i.name} -d {mgmt} -j DROP" for i in data]
+                jobs.append((h, " && ".join(cmds)))
+            else:
+                # The root namespace: per-interface settings (they go with the interface),
+                # and on a data interface only packets for that interface's own address.
+                self._sysctl([f"net.ipv4.conf.{i.name}.{k}={v}" for i in intfs
+                              for k, v in (("forwarding", 0), ("arp_ignore", 1))])
+                for i in data:
+                    self._root_rule("filter", ["INPUT", "-i", i.name, "!", "-d", i.IP(), "-j", "DROP"])
+        for name, out in _run_on_hosts(jobs).items():
+            if out.strip():
+                raise RuntimeError(f"isolating the management network on {name} failed: {out.strip()}")
+
+    # -- controller connection -------------------------------------------------------------
+
+    def _controlled_switches(self) -> list[str]:
+        return [s.name for s in self.net.switches if getattr(s, "failMode", "secure") != "standalone"]
+
+    @staticmethod
+    def _ovsdb(table: str, columns: str) -> list[list]:
+        out = subprocess.run(["ovs-vsctl", "--timeout=5", "--format=json", f"--columns={columns}",
+                              "list", table], capture_output=True, text=True).stdout
+        try:
+            return json.loads(out)["data"]
+        except (ValueError, KeyError):
+            return []
+
+    def connection_state(self) -> dict[str, str]:
+        """Each controlled switch: ``connected``, ``not connected`` or ``no bridge``."""
+        connected = {row[0][1] for row in self._ovsdb("Controller", "_uuid,is_connected")
+                     if row[1] is True}
+        bridges = {}
+        for name, ctl in self._ovsdb("Bridge", "name,controller"):
+            uuids = [ctl[1]] if ctl[0] == "uuid" else [u[1] for u in ctl[1]]
+            bridges[name] = any(u in connected for u in uuids)
+        return {s: ("no bridge" if s not in bridges else "connected" if bridges[s] else "not connected")
+                for s in self._controlled_switches()}
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until every controlled switch is connected to the controller; else raise
+        ``TimeoutError`` naming the switches that are and are not (bridge missing or not)."""
+        names = self._controlled_switches()
+        timeout = timeout or 20.0 + 0.5 * len(names)
         deadline = time.monotonic() + timeout
-        names = [s.name for s in self.net.switches]
+        state: dict[str, str] = {}
         while time.monotonic() < deadline:
-            out = subprocess.run(["ovs-vsctl", "--columns=is_connected", "list", "controller"],
-                                 capture_output=True, text=True).stdout
-            if out.count("true") >= len(names):
+            state = self.connection_state()
+            if all(v == "connected" for v in state.values()):
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"switches {names} did not connect to the controller at "
-                           f"{self.cfg.controller_ip}:{self.cfg.controller_port}:\n"
-                           f"{self.controller.log_tail()}")
+        good = [s for s, v in state.items() if v == "connected"]
+        bad = [f"{s} ({v})" for s, v in state.items() if v != "connected"]
+        hint = (" A missing bridge means its ovs-vsctl start command failed (see Mininet's "
+                "output above)." if any(v == "no bridge" for v in state.values()) else "")
+        raise TimeoutError(
+            f"{len(bad)} of {len(names)} switches did not connect to the controller at "
+            f"{self.cfg.controller_ip}:{self.cfg.controller_port} within {timeout:.0f} s: "
+            f"not connected: {', '.join(bad)}; connected: {', '.join(good) or 'none'}.{hint}\n"
+            f"controller log ({self.controller.log_path}):\n{self.controller.log_tail()}")
+
+    def restart_controller(self, timeout: float = 30.0) -> float:
+        """Fault injection and recovery: stop the controller (SIGKILL) and start it again with
+        the same apps; wait until every switch is connected. Returns the gap in seconds."""
+        t0 = time.monotonic()
+        old = self.controller
+        old.kill()
+        self.controller = ManagedProcess(old.name, old.argv, old.log_path, cwd=old.cwd).start()
+        self.controller.wait_for_port(self.cfg.controller_ip, self.cfg.controller_port)
+        self.wait_connected(timeout)
+        return time.monotonic() - t0
+
+    # -- teardown --------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Tear everything down; safe to call twice and after a failed start."""
@@ -108,11 +501,27 @@ class EmulatedNetwork:
             self.net = None
             if self.controller is not None:
                 self.controller.stop()
-            # Whatever a crashed start left behind: this topology's containers and bridges
-            # (not those of another run on the same machine).
+            for table, spec in self._root_rules:
+                while subprocess.run(["iptables", "-w", "-t", table, "-D", *spec],
+                                     capture_output=True).returncode == 0:
+                    pass
+            self._root_rules = []
+            # Whatever a crashed start left behind: this topology's containers, bridges and
+            # root-namespace interfaces (not those of another run on the same machine).
             remove_leftover_containers(self.topo.hosts())
             for sw in self.topo.switches():
                 subprocess.run(["ovs-vsctl", "--if-exists", "del-br", sw], capture_output=True)
+            self._remove_root_interfaces()
+
+    def _remove_root_interfaces(self) -> None:
+        roots = [h for h in self.topo.hosts() if self.topo.nodeInfo(h).get("inNamespace", True) is False]
+        if not roots:
+            return
+        out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if any(name.startswith(f"{h}-eth") for h in roots):
+                subprocess.run(["ip", "link", "del", name], capture_output=True)
 
     def __enter__(self) -> Mininet:
         try:

@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".tools"
 GETH = TOOLS / "bin" / "geth"
 SOLCJS = ROOT / "node_modules" / ".bin" / "solcjs"
-ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
+ANVIL = TOOLS / "bin" / "anvil"        # installed by the set-up (scripts/setup.sh)
 DOCKER = "/usr/bin/docker"   # Debian's client, same version as the engine it talks to
+GETH_VERSION = "1.11.6-stable"
+ANVIL_VERSION = "1.7.1"
 
 
 def _run(cmd: list[str], timeout: float = 20) -> tuple[int, str]:
@@ -52,6 +54,11 @@ def _qdisc_works(kind: str, args: list[str]) -> bool:
         _run(["ip", "netns", "del", ns])
 
 
+def _images() -> tuple[str, ...]:
+    from testbed.images import BASE_IMAGE, UE_IMAGE
+    return BASE_IMAGE, UE_IMAGE
+
+
 def _kernel_ovs_datapath() -> bool:
     """The kernel datapath needs the openvswitch module (absent on some cloud kernels)."""
     if Path("/sys/module/openvswitch").exists():
@@ -77,10 +84,29 @@ class PlatformReport:
     solc: str | None
     anvil: str | None
     python: str
+    images: bool = False              # the lab's Docker images exist
     limitations: list[str] = field(default_factory=list)
 
+    def missing(self) -> list[str]:
+        """The required parts this machine lacks, each with its fix (``testbed doctor`` exits
+        1 if any). Kernel datapath and netem are optional: without them the lab says what it
+        does not emulate."""
+        fix = "run `make setup`"
+        need = [("root", self.is_root, "run as root (sudo)"),
+                ("Open vSwitch installed", self.ovs_version is not None, fix),
+                ("Open vSwitch running", self.ovs_running, fix),
+                ("mnexec (Mininet)", self.mnexec, fix),
+                ("Docker engine", self.docker_engine is not None, fix),
+                ("Docker images", self.images, "run `make images` (or `make setup`)"),
+                (f"geth {GETH_VERSION}", self.geth == GETH_VERSION, fix),
+                ("solc", self.solc is not None, fix),
+                (f"anvil {ANVIL_VERSION}", self.anvil == ANVIL_VERSION, fix),
+                ("python venv", self.python != "venv missing", fix),
+                ("htb qdisc", self.htb, "a kernel with sch_htb")]
+        return [f"{name}: {how}" for name, ok, how in need if not ok]
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps({**asdict(self), "missing": self.missing()}, indent=2)
 
     def to_text(self) -> str:
         rows = [
@@ -101,6 +127,7 @@ class PlatformReport:
         w = max(len(k) for k, _ in rows)
         lines = [f"{k:<{w}}  {v}" for k, v in rows]
         lines += [f"NOTE: {x}" for x in self.limitations]
+        lines += [f"MISSING: {x}" for x in self.missing()]
         return "\n".join(lines)
 
 
@@ -127,8 +154,10 @@ def detect() -> PlatformReport:
         docker_engine=docker,
         geth=_version([str(GETH), "version"], r"Version:\s*(\S+)"),
         solc=_version([str(SOLCJS), "--version"], r"^(\S+)"),
-        anvil=_version([str(ANVIL), "--version"], r"anvil Version:\s*(\S+)"),
+        anvil=_version([str(ANVIL), "--version"], r"anvil Version:\s*([0-9.]+)"),
         python=_version([str(ROOT / ".venv" / "bin" / "python"), "-V"], r"Python (\S+)") or "venv missing",
+        images=docker is not None and all(_run([DOCKER, "image", "inspect", img])[0] == 0
+                                          for img in _images()),
     )
     if not root:
         rep.limitations.append("not root: Mininet, OVS and network probes need root (sudo)")

@@ -1,4 +1,5 @@
-"""Shared fixtures: root/OVS/Docker checks and the leftover snapshot."""
+"""Shared fixtures: root/OVS/Docker checks, the leftover snapshot, a small running lab."""
+import contextlib
 import os
 import subprocess
 
@@ -36,3 +37,24 @@ def no_leftovers():
     yield
     leaked = leftovers.leaks(before, leftovers.snapshot())
     assert not leaked, f"teardown left behind: {leaked}"
+
+
+@contextlib.contextmanager
+def running_lab(workdir, overrides: list[str], ues: tuple[str, ...]):
+    """A lab of the ``lab`` scenario with ``overrides``, the UE clients ``ues`` started and
+    registered; torn down after, and nothing may be left behind."""
+    from testbed.config import load_scenario
+    from testbed.lab import Lab
+    from testbed.processes import log_ready
+
+    before = leftovers.snapshot()
+    lab = Lab(load_scenario("lab", overrides), workdir, start_ues=False)
+    try:
+        lab.start()
+        for u in ues:
+            lab.start_ue(u).wait_ready(log_ready("registered as"), 120, "registered")
+        yield lab
+    finally:
+        lab.stop()
+        leaked = leftovers.leaks(before, leftovers.snapshot())
+        assert not leaked, f"teardown left behind: {leaked}"

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, LearnerConfig, ModelConfig, PaperConfig
-from agent.experiments import load_configs
+from agent.config import LearnerConfig, ModelConfig, PaperConfig
+from testbed.config import load_scenario
+from testbed.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,8 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
     ({"cpu_per_mhs": 0.06}, "model.cpu_per_mhs"),                     # 100 MHash/s would take 6 GHz of 5
     ({"arrival_prob": 0.0}, "model.arrival_prob"),
     ({"reputation_window": 0}, "model.reputation_window"),
-    ({"slot_s": 1.0}, "model.slot_s"),                                # shorter than the longest task
+    ({"slot_s": 0.3}, "model.slot_s"),                                # 1.6 Gcycles at 5 GHz take 0.32 s
     ({"eta_per_s": -1.0}, "model.eta_per_s"),
+    ({"demand_reading": "per_gb"}, "model.demand_reading"),
+    ({"demand_reading": "per_mb", "slot_s": 1.5}, "model.slot_s"),     # 5 MB x 1.6 Gcycles/MB = 1.6 s at 5 GHz
 ])
 def test_model_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -55,11 +58,36 @@ def test_unknown_field_is_named():
 
 
 def test_paper_scenario_loads_and_round_trips():
-    mcfg, lcfg, pc = load_configs(ROOT / "scenarios" / "paper.toml", ["model.n_users=30", "learner.lr=0.01"])
+    scn = load_scenario(ROOT / "scenarios" / "paper.toml", ["model.n_users=30", "learner.lr=0.01"])
+    mcfg, lcfg, pc = scn.model, scn.learner, scn.paper
     assert mcfg.n_users == 30 and lcfg.lr == 0.01 and pc.seeds >= 5
     assert ModelConfig.from_dict(mcfg.to_dict()) == mcfg
     assert LearnerConfig.from_dict(lcfg.to_dict()) == lcfg
+    assert PaperConfig.from_dict(pc.to_dict()) == pc
     data = tomllib.loads((ROOT / "scenarios" / "paper.toml").read_text())
     assert set(data) >= {"model", "learner", "paper"}
     with pytest.raises(ConfigError, match=r"model\.n_servers"):
-        load_configs(None, ["model.n_servers=0"])
+        load_scenario(None, ["model.n_servers=0"])
+
+
+def test_paper_scenario_default_reading_is_its_model():
+    """The paper scenario's [model] is its default reading: laying that reading over it changes nothing."""
+    scn = load_scenario("paper")
+    pc = scn.paper
+    assert pc.default_reading in pc.readings
+    assert pc.reading_model(scn.model, pc.default_reading) == scn.model
+    assert scn.model.cpu_per_mhs == 0.0                               # κ is not in the paper
+    units = {pc.reading_model(scn.model, r).demand_reading for r in pc.readings}
+    assert units == {"total", "per_mb"}                               # both units of ξ are run
+
+
+def test_readings_are_checked_and_named():
+    with pytest.raises(ConfigError, match=r"paper\.readings\.bad: unknown \[model\] field\(s\) n_miners"):
+        PaperConfig(readings={"bad": {"n_miners": 3}}, default_reading="bad")
+    with pytest.raises(ConfigError, match=r"paper\.default_reading"):
+        PaperConfig(readings={"a": {}}, default_reading="b")
+    pc = PaperConfig(readings={"slow": {"demand_reading": "per_mb", "slot_s": 1.0}}, default_reading="slow")
+    with pytest.raises(ConfigError, match=r"paper\.readings\.slow over \[model\]: model\.slot_s"):
+        pc.reading_model(ModelConfig(), "slow")
+    with pytest.raises(ConfigError, match=r"paper\.readings\.w"):
+        load_scenario("paper", ["paper.readings.w=3"])

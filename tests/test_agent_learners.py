@@ -9,9 +9,10 @@ from agent import actions, model
 from agent.baselines import GAAgent, GreedyAgent, RandomAgent
 from agent.config import LearnerConfig, ModelConfig
 from agent.env import MecChainEnv
-from agent.learners import DDQNAgent, DQNAgent, QLearningAgent, QNetwork, Transition, q_target
+from agent.learners import DDQNAgent, DQNAgent, QNetwork, Transition, q_target
 from agent.learners.dqn import greedy_selector
 from agent.oracle import OracleAgent, solve_slot, solve_slot_milp
+from agent.registry import AGENTS, VARIANTS, load_agent, make_agent
 
 SMALL_LEARNER = LearnerConfig(batch_size=16, learning_starts=16, replay_size=1000, eps_decay_slots=30)
 
@@ -36,26 +37,29 @@ def run(agent, cfg, slots, seed=0, explore=True, learn=True):
     return np.array(rewards), acts
 
 
-AGENTS = {
-    "random": lambda c: RandomAgent(c, seed=0),
-    "greedy": lambda c: GreedyAgent(c, seed=0),
-    "ga": lambda c: GAAgent(c, LearnerConfig(ga_population=8, ga_generations=4), seed=0),
-    "oracle": lambda c: OracleAgent(c, seed=0),
-    "qlearning": lambda c: QLearningAgent(c, SMALL_LEARNER, seed=0),
-    "dqn": lambda c: DQNAgent(c, SMALL_LEARNER, seed=0),
-    "ddqn": lambda c: DDQNAgent(c, SMALL_LEARNER, seed=0),
-    "ddqn_flat": lambda c: DDQNAgent(c, LearnerConfig(batch_size=16, learning_starts=16, head="flat"), seed=0),
-    "ddqn_no_ra": lambda c: DDQNAgent(c, SMALL_LEARNER, seed=0, hash_mode="equal"),
-    "ddqn_no_us": lambda c: DDQNAgent(c, SMALL_LEARNER, seed=0, user_mode="random"),
-}
+SMALL_GA = dict(ga_population=8, ga_generations=4)
+CASES = {name: (lambda c, name=name: make_agent(name, c, LearnerConfig(**{**SMALL_LEARNER.to_dict(), **SMALL_GA}),
+                                                 seed=0)) for name in AGENTS}
+CASES.update({f"ddqn_{v}": (lambda c, v=v: make_agent("ddqn", c, SMALL_LEARNER, seed=0, variant=v))
+              for v in VARIANTS if v != "full"})
+CASES["ddqn_flat"] = lambda c: make_agent("ddqn", c, LearnerConfig(batch_size=16, learning_starts=16, head="flat"))
 
 
-@pytest.mark.parametrize("name", list(AGENTS))
+def test_registry_names_every_agent():
+    assert set(AGENTS) == {"ddqn", "dqn", "qlearning", "ga", "greedy", "random", "oracle"}
+    with pytest.raises(ValueError, match="unknown agent"):
+        make_agent("ppo", ModelConfig())
+    with pytest.raises(ValueError, match="only for ddqn and dqn"):
+        make_agent("greedy", ModelConfig(), variant="no_us")
+
+
+@pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("users,arrival", [(7, 0.5), (2, 1.0)])
 def test_every_agent_emits_feasible_actions(name, users, arrival):
     # a binding budget (minimum 3 x 20 = 60) and, with arrival 0.5 or U < M, slots with fewer tasks than servers
-    cfg = ModelConfig(n_servers=3, n_users=users, hash_budget_mhs=130.0, arrival_prob=arrival, horizon_slots=25)
-    agent = AGENTS[name](cfg)
+    cfg = ModelConfig(n_servers=3, n_users=users, hash_budget_mhs=130.0, arrival_prob=arrival, horizon_slots=25,
+                      demand_reading="per_mb", cpu_per_mhs=0.02)
+    agent = CASES[name](cfg)
     run(agent, cfg, 60)
     run(agent, cfg, 10, seed=5, explore=False, learn=False)
 
@@ -137,7 +141,7 @@ def test_double_q_target_uses_online_argmax_and_target_evaluation():
 @pytest.mark.parametrize("cls,y", [(DDQNAgent, Y_DOUBLE), (DQNAgent, Y_CLASSIC)])
 def test_agent_update_regresses_on_its_target(cls, y):
     cfg = ModelConfig(**TINY)
-    agent = cls(cfg, LearnerConfig(batch_size=1, replay_size=1, learning_starts=0, head="flat", hidden=(4,),
+    agent = cls(cfg, LearnerConfig(batch_size=1, replay_size=1, learning_starts=0, train_every=1, head="flat", hidden=(4,),
                                    gamma=GAMMA), seed=0)
     agent.q = _tiny_flat_net(cfg, A_ONLINE, B_ONLINE)
     agent.q_target = _tiny_flat_net(cfg, A_TARGET, B_TARGET)
@@ -158,8 +162,36 @@ def test_same_seed_same_learning_trajectory():
     assert not np.array_equal(r1, r3)
 
 
+@pytest.mark.parametrize("name", ["ddqn", "dqn", "qlearning", "ga", "greedy", "random", "oracle"])
+def test_saved_agent_acts_the_same_after_loading(tmp_path, name):
+    """save -> load_agent gives the same configuration, variant and greedy actions."""
+    cfg = ModelConfig(n_servers=3, n_users=6, hash_budget_mhs=180.0, demand_reading="per_mb", latency_weight=0.1)
+    variant = "no_ra_random" if name == "dqn" else "full"
+    agent = make_agent(name, cfg, LearnerConfig(**{**SMALL_LEARNER.to_dict(), **SMALL_GA}), seed=3, variant=variant)
+    run(agent, cfg, 40)
+    path = agent.save(tmp_path / f"{name}.pt")
+    back = load_agent(path)
+    assert type(back) is type(agent) and back.cfg == cfg and back.lcfg == agent.lcfg and back.variant == variant
+    if name in ("ddqn", "dqn"):
+        for (k, v), (k2, v2) in zip(agent.q.state_dict().items(), back.q.state_dict().items()):
+            assert k == k2 and torch.equal(v, v2)
+        assert back.slot == agent.slot and back.updates == agent.updates > 0
+    if name == "qlearning":
+        assert np.array_equal(back.QA, agent.QA) and np.abs(agent.QA).sum() > 0
+    if name in ("ddqn", "qlearning", "greedy", "oracle"):     # deterministic greedy policies
+        env = MecChainEnv(cfg)
+        obs, _ = env.reset(seed=11)
+        for _ in range(15):
+            a, b = agent.act(obs, explore=False), back.act(obs, explore=False)
+            assert np.array_equal(a, b)
+            obs, *_ = env.step(a)
+    with pytest.raises(ValueError, match="not a saved MEC-chain agent"):
+        torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+        load_agent(tmp_path / "other.pt")
+
+
 def test_ddqn_learns_to_beat_random():
-    cfg = ModelConfig(n_users=20)
+    cfg = ModelConfig(n_users=20, demand_reading="per_mb")
     agent = DDQNAgent(cfg, LearnerConfig(eps_decay_slots=150), seed=0)
     run(agent, cfg, 300)
     learned, _ = run(agent, cfg, 100, seed=99, explore=False, learn=False)

@@ -18,9 +18,39 @@ def test_eq1_service_cost():
 def test_eq2_execution_latency_with_cpu_coupling():
     # 60 MHash/s at κ = 0.02 GHz per MHash/s leaves 5 - 1.2 = 3.8 GHz for tasks
     assert model.task_capacity(5.0, 60.0, 0.02) == pytest.approx(3.8)
-    # T = d ξ / f = 3 MB x 1.1 Gcycles/MB / 3.8 GHz = 0.868421 s
-    assert model.execution_latency(3.0, 1.1, 3.8) == pytest.approx(3.3 / 3.8)
-    assert model.execution_latency(5.0, 1.6, 5.0) == pytest.approx(1.6)
+    # T = 3.3 Gcycles / 3.8 GHz = 0.868421 s
+    assert model.execution_latency(3.3, 3.8) == pytest.approx(3.3 / 3.8)
+
+
+def test_task_gcycles_under_both_readings():
+    # total: the task needs ξ Gcycles whatever its data size; per_mb: d·ξ
+    total, per_mb = ModelConfig(demand_reading="total"), ModelConfig(demand_reading="per_mb")
+    assert model.task_gcycles(total, 3.0, 1.1) == pytest.approx(1.1)
+    assert model.task_gcycles(per_mb, 3.0, 1.1) == pytest.approx(3.3)
+    assert np.allclose(model.task_gcycles(total, [1.0, 5.0], [0.6, 1.6]), [0.6, 1.6])
+    assert np.allclose(model.task_gcycles(per_mb, [1.0, 5.0], [0.6, 1.6]), [0.6, 8.0])
+    # eq. (1) is µ·ξ in both readings
+    for cfg in (total, per_mb):
+        terms = model.slot_terms(cfg, np.array([3.0]), np.array([1.1]), np.array([0] + [1] * 9), np.zeros(10, int))
+        assert terms.revenue[0] == pytest.approx(0.15 * 1.1)
+    lat_total = model.slot_terms(total, np.array([3.0]), np.array([1.1]), np.array([0] + [1] * 9), np.zeros(10, int))
+    lat_mb = model.slot_terms(per_mb, np.array([3.0]), np.array([1.1]), np.array([0] + [1] * 9), np.zeros(10, int))
+    assert lat_total.latency[0] == pytest.approx(1.1 / 5.0) and lat_mb.latency[0] == pytest.approx(3.3 / 5.0)
+
+
+def test_latency_weight_threshold_is_where_fig6_turns():
+    # w* = µ f / d̄ = 0.15 x 5 / 3 = 0.25 (per MB), µ f = 0.75 (total); κ = 0.02 takes 1.2 GHz at 60 MHash/s
+    assert model.latency_weight_threshold(ModelConfig(demand_reading="per_mb")) == pytest.approx(0.25)
+    assert model.latency_weight_threshold(ModelConfig(demand_reading="total")) == pytest.approx(0.75)
+    assert model.latency_weight_threshold(ModelConfig(demand_reading="per_mb", cpu_per_mhs=0.02)) == pytest.approx(0.19)
+    # the derivative of one served task's utility in ξ changes sign at w*, at the mean data size
+    for reading in ("per_mb", "total"):
+        w_star = model.latency_weight_threshold(ModelConfig(demand_reading=reading))
+        for w, sign in ((0.9 * w_star, 1), (1.1 * w_star, -1)):
+            cfg = ModelConfig(demand_reading=reading, latency_weight=w)
+            users, levels = np.array([0] + [1] * 9), np.full(10, 2)
+            u = [model.slot_terms(cfg, np.array([3.0]), np.array([xi]), users, levels).utility[0] for xi in (1.0, 1.2)]
+            assert np.sign(u[1] - u[0]) == sign
 
 
 def test_eq3_reputation_and_empty_window():
@@ -44,7 +74,7 @@ def test_eq4_to_6_mining():
 
 
 def test_eq11_one_slot_by_hand():
-    cfg = ModelConfig(n_servers=2, n_users=3, hash_budget_mhs=200.0)
+    cfg = ModelConfig(n_servers=2, n_users=3, hash_budget_mhs=200.0, demand_reading="per_mb", cpu_per_mhs=0.02)
     data = np.array([1.0, 2.0, 4.0])
     demand = np.array([1.0, 1.5, 0.8])
     # server 0 serves UE 1 at 20 MHash/s; server 1 idles (index 3 = U) at 60 MHash/s
@@ -78,10 +108,43 @@ def test_env_rejects_infeasible_actions():
         env.step(np.array([[1, 1], [0, 0]]))
     with pytest.raises(ValueError, match="budget"):
         env.step(np.array([[0, 1], [4, 4]]))
+    with pytest.raises(ValueError, match="2 x 2 entries"):
+        env.step(np.array([0, 1, 0]))
+
+
+def test_flat_and_two_row_actions_are_the_same_action():
+    """The action space is the flat MultiDiscrete([U+1]*M + [K]*M); (2, M) arrays mean the same."""
+    cfg = ModelConfig(n_servers=3, n_users=5, hash_budget_mhs=180.0)
+    env = MecChainEnv(cfg)
+    assert env.action_space.shape == (6,)
+    assert env.action_space.nvec.tolist() == [6, 6, 6, 5, 5, 5]
+    two_rows = np.array([[0, 1, 2], [2, 2, 2]])
+    env.reset(seed=4)
+    a = env.step(two_rows)
+    env.reset(seed=4)
+    b = env.step(two_rows.ravel())
+    assert env.action_space.contains(two_rows.ravel())
+    assert a[1] == b[1] and np.array_equal(a[0], b[0])
+
+
+def test_registered_with_gymnasium():
+    import gymnasium as gym
+
+    import agent  # noqa: F401  (registers MecChain-v0)
+    env = gym.make("MecChain-v0", cfg=ModelConfig(n_users=7), n_servers=4, hash_budget_mhs=240.0)
+    assert env.unwrapped.cfg.n_users == 7 and env.unwrapped.cfg.n_servers == 4
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    repaired = gym.make("MecChain-v0", cfg={"n_users": 7}, repair=True)
+    repaired.reset(seed=0)
+    for _ in range(5):
+        *_, info = repaired.step(repaired.action_space.sample())
+        assert info["n_served"] == 7                     # every UE has a task (arrival_prob 1) and U < M
 
 
 def test_env_reputation_window_and_aging():
-    cfg = ModelConfig(n_servers=1, n_users=2, reputation_window=2, max_wait_slots=3, hash_budget_mhs=100.0)
+    cfg = ModelConfig(n_servers=1, n_users=2, reputation_window=2, max_wait_slots=3, hash_budget_mhs=100.0,
+                      demand_reading="per_mb", cpu_per_mhs=0.02)
     env = MecChainEnv(cfg)
     obs, _ = env.reset(seed=1)
     assert env.observation_space.contains(obs)
@@ -136,8 +199,9 @@ def test_repaired_env_passes_gymnasium_checker():
     from gymnasium.utils.env_checker import check_env
 
     from agent.env import RepairAction
+    for reading in ("total", "per_mb"):
+        check_env(RepairAction(MecChainEnv(ModelConfig(n_users=6, demand_reading=reading))), skip_render_check=True)
     env = RepairAction(MecChainEnv(ModelConfig(n_users=6)))
-    check_env(env, skip_render_check=True)
     env.reset(seed=0)
     for _ in range(30):                          # arbitrary samples of the space are made feasible
         env.step(env.action_space.sample())

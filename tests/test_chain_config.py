@@ -7,10 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodes.chain import ChainAccounts, make_genesis, node_key
-from nodes.config import MIN_DIFFICULTY, ChainConfig, ChainConfigError
+from nodes.config import MIN_DIFFICULTY, ChainConfig
+from testbed.errors import ConfigError
 from nodes.geth import HTTP_APIS, write_toml
 from nodes.metrics import EWMA_ALPHA, instant_hashrate, summarize
-from nodes.mining_check import budgets_for
+from testbed.experiments.mining_check import budgets_for
 
 
 @pytest.mark.parametrize("kwargs, field", [
@@ -30,7 +31,7 @@ from nodes.mining_check import budgets_for
     ({"start_timeout_s": 0}, "chain.start_timeout_s"),
 ])
 def test_bad_config_names_the_field(kwargs, field):
-    with pytest.raises(ChainConfigError, match=field.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         ChainConfig(**kwargs)
 
 
@@ -128,7 +129,7 @@ def test_budgets_for_modes():
 
 
 def test_wilson_interval_contains_the_share_even_at_the_edges():
-    from nodes.mining_check import _wilson
+    from testbed.experiments.mining_check import _wilson
     for k, n in ((0, 6), (6, 6), (3, 6), (19, 150)):
         lo, hi = _wilson(k, n)
         assert 0 <= lo <= k / n <= hi <= 1

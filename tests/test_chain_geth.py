@@ -25,20 +25,15 @@ def _pids_gone(pids):
 @pytest.fixture(scope="module")
 def chain():
     cfg = ChainConfig(n_nodes=3, threads=1, **port_kwargs(free_port_base(3)))
-    ch = Chain(cfg)
     pids = []
-    try:
-        ch.setup()
-        ch.start()
+    with Chain(cfg) as ch:        # started: peered and mining
         pids = [nd.pid for nd in ch.nodes]
         yield ch
-    finally:
-        ch.stop()
-        pids += [nd.pid for nd in ch.nodes if nd.pid]
-        assert _pids_gone(pids), "geth processes left after Chain.stop()"
-        assert not ch.workdir.exists(), "temporary workdir left after Chain.stop()"
-        for d in (cgroup.CGROUP_ROOT / "cpu" / cgroup.PARENT, cgroup.CGROUP_ROOT / cgroup.PARENT):
-            assert not any((d / f"mec1-{p}").exists() for p in pids), "cgroup left behind"
+    pids += [nd.pid for nd in ch.nodes if nd.pid]
+    assert _pids_gone(pids), "geth processes left after Chain.stop()"
+    assert not ch.workdir.exists(), "temporary workdir left after Chain.stop()"
+    for d in (cgroup.CGROUP_ROOT / "cpu" / cgroup.PARENT, cgroup.CGROUP_ROOT / cgroup.PARENT):
+        assert not any((d / f"mec1-{p}").exists() for p in pids), "cgroup left behind"
 
 
 def _wait(pred, timeout, period=0.25):
@@ -216,11 +211,12 @@ def test_killed_node_chain_keeps_growing_and_restart_resyncs(chain):
 
 
 def test_chain_stop_always_tears_down(tmp_path):
-    cfg = ChainConfig(n_nodes=1, workdir=str(tmp_path / "wd"), **port_kwargs(free_port_base(1)))
-    ch = Chain(cfg)
+    # start_timeout_s: the first block is a lottery (~5 s mean at 1 core); 60 s keeps a busy
+    # machine from failing a test that is about teardown, not mining speed.
+    cfg = ChainConfig(n_nodes=1, workdir=str(tmp_path / "wd"), start_timeout_s=60.0,
+                      **port_kwargs(free_port_base(1)))
     with pytest.raises(RuntimeError, match="boom"):
-        with ch:
-            ch.start([1])
+        with Chain(cfg, budgets=[1]) as ch:
             pid = ch.nodes[0].pid
             assert ch.nodes[0].mining()
             raise RuntimeError("boom")

@@ -11,7 +11,7 @@ import pytest
 from chain_ports import free_port_base, port_kwargs
 from nodes.chain import Chain
 from nodes.config import ChainConfig
-from nodes.geth import mininet_launcher
+from testbed.processes import in_mininet_host
 
 pytestmark = [pytest.mark.network, pytest.mark.chain]
 
@@ -52,8 +52,7 @@ def test_chain_runs_inside_mininet_hosts(mininet_hosts):
     hosts = mininet_hosts
     cfg = ChainConfig(n_nodes=3, **port_kwargs(free_port_base(3)))
     with Chain(cfg, ips=[h.IP() for h in hosts],
-               launchers=[mininet_launcher(h) for h in hosts]) as chain:
-        chain.start()
+               launchers=[in_mininet_host(h) for h in hosts]) as chain:
         pids = [nd.pid for nd in chain.nodes]
         for nd, h in zip(chain.nodes, hosts):
             # in the host's namespace, not the root one

@@ -1,4 +1,4 @@
-"""`python -m nodes.mining_check` end to end on a short run (real geth nodes, both budget
+"""`python -m testbed mining-check` end to end on a short run (real geth nodes, both budget
 modes, a few blocks): the files it writes and the figures in them. The 150-block check
 itself is `make mining-check`, not a test."""
 import json
@@ -6,16 +6,19 @@ import math
 
 import pytest
 
-from chain_ports import free_port_base
-from nodes.mining_check import main
+from chain_ports import free_port_base, port_kwargs
+from testbed.cli import main
+from testbed.config import ConfigError, load_scenario
+from testbed.experiments.mining_check import run
 
 pytestmark = pytest.mark.chain
 
 
 def test_mining_check_writes_json_csv_and_plot(tmp_path):
-    base = free_port_base(3, span=100)
-    rc = main(["--mode", "both", "--blocks", "6", "--warmup", "2", "--difficulty", "524288",
-               "--max-minutes", "3", "--port-base", str(base), "--out", str(tmp_path)])
+    ports = [f"chain.{k}={v}" for k, v in port_kwargs(free_port_base(3, span=100)).items()]
+    rc = main(["mining-check", "--set", "mining.blocks=6", "--set", "mining.warmup_s=2",
+               "--set", "mining.max_minutes=3", "--set", "chain.genesis_difficulty=524288",
+               "--out", str(tmp_path)] + [a for p in ports for a in ("--set", p)])
     assert rc == 0
     res = json.loads((tmp_path / "mining.json").read_text())
     assert set(res["runs"]) == {"cpu_quota", "threads"} and res["mode"] == "cpu_quota"
@@ -36,9 +39,17 @@ def test_mining_check_writes_json_csv_and_plot(tmp_path):
     assert (tmp_path / "mining.png").stat().st_size > 10_000
 
 
-def test_mining_check_rejects_bad_arguments(tmp_path, capsys):
-    for argv, word in ((["--ratio", "1,x"], "--ratio"), (["--ratio", "0,1"], "--ratio"),
-                       (["--blocks", "0"], "--blocks"), (["--cores", "99"], "--cores")):
-        with pytest.raises(SystemExit):
-            main(argv + ["--out", str(tmp_path)])
-        assert word in capsys.readouterr().err
+@pytest.mark.parametrize("override, field", [
+    ("mining.ratio=[1, 'x', 2]", "mining.ratio"), ("mining.ratio=[0, 1, 2]", "mining.ratio"),
+    ("mining.blocks=0", "mining.blocks"),
+])
+def test_mining_check_rejects_bad_settings(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_scenario("mining", [override])
+
+
+def test_mining_check_refuses_more_cores_than_the_machine_and_a_ratio_not_per_server(tmp_path):
+    with pytest.raises(ConfigError, match=r"mining\.cores"):
+        run(load_scenario("mining", ["mining.cores=99"]), tmp_path)
+    with pytest.raises(ConfigError, match=r"mining\.ratio.*model\.n_servers"):
+        run(load_scenario("mining", ["mining.ratio=[1, 2]"]), tmp_path)

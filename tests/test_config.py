@@ -6,7 +6,7 @@ from testbed.config import ConfigError, load_scenario
 
 def test_smoke_scenario_loads_with_override():
     scn = load_scenario("smoke", ["network.link_bw_mbit=20", "seed=3"])
-    assert scn.network.link_bw_mbit == 20 and scn.seed == 3 and scn.topology == "smoke"
+    assert scn.network.link_bw_mbit == 20 and scn.seed == 3 and scn.topology.kind == "smoke"
 
 
 @pytest.mark.parametrize("override, field", [

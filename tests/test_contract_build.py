@@ -11,8 +11,9 @@ import psutil
 import pytest
 
 import contracts.build as build
-from contracts.anvil import AnvilNode
+from nodes.anvil import AnvilNode
 from contracts.config import ContractConfig
+from testbed.config import ConfigError, load_scenario
 
 ROOT = build.ROOT
 NAMES = ["TradingContract", "ReentrancyAttacker"]
@@ -76,7 +77,7 @@ def test_stale_or_missing_artifact_is_refused(tmp_path, monkeypatch):
 
 
 def test_build_check_command_reports_fresh_artifacts():
-    proc = subprocess.run([sys.executable, "-m", "contracts.build", "--check"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "testbed", "build-contracts", "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "up to date" in proc.stdout
@@ -95,14 +96,14 @@ def test_config_rejects_bad_values_naming_the_field(field, value):
         ContractConfig(**{field: value})
 
 
-def test_config_is_keyword_only_and_loads_from_a_toml_table():
+def test_config_is_keyword_only_and_loads_from_the_scenario():
     with pytest.raises(TypeError):
         ContractConfig(10**17)  # positional: refused
-    cfg = ContractConfig.from_mapping({"unit_price_wei_per_gcycle": 10**17, "confirmations": 3})
+    cfg = load_scenario(None, ["model.unit_price=0.1", "contract.confirmations=3"]).contract
     assert cfg.unit_price_wei_per_gcycle == 10**17 and cfg.confirmations == 3
     assert cfg.payment_wei(1_500_000_000) == 15 * 10**16
-    with pytest.raises(ValueError, match="unknown key.*unit_price"):
-        ContractConfig.from_mapping({"unit_price": 1})
+    with pytest.raises(ConfigError, match=r"contract\.unit_price"):
+        load_scenario(None, ["contract.unit_price=1"])
 
 
 # ---------------------------------------------------------------------------- anvil owner

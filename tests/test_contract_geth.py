@@ -78,3 +78,27 @@ def test_paid_offload_and_a_rejection_on_geth(geth):
         trade.trading(ue, mec=mec.address, task_id=1, data_size_bits=1, service_demand_cycles=10**9,
                       execution_time_s=60, gas=200_000)
     assert exc.value.error == "TaskExists" and exc.value.receipt["status"] == 0
+
+
+def test_amount_above_128_bits_is_refused_on_chain(geth):
+    """The bug report's exact call, mined: mu = 2^128 - 1, trading(mec, 1, 0, 2e9, now + 10) with
+    value 2(2^128 - 1). It used to be accepted with 2^128 - 2 wei recorded in escrow; now the
+    transaction reverts with AmountTooLarge and the UE keeps its ether (minus gas)."""
+    w3 = geth
+    esp, mec, ue = (Account.create() for _ in range(3))
+    dev = w3.eth.accounts[0]
+    for k, value in ((esp, 10**21), (mec, 10**21), (ue, 2**130)):
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({"from": dev, "to": k.address, "value": value}))
+    config = ContractConfig(poll_interval_s=0.05, settlement_grace_s=0)
+    trade, _ = TradingContract.deploy(w3, esp, config, sender=TxSender(w3, config))
+    trade.register_mec(esp, server=mec.address)
+    trade.create_trade(ue)
+    trade.set_unit_price(esp, 2**128 - 1)
+    before = w3.eth.get_balance(ue.address)
+    with pytest.raises(ContractRevert) as exc:
+        trade.trading(ue, mec=mec.address, task_id=1, data_size_bits=0, service_demand_cycles=2 * 10**9,
+                      deadline=trade.latest_block_time() + 10, value_wei=2 * (2**128 - 1), gas=200_000)
+    receipt = exc.value.receipt
+    assert exc.value.error == "AmountTooLarge" and receipt["status"] == 0
+    assert trade.balance() == 0 and trade.escrow(ue.address, 1).state is EscrowState.NONE
+    assert w3.eth.get_balance(ue.address) == before - receipt["gasUsed"] * receipt["effectiveGasPrice"]

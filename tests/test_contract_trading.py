@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from eth_utils import function_signature_to_4byte_selector
 
-from contracts.anvil import AnvilNode
+from nodes.anvil import AnvilNode
 from contracts.binding import ContractRevert, EscrowState, TradingContract, TxSender
 from contracts.config import ContractConfig
 from contracts.testing import attacker_call, deploy_attacker, encode_trading_call
@@ -212,7 +212,7 @@ def _refunded(w):
 def _as(caller, function, *args):
     def setup(w):
         trade = w["trade"]
-        return caller, lambda **g: trade._transact(w[caller], function, [a(w) if callable(a) else a for a in args], **g)
+        return caller, lambda **g: trade.transact(w[caller], function, [a(w) if callable(a) else a for a in args], **g)
     return setup
 
 
@@ -402,3 +402,22 @@ def test_wallet_that_rejects_payment_leaves_escrow_refundable(w):
     node.increase_time(TAU + 5)
     trade.refund(w["ue1"], task_id=1)
     assert trade.balance() == 0
+
+
+def test_amount_above_128_bits_is_refused_not_cut(w):
+    """Found by an independent test: at mu = 2^128 - 1 wei/Gcycle, trading(mec, 1, 0, 2e9, now +
+    10) with value 2(2^128 - 1) was accepted and the 128-bit escrow recorded 2^128 - 2 wei,
+    stranding the rest. Now refused with AmountTooLarge. anvil's pool refuses to carry a value
+    of 2^128 or more at all, so here the refusal is checked at estimation (the same EVM call);
+    the transaction itself is mined and refused on geth (test_contract_geth.py)."""
+    trade, ue = w["trade"], w["ue1"]
+    trade.set_unit_price(w["esp"], 2**128 - 1)
+    w["node"].rpc("anvil_setBalance", ue.address, hex(2**131))
+    assert trade.quote(2 * 10**9) == 2 * (2**128 - 1)
+    before = balances(w)
+    with pytest.raises(ContractRevert) as exc:
+        pay(w, task_id=1, data_size_bits=0, service_demand_cycles=2 * 10**9, execution_time_s=10,
+            value_wei=2 * (2**128 - 1))
+    assert exc.value.error == "AmountTooLarge"
+    assert exc.value.error_args == {"amount": 2 * (2**128 - 1), "maxAmount": 2**128 - 1}
+    assert balances(w) == before and trade.escrow(ue.address, 1).state is EscrowState.NONE

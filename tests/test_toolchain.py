@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from contracts.anvil import AnvilNode
+from nodes.anvil import AnvilNode
 from nodes.chain import Chain
 from nodes.config import ChainConfig
 from testbed.platform import GETH, SOLCJS
@@ -29,9 +29,8 @@ def test_geth_is_v1_11_6():
 
 
 def test_one_node_ethash_chain_mines_a_real_pow_block(capsys):
-    with Chain(ChainConfig(n_nodes=1, **port_kwargs(free_port_base(1)))) as chain:
-        t0 = time.monotonic()
-        chain.start(budgets=[1])
+    t0 = time.monotonic()
+    with Chain(ChainConfig(n_nodes=1, **port_kwargs(free_port_base(1))), budgets=[1]) as chain:
         node = chain.nodes[0]
         deadline = time.monotonic() + 120
         while node.block_number() < 1 and time.monotonic() < deadline:

@@ -32,6 +32,8 @@ from agent.config import LearnerConfig, ModelConfig
 from agent.learners.base import Agent, Transition
 
 Selector = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+USER_MODES = ("learned", "random")             # "random": Fig. 7's "without user selection"
+HASH_MODES = ("learned", "equal", "random")    # "equal"/"random": Fig. 7's "without resource allocation"
 
 
 class QNetwork(nn.Module):
@@ -129,18 +131,21 @@ class DQNAgent(Agent):
 
     def __init__(self, cfg: ModelConfig, lcfg: LearnerConfig | None = None, seed: int = 0,
                  user_mode: str = "learned", hash_mode: str = "learned"):
-        super().__init__(cfg, seed)
-        if user_mode not in ("learned", "random"):
-            raise ValueError(f"user_mode must be 'learned' or 'random', got {user_mode!r}")
-        if hash_mode not in ("learned", "equal"):
-            raise ValueError(f"hash_mode must be 'learned' or 'equal', got {hash_mode!r}")
-        self.lcfg = lc = lcfg or LearnerConfig()
+        super().__init__(cfg, lcfg, seed)
+        if user_mode not in USER_MODES:
+            raise ValueError(f"user_mode must be one of {USER_MODES}, got {user_mode!r}")
+        if hash_mode not in HASH_MODES:
+            raise ValueError(f"hash_mode must be one of {HASH_MODES}, got {hash_mode!r}")
+        lc = self.lcfg
         self.user_mode, self.hash_mode = user_mode, hash_mode
+        self.variant = {("learned", "learned"): "full", ("learned", "equal"): "no_ra_equal",
+                        ("learned", "random"): "no_ra_random", ("random", "learned"): "no_us"}.get(
+                            (user_mode, hash_mode), f"{user_mode}_users_{hash_mode}_hash")
         torch.set_num_threads(lc.torch_threads)
         torch.manual_seed(seed)
         self.q = QNetwork(cfg, lc)
         self.q_target = copy.deepcopy(self.q)
-        self.opt = torch.optim.Adam(self.q.parameters(), lr=lc.lr)
+        self.opt = torch.optim.Adam(self.q.parameters(), lr=lc.lr, foreach=True)
         D, M = self.layout.size, cfg.n_servers
         cap = lc.replay_size
         self._obs = np.empty((cap, D), dtype=np.float32)      # np.empty: pages are only touched when written
@@ -150,7 +155,16 @@ class DQNAgent(Agent):
         self._term = np.empty(cap, dtype=np.float32)
         self.n_stored = self._pos = self.slot = self.updates = 0
         self.update_seconds = 0.0
-        self._greedy = greedy_selector(cfg)
+
+    def state(self) -> dict:
+        return {"q": self.q.state_dict(), "q_target": self.q_target.state_dict(), "optimizer": self.opt.state_dict(),
+                "slot": self.slot, "updates": self.updates}
+
+    def load_state(self, state: dict) -> None:
+        self.q.load_state_dict(state["q"])
+        self.q_target.load_state_dict(state["q_target"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.slot, self.updates = int(state["slot"]), int(state["updates"])
 
     # --- policy -----------------------------------------------------------------------------
     @property
@@ -168,6 +182,8 @@ class DQNAgent(Agent):
             users = actions.match_users_batch(A, pending)
         if self.hash_mode == "equal":
             levels = np.tile(actions.equal_levels(self.cfg), (n, 1))
+        elif self.hash_mode == "random":
+            levels = np.stack([actions.random_levels(self.cfg, self.rng) for _ in range(n)])
         else:
             levels = actions.knapsack_levels(B, self.cfg)
         return users, levels
@@ -177,7 +193,7 @@ class DQNAgent(Agent):
         if explore and self.rng.random() < self.epsilon:
             users = actions.random_users(self.cfg, pending, self.rng)
             levels = (actions.equal_levels(self.cfg) if self.hash_mode == "equal"
-                      else actions.random_levels(self.cfg, self.rng))
+                      else actions.random_levels(self.cfg, self.rng))        # "random" and "learned" explore alike
             return np.stack([users, levels])
         with torch.no_grad():
             A, B = self.q(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))

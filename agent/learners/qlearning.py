@@ -25,8 +25,8 @@ class QLearningAgent(Agent):
     trains = True
 
     def __init__(self, cfg: ModelConfig, lcfg: LearnerConfig | None = None, seed: int = 0):
-        super().__init__(cfg, seed)
-        self.lcfg = lc = lcfg or LearnerConfig()
+        super().__init__(cfg, lcfg, seed)
+        lc = self.lcfg
         M, K, nb = cfg.n_servers, cfg.n_levels, lc.q_bins
         self.QA = np.zeros((M, nb, nb * nb))
         self.QI = np.zeros((M, nb))
@@ -69,6 +69,20 @@ class QLearningAgent(Agent):
             return actions.random_action(self.cfg, self.layout.split(obs)[3], self.rng)
         users, levels, _, _ = self._greedy(obs)
         return np.stack([users, levels])
+
+    def state(self) -> dict:
+        import torch
+        return {"QA": torch.from_numpy(self.QA.copy()), "QI": torch.from_numpy(self.QI.copy()),
+                "QB": torch.from_numpy(self.QB.copy()), "slot": self.slot}
+
+    def load_state(self, state: dict) -> None:
+        for name in ("QA", "QI", "QB"):
+            table = state[name].numpy()
+            if table.shape != getattr(self, name).shape:
+                raise ValueError(f"saved table {name} has shape {table.shape}, this agent needs "
+                                 f"{getattr(self, name).shape}")
+            setattr(self, name, table.astype(np.float64))
+        self.slot = int(state["slot"])
 
     def learn(self, tr: Transition) -> dict:
         self.slot += 1

@@ -9,7 +9,7 @@ import math
 from eth_account.signers.local import LocalAccount
 from web3.contract import Contract
 
-from contracts.binding import TradingContract, _estimate
+from contracts.binding import TradingContract
 from contracts.build import load_artifact
 
 
@@ -31,7 +31,8 @@ def attacker_call(trade: TradingContract, account: LocalAccount, attacker: Contr
     tx = {"to": attacker.address, "data": attacker.encode_abi(function, args=list(args)), "value": value}
     receipt, *_ = trade.sender.transact(
         account, tx, function=f"attacker.{function}",
-        estimate=lambda t: _estimate(trade.w3, t, f"attacker.{function}", trade._errors, trade.config))
+        estimate=lambda t: trade.errors.estimate(trade.w3, t, f"attacker.{function}",
+                                                 trade.config.gas_limit_margin))
     assert receipt["status"] == 1, receipt
     return receipt
 

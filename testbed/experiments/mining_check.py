@@ -5,19 +5,21 @@ In the paper (eqs. 4-6) MEC server m with hash power p_m wins a block with proba
 orphaned) is the same for every node here (all blocks are empty and propagate over loopback
 or the same emulated links). So the model predicts: block share = hash share = budget share.
 
-``python -m nodes.mining_check`` (``make mining-check``) runs 3 geth nodes with hash budgets
-in the ratio 1 : 2 : 4 until they have mined ``--blocks`` canonical blocks after a warm-up, and
-writes ``results/mining.json`` (per node: budget share, measured hash share, block share;
-chi-square p-value of the block counts against the budget shares; uncle rate), the blocks and
-samples as CSV, and ``results/mining.png`` (block share against hash share).
+``python -m testbed mining-check`` (``make mining-check``, scenario ``mining``) runs
+``model.n_servers`` geth nodes with hash budgets in the ratio ``mining.ratio`` (1 : 2 : 4) until
+they have mined ``mining.blocks`` canonical blocks after a warm-up, and writes ``mining.json``
+(per node: budget share, measured hash share, block share; chi-square p-value of the block
+counts against the budget shares; uncle rate), the blocks and samples as CSV, and
+``mining.png`` (block share against hash share) into the scenario's results folder.
 
-Budgets are expressed two ways (``--mode``): ``threads`` (1, 2, 4 mining threads, which
+Budgets are expressed two ways (``mining.mode``): ``threads`` (1, 2, 4 mining threads, which
 oversubscribe a 2-core machine) and ``cpu_quota`` (a cgroup CPU quota of 1/7, 2/7, 4/7 of
-``--cores`` cores per node, one thread each, or more where the quota exceeds a core).
+``mining.cores`` cores per node, one thread each, or more where the quota exceeds a core).
+The chain's other settings (difficulty, ports, PoW mode) are the scenario's ``[chain]``.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -29,8 +31,9 @@ from scipy import stats
 from tqdm import tqdm
 
 from nodes.chain import Chain
-from nodes.config import ROOT, ChainConfig
 from nodes.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
+from testbed.config import Scenario
+from testbed.errors import ConfigError
 
 TOLERANCE_PP = 10.0   # issue 5's target: block share within ±10 percentage points
 # geth updates eth_getHashrate every 5 s: a hash share needs two ticks inside the window, so
@@ -46,23 +49,19 @@ def budgets_for(mode: str, ratio: list[int], cores: float) -> tuple[list[int], l
     return [max(1, math.ceil(q - 1e-9)) for q in quotas], quotas
 
 
-def run_mode(mode: str, args, out_dir: Path) -> dict:
-    """One run: start, warm up, mine ``args.blocks`` blocks, read the chain, summarise."""
-    ratio = args.ratio
+def run_mode(mode: str, scn: Scenario, out_dir: Path) -> dict:
+    """One run: start, warm up, mine ``mining.blocks`` blocks, read the chain, summarise."""
+    args = scn.mining
+    ratio = list(args.ratio)
     threads, quotas = budgets_for(mode, ratio, args.cores)
-    cfg = ChainConfig(n_nodes=len(ratio), genesis_difficulty=args.difficulty,
-                      budget_mode=mode, pow_mode=args.pow_mode,
-                      max_threads=max(8, max(threads)), p2p_port=args.port_base,
-                      http_port=args.port_base + 100, ws_port=args.port_base + 200,
-                      authrpc_port=args.port_base + 300)
+    cfg = dataclasses.replace(scn.chain, budget_mode=mode, max_threads=max(8, max(threads)))
     budget_share = [r / sum(ratio) for r in ratio]
     t_start = time.monotonic()
-    with Chain(cfg) as chain:
-        chain.setup()
-        timings = chain.start(threads, quotas)
+    with Chain(cfg, budgets=threads, cpu_quotas=quotas) as chain:
+        timings = dict(chain.timings)
         miners = {nd.etherbase.lower(): nd.name for nd in chain.nodes}
         with ChainMonitor(chain.nodes, period_s=1.0) as mon:
-            time.sleep(args.warmup)
+            time.sleep(args.warmup_s)
             first = max(chain.heads().values()) + 1
             t0 = time.time()
             last = first + args.blocks - 1
@@ -77,7 +76,7 @@ def run_mode(mode: str, args, out_dir: Path) -> dict:
                 if time.monotonic() > deadline:
                     bar.close()
                     raise TimeoutError(f"{mode}: only {done} of {args.blocks} blocks in "
-                                       f"{args.max_minutes} min; lower --difficulty")
+                                       f"{args.max_minutes} min; lower chain.genesis_difficulty")
                 time.sleep(0.5)
             bar.close()
             time.sleep(max(0.0, t0 + MIN_HASHRATE_WINDOW_S - time.time()))
@@ -117,10 +116,10 @@ def run_mode(mode: str, args, out_dir: Path) -> dict:
                       "referenced are invisible, so the uncle rate is a lower bound"}
     summary.update(
         orphan_model=orphan,
-        mode=mode, ratio=ratio, pow_mode=args.pow_mode, genesis_difficulty=args.difficulty,
+        mode=mode, ratio=ratio, pow_mode=cfg.pow_mode, genesis_difficulty=cfg.genesis_difficulty,
         cpu_cores_total=args.cores if mode == "cpu_quota" else None,
         machine_cores=_ncpu(), threads_oversubscribe=sum(threads) > _ncpu(),
-        warmup_s=args.warmup, measure_s=t1 - t0, run_s=elapsed, startup=timings,
+        warmup_s=args.warmup_s, measure_s=t1 - t0, run_s=elapsed, startup=timings,
         chi2_vs_budget={"statistic": chi_budget.statistic, "p_value": chi_budget.pvalue},
         chi2_vs_hash_share=({"statistic": chi_hash.statistic, "p_value": chi_hash.pvalue}
                             if chi_hash is not None else None),
@@ -176,51 +175,33 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nodes.mining_check", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["threads", "cpu_quota", "both"], default="both",
-                    help="how a budget is enforced (default: both, cpu_quota reported first)")
-    ap.add_argument("--ratio", default="1,2,4", help="hash budgets, one integer per node")
-    ap.add_argument("--blocks", type=int, default=150, help="canonical blocks to measure")
-    ap.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring")
-    ap.add_argument("--cores", type=float, default=1.4,
-                    help="cpu_quota mode: CPU cores shared out by the ratio")
-    ap.add_argument("--difficulty", type=int, default=524_288,
-                    help="genesis difficulty (expected hashes per block); keep the mean block "
-                         "interval above 1 s or timestamps outrun the clock")
-    ap.add_argument("--pow-mode", choices=["test", "full"], default="test")
-    ap.add_argument("--max-minutes", type=float, default=20.0, help="give up per run after")
-    ap.add_argument("--port-base", type=int, default=31_400)
-    ap.add_argument("--out", type=Path, default=ROOT / "results")
-    args = ap.parse_args(argv)
-    try:
-        args.ratio = [int(x) for x in args.ratio.split(",")]
-        if len(args.ratio) < 2 or min(args.ratio) < 1:
-            raise ValueError
-    except ValueError:
-        ap.error(f"--ratio must be >= 2 positive integers like 1,2,4, got {args.ratio!r}")
-    if args.blocks < 1:
-        ap.error(f"--blocks must be >= 1, got {args.blocks}")
-    if not 0 < args.cores <= _ncpu():
-        ap.error(f"--cores must be in (0, {_ncpu()}], got {args.cores}")
+def run(scn: Scenario, out_dir: Path | None = None) -> dict:
+    """The mining check of the scenario; writes mining.json, CSVs and mining.png into
+    ``out_dir`` (default: the scenario's results folder) and returns the result."""
+    args = scn.mining
+    if len(args.ratio) != scn.model.n_servers:
+        raise ConfigError(f"mining.ratio has {len(args.ratio)} budgets but model.n_servers = "
+                          f"{scn.model.n_servers}: one budget per MEC server")
+    if args.cores > _ncpu():
+        raise ConfigError(f"mining.cores must be at most the machine's {_ncpu()} cores, got {args.cores}")
+    out = out_dir or scn.results_path
     modes = ["cpu_quota", "threads"] if args.mode == "both" else [args.mode]
     runs = {}
     for mode in modes:
-        runs[mode] = run_mode(mode, args, args.out)
+        runs[mode] = run_mode(mode, scn, out)
         s = runs[mode]
         if (s.get("clock_drift_max_s") or 0) > 10:
-            print(f"[{mode}] WARNING: block timestamps ran {s['clock_drift_max_s']:.0f} s ahead "
+            print(f"[{mode}] warning: block timestamps ran {s['clock_drift_max_s']:.0f} s ahead "
                   "of the clock (blocks faster than 1/s); beyond 15 s peers refuse blocks and "
-                  "the chain splits: raise --difficulty", file=sys.stderr)
+                  "the chain splits: raise chain.genesis_difficulty", file=sys.stderr)
         print(f"[{mode}] {s['blocks']} blocks in {s['measure_s']:.0f} s, uncle rate "
               f"{s['uncle_rate']:.3f}, chi2 p={s['chi2_vs_budget']['p_value']:.3g}, "
               f"max error {s['max_abs_error_pp']:.1f} pp", file=sys.stderr)
     primary = runs[modes[0]]
     result = {**primary, "runs": {m: {k: v for k, v in s.items()} for m, s in runs.items()}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mining.json").write_text(json.dumps(clean_json(result), indent=2))
-    plot(runs, args.out / "mining.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mining.json").write_text(json.dumps(clean_json(result), indent=2))
+    plot(runs, out / "mining.png")
     print(json.dumps(clean_json({m: {"blocks": s["blocks"], "measure_s": s["measure_s"],
                                      "clock_drift_max_s": s.get("clock_drift_max_s"),
                                      "uncle_rate": s["uncle_rate"],
@@ -231,8 +212,4 @@ def main(argv: list[str] | None = None) -> int:
                                      "hash_share": {n: p.get("hash_share")
                                                     for n, p in s["nodes"].items()}}
                                  for m, s in runs.items()}), indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return result

@@ -1,16 +1,18 @@
 """Gas report of the trading contract beside the paper's Table III.
 
-``python -m contracts.gas_report`` (``make gas``) starts an anvil chain with London rules (those
-of the testbed's geth proof-of-work chain, so gas is the same), runs the paper's experiment of
-section V.C (five UEs and one MEC server: CreationTrade() then Trading() per UE), then the
-escrow's two endings (completion by the MEC server, refund by the UE after the deadline), and
-writes ``results/gas.json`` and ``results/gas.md``.
+``python -m testbed gas`` (``make gas``, scenario ``gas``) starts an anvil chain with London
+rules (those of the testbed's geth proof-of-work chain, so gas is the same), runs the paper's
+experiment of section V.C (``model.n_users`` UEs, five in the paper, and one MEC server:
+CreationTrade() then Trading() per UE), then the escrow's two endings (completion by the MEC
+server, refund by the UE after the deadline), and writes ``gas.json`` and ``gas.md`` to the
+scenario's results folder. Every UE's task is the middle of Table I (d_u = 2 MB, ξ_u = 1.2),
+converted to chain units by :mod:`testbed.units`, at the scenario's µ.
 
 Costs use the paper's conversion: 20 gwei per gas and 195 USD per ether.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -21,12 +23,13 @@ from typing import Callable
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from contracts.anvil import HARDFORK, AnvilNode
-from contracts.binding import TradingContract, TxReport, TxSender
+from contracts.binding import TradingContract, TxReport
 from contracts.build import SETTINGS, SOLC_VERSION
 from contracts.config import ContractConfig
-
-ROOT = Path(__file__).resolve().parent.parent
+from contracts.txsender import TxSender
+from nodes.anvil import HARDFORK, AnvilNode
+from testbed import units
+from testbed.config import Scenario
 GAS_PRICE_GWEI = 20          # the paper: 1 gas = 0.00000002 ether
 USD_PER_ETHER = 195          # the paper, after its reference [19]
 N_UES = 5                    # the paper's experiment: five smartphones as UEs, one MEC server
@@ -40,12 +43,11 @@ PAPER_PER_USER_GAS = PAPER["Total"]["gas"] / N_UES   # 815,155: the text's "per 
 TARGETS = {"createTrade": 60_000, "trading": 60_000, "complete": 45_000}
 TARGET_FACTOR = 30           # issue 4: one paid offload at least 30x cheaper than the paper
 
-# Task of each UE: d_u = 2 MB, xi_u = 1.2 Gcycles (middle of the paper's Table I ranges)
-DATA_SIZE_BITS = 2 * 8 * 10**6
-SERVICE_DEMAND_CYCLES = 1_200_000_000
+# Task of each UE: the middle of the paper's Table I ranges (d_u = 2 MB, ξ_u = 1.2, τ_u = 1 s)
+TASK_DATA_MB, TASK_DEMAND, TASK_DESIRED_S = 2.0, 1.2, 1.0
 
 
-def measure(w3: Web3, accounts: list[LocalAccount], config: ContractConfig,
+def measure(w3: Web3, accounts: list[LocalAccount], config: ContractConfig, task: units.ChainTask,
             wait_past: Callable[[int], None]) -> tuple[TradingContract, list[TxReport]]:
     """Run the experiment on any node; `wait_past(t)` returns once block time exceeds t.
 
@@ -63,15 +65,15 @@ def measure(w3: Web3, accounts: list[LocalAccount], config: ContractConfig,
     for ue in ues:
         trade.create_trade(ue)
     for ue in ues:
-        trade.trading(ue, mec=mec.address, task_id=1, data_size_bits=DATA_SIZE_BITS,
-                      service_demand_cycles=SERVICE_DEMAND_CYCLES, execution_time_s=1.0)
+        trade.trading(ue, mec=mec.address, task_id=1, data_size_bits=task.data_bits,
+                      service_demand_cycles=task.service_demand, execution_time_s=task.desired_s)
     for i, ue in enumerate(ues):
         trade.complete(mec, ue=ue.address, task_id=1, result_hash=(i + 1).to_bytes(32, "big"))
     # Second task per UE, never completed: refunded after its deadline.
     deadlines = []
     for ue in ues:
-        r = trade.trading(ue, mec=mec.address, task_id=2, data_size_bits=DATA_SIZE_BITS,
-                          service_demand_cycles=SERVICE_DEMAND_CYCLES, execution_time_s=1.0)
+        r = trade.trading(ue, mec=mec.address, task_id=2, data_size_bits=task.data_bits,
+                          service_demand_cycles=task.service_demand, execution_time_s=task.desired_s)
         deadlines.append(r.event("EscrowOpened")["deadline"])
     wait_past(max(deadlines))
     for ue in ues:
@@ -79,7 +81,7 @@ def measure(w3: Web3, accounts: list[LocalAccount], config: ContractConfig,
     return trade, list(trade.reports)
 
 
-def summarize(reports: list[TxReport], n_ues: int) -> dict:
+def summarize(reports: list[TxReport], n_ues: int, task: units.ChainTask) -> dict:
     by_function: dict[str, list[TxReport]] = {}
     for r in reports:
         by_function.setdefault(r.function, []).append(r)
@@ -115,7 +117,7 @@ def summarize(reports: list[TxReport], n_ues: int) -> dict:
         "conditions": {
             "node": "anvil (Foundry 1.7.1), automine", "hardfork": HARDFORK, "solc": SOLC_VERSION,
             "optimizer": SETTINGS["optimizer"], "viaIR": SETTINGS.get("viaIR", False), "ues": n_ues,
-            "data_size_bits": DATA_SIZE_BITS, "service_demand_cycles": SERVICE_DEMAND_CYCLES,
+            "data_size_bits": task.data_bits, "service_demand_cycles": task.service_demand,
             "mec_wallet": "separate account (cold on payout)", "gas_price_gwei": GAS_PRICE_GWEI,
             "usd_per_ether": USD_PER_ETHER,
             "latency_note": "anvil mines on arrival: latencies are RPC round trips, not PoW block times",
@@ -173,28 +175,24 @@ def markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "results", help="directory for gas.json and gas.md")
-    parser.add_argument("--ues", type=int, default=N_UES, help="number of UEs (the paper used 5)")
-    args = parser.parse_args(argv)
-    if args.ues < 1:
-        parser.error(f"--ues must be >= 1, got {args.ues}")
-    config = ContractConfig(poll_interval_s=0.01)
+def run(scn: Scenario, out_dir: Path | None = None) -> dict:
+    """The gas experiment of the scenario; writes gas.json and gas.md into ``out_dir``
+    (default: the scenario's results folder) and returns the result."""
+    n_ues = scn.model.n_users
+    out = out_dir or scn.results_path
+    config = dataclasses.replace(scn.contract, poll_interval_s=0.01)
+    task = units.chain_task(scn.model, TASK_DATA_MB, TASK_DEMAND, TASK_DESIRED_S)
     t0 = time.monotonic()
-    with AnvilNode(accounts=3 + args.ues) as node:
-        _, reports = measure(node.web3(), node.accounts, config,
+    with AnvilNode(accounts=3 + n_ues, mnemonic=scn.chain.mnemonic,
+                   chain_id=scn.chain.chain_id) as node:
+        _, reports = measure(node.web3(), node.accounts, config, task,
                              wait_past=lambda t: node.increase_time(t - node.web3().eth.get_block("latest")["timestamp"] + 1))
-    result = summarize(reports, args.ues)
+    result = summarize(reports, n_ues, task)
     result["conditions"]["wall_time_s"] = round(time.monotonic() - t0, 2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gas.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "gas.md").write_text(markdown(result))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gas.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "gas.md").write_text(markdown(result))
     print(json.dumps({k: result[k] for k in ("deploy", "createTrade", "trading", "complete", "refund", "offload")}
                      | {"ratios": result["ratios"], "targets": result["targets"]}, indent=1))
-    print(f"wrote {args.out / 'gas.json'} and {args.out / 'gas.md'}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"wrote {out / 'gas.json'} and {out / 'gas.md'}", file=sys.stderr)
+    return result

@@ -1,20 +1,22 @@
 """Benchmarks of the miners' chain; each prints one JSON object (and writes it to results/).
 
-``python -m nodes.chain_bench startup [--nodes 10]``
-    N nodes from launch to peered and mining (target: <= 30 s for 10), memory per node.
-``python -m nodes.chain_bench budget``
+``python -m testbed bench-chain startup``
+    M = ``model.n_servers`` nodes from launch to peered and mining (target: <= 30 s for 10),
+    memory per node.
+``python -m testbed bench-chain budget``
     how long a hash-budget change takes to show: in geth's ``eth_getHashrate`` (its next
     5-s tick), in the per-tick rate recovered from it, and in the process's CPU use.
-``python -m nodes.chain_bench dag [--generate]``
+``python -m testbed bench-chain dag [--generate]``
     the full epoch-0 DAG: generation time and peak memory (``geth makedag``), its size, and a
     full-DAG node against a test-mode node: start-up, hashrate per thread, memory.
+
+Settings: the scenario's ``[chain]`` and ``[bench_chain]``.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +24,9 @@ import numpy as np
 import psutil
 
 from nodes.chain import Chain, dag_files, dag_ready
-from nodes.config import ROOT, ChainConfig
+from nodes.config import ChainConfig
 from nodes.metrics import TICK_S, clean_json, instant_hashrate
+from testbed.config import Scenario
 
 
 def _mem_stats(mem: dict[str, dict]) -> dict:
@@ -36,12 +39,12 @@ def _mem_stats(mem: dict[str, dict]) -> dict:
     return out
 
 
-def bench_startup(n: int, settle_s: float, pow_mode: str) -> dict:
-    """Launch ``n`` nodes (1 thread each) and time them to peered and mining."""
-    cfg = ChainConfig(n_nodes=n, threads=1, pow_mode=pow_mode, start_timeout_s=120.0)
+def bench_startup(chain_cfg: ChainConfig, settle_s: float) -> dict:
+    """Launch the chain's nodes (1 thread each) and time them to peered and mining."""
+    cfg = dataclasses.replace(chain_cfg, threads=1, start_timeout_s=max(120.0, chain_cfg.start_timeout_s))
+    n, pow_mode = cfg.n_nodes, cfg.pow_mode
     with Chain(cfg) as chain:
-        chain.setup()
-        timings = chain.start()
+        timings = dict(chain.timings)
         time.sleep(settle_s)   # memory once the nodes have mined for a while
         mem = chain.memory()
         heads = chain.heads()
@@ -53,15 +56,13 @@ def bench_startup(n: int, settle_s: float, pow_mode: str) -> dict:
             "head_after": max(heads.values())}
 
 
-def bench_budget(hold_s: float, period_s: float) -> dict:
-    """One node; budget steps 1 -> 0 -> 1 -> 2 -> 1 threads, each held ``hold_s``."""
-    steps = [1, 0, 1, 2, 1]
-    cfg = ChainConfig(n_nodes=1, threads=steps[0])
+def bench_budget(chain_cfg: ChainConfig, steps: tuple[int, ...], hold_s: float,
+                 period_s: float = 0.25) -> dict:
+    """One node; thread budgets ``steps`` in turn (1 -> 0 -> 1 -> 2 -> 1), each held ``hold_s``."""
+    cfg = dataclasses.replace(chain_cfg, n_nodes=1, threads=steps[0])
     samples = []   # (t, ewma H/s, cpu s)
     changes = []   # (t, threads)
     with Chain(cfg) as chain:
-        chain.setup()
-        chain.start()
         nd = chain.nodes[0]
         t_end = time.time() + hold_s
         for k, threads in enumerate(steps):
@@ -150,13 +151,13 @@ def generate_dag(dag_dir: Path, geth: Path) -> dict:
     return rec
 
 
-def _node_profile(pow_mode: str, run_s: float, port_base: int) -> dict:
-    cfg = ChainConfig(n_nodes=2, threads=1, pow_mode=pow_mode, start_timeout_s=300.0,
-                      p2p_port=port_base, http_port=port_base + 100, ws_port=port_base + 200,
-                      authrpc_port=port_base + 300)
+def _node_profile(chain_cfg: ChainConfig, pow_mode: str, run_s: float, port_shift: int) -> dict:
+    c = chain_cfg
+    cfg = dataclasses.replace(c, n_nodes=2, threads=1, pow_mode=pow_mode, start_timeout_s=300.0,
+                              p2p_port=c.p2p_port + port_shift, http_port=c.http_port + port_shift,
+                              ws_port=c.ws_port + port_shift, authrpc_port=c.authrpc_port + port_shift)
     with Chain(cfg) as chain:
-        chain.setup()
-        timings = chain.start()
+        timings = dict(chain.timings)
         samples = {nd.name: [] for nd in chain.nodes}
         t_end = time.time() + run_s
         while time.time() < t_end:
@@ -175,8 +176,8 @@ def _node_profile(pow_mode: str, run_s: float, port_base: int) -> dict:
             "memory_mib": _mem_stats(mem), "blocks_in_run": max(heads.values()), "run_s": run_s}
 
 
-def bench_dag(generate: bool, run_s: float) -> dict:
-    cfg = ChainConfig(pow_mode="full")
+def bench_dag(chain_cfg: ChainConfig, generate: bool, run_s: float) -> dict:
+    cfg = dataclasses.replace(chain_cfg, pow_mode="full")
     dag = cfg.dag_path
     out: dict = {"bench": "dag", "dag_dir": str(dag), "cores": psutil.cpu_count()}
     if generate or not dag_ready(dag):
@@ -184,41 +185,25 @@ def bench_dag(generate: bool, run_s: float) -> dict:
     elif (dag / "generation.json").exists():
         out["generation"] = json.loads((dag / "generation.json").read_text())
     out["dag_files"] = {p.name: p.stat().st_size for p in dag_files(dag)}
-    out["full"] = _node_profile("full", run_s, 32_400)
-    out["test"] = _node_profile("test", run_s, 32_500)
+    out["full"] = _node_profile(chain_cfg, "full", run_s, 0)
+    out["test"] = _node_profile(chain_cfg, "test", run_s, 2)
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nodes.chain_bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="bench", required=True)
-    s = sub.add_parser("startup")
-    s.add_argument("--nodes", type=int, default=10)
-    s.add_argument("--settle", type=float, default=20.0, help="seconds before reading memory")
-    s.add_argument("--pow-mode", choices=["test", "full"], default="test")
-    b = sub.add_parser("budget")
-    b.add_argument("--hold", type=float, default=25.0, help="seconds per budget step")
-    b.add_argument("--period", type=float, default=0.25, help="sampling period, s")
-    d = sub.add_parser("dag")
-    d.add_argument("--generate", action="store_true", help="(re)generate the DAG")
-    d.add_argument("--run", type=float, default=60.0, help="seconds each node profile mines")
-    ap.add_argument("--out", type=Path, default=ROOT / "results")
-    args = ap.parse_args(argv)
-    if args.bench == "startup":
-        if not 1 <= args.nodes <= 64:
-            ap.error(f"--nodes must be in [1, 64], got {args.nodes}")
-        res = bench_startup(args.nodes, args.settle, args.pow_mode)
-    elif args.bench == "budget":
-        res = bench_budget(args.hold, args.period)
+def run(scn: Scenario, which: str, *, generate: bool = False, out_dir: Path | None = None) -> dict:
+    """Run benchmark ``which`` ("startup", "budget" or "dag"), print and write its JSON."""
+    b = scn.bench_chain
+    if which == "startup":
+        res = bench_startup(scn.chain, b.settle_s)
+    elif which == "budget":
+        res = bench_budget(scn.chain, b.budget_steps, b.step_s)
+    elif which == "dag":
+        res = bench_dag(scn.chain, generate, b.dag_run_s)
     else:
-        res = bench_dag(args.generate, args.run)
+        raise ValueError(f"unknown chain benchmark {which!r}: startup, budget or dag")
     res = clean_json(res)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"chain_bench_{args.bench}.json").write_text(json.dumps(res, indent=2))
+    out = out_dir or scn.results_path
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"chain_bench_{which}.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return res

@@ -1,46 +1,35 @@
 """An anvil dev chain owned by one object: started on a free loopback port, always stopped.
 
-Used by the contract tests and the gas report. anvil (Foundry, pinned in package.json) is a
+The contract tests and the gas report run on it. anvil (Foundry, pinned by the set-up) is a
 real single-node Ethereum JSON-RPC server: transactions are signed, mined, metered and traced
-by a full EVM. It neither peers nor mines proof-of-work; the testbed's chain is geth (nodes/).
+by a full EVM. It neither peers nor mines proof-of-work; the lab's chain is geth
+(:mod:`nodes.geth`, :mod:`nodes.chain`). Its accounts come from the lab's one mnemonic
+(:mod:`nodes.accounts`), so a binding works unchanged on both.
 
-    with AnvilNode(accounts=25) as node:
+    with AnvilNode(accounts=25) as node:          # started and answering
         w3 = node.web3()
         esp, ue = node.accounts[0], node.accounts[1]
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
+from nodes.accounts import DEV_MNEMONIC, derive_accounts
+from testbed.processes import ManagedProcess, ProcessError, local
+
 ROOT = Path(__file__).resolve().parent.parent
-ANVIL_WRAPPER = ROOT / "node_modules" / ".bin" / "anvil"   # npm's launcher (node), pinned in package.json
 
 
-def _anvil_binary() -> Path:
-    """The platform binary that npm's launcher would start: run directly, it is our own child,
-    so stop() reaps it (behind the node launcher it would be left a zombie) and starts faster."""
-    for candidate in sorted((ROOT / "node_modules" / "@foundry-rs").glob("anvil-*/bin/anvil")):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return ANVIL_WRAPPER
-
-
-ANVIL = _anvil_binary()
-# Foundry's well-known development mnemonic: its keys are public, fit for a throw-away chain only.
-DEV_MNEMONIC = "test test test test test test test test test test test junk"
+#: The binary the set-up installs (``npm pack`` of Foundry's platform package, checked against
+#: package-lock.json): run directly, not through npm's node launcher, it is our own child, so
+#: stopping it reaps it, and it starts faster.
+ANVIL = ROOT / ".tools" / "bin" / "anvil"
 HARDFORK = "london"  # the rules of geth 1.11.6's proof-of-work chain (see contracts/build.py)
-
-Account.enable_unaudited_hdwallet_features()
 
 
 class AnvilError(RuntimeError):
@@ -76,9 +65,8 @@ class AnvilNode:
         self.startup_timeout_s = startup_timeout_s
         self.anvil_path = Path(anvil_path)
         self.port: int | None = None
-        self.proc: subprocess.Popen | None = None
+        self.proc: ManagedProcess | None = None
         self._logdir: tempfile.TemporaryDirectory | None = None
-        self._accounts: list[LocalAccount] | None = None
         self._rpc_w3: Web3 | None = None
 
     # ------------------------------------------------------------------ life cycle
@@ -89,39 +77,37 @@ class AnvilNode:
         if not self.anvil_path.exists():
             raise AnvilError(f"anvil not found at {self.anvil_path}: run `make setup`")
         self._logdir = tempfile.TemporaryDirectory(prefix="anvil-")
-        log_path = Path(self._logdir.name) / "anvil.log"
         cmd = [str(self.anvil_path), "--host", "127.0.0.1", "--port", "0",
                "--hardfork", self.hardfork, "--chain-id", str(self.chain_id),
                "--accounts", str(self.n_accounts), "--balance", str(self.balance_ether),
                "--mnemonic", self.mnemonic]
         if self.block_time_s is not None:
             cmd += ["--block-time", str(self.block_time_s)]
-        with open(log_path, "wb") as log:
-            # own process group, so stop() reaches anvil even behind the npm wrapper
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = ManagedProcess("anvil", cmd, Path(self._logdir.name) / "anvil.log",
+                                   launcher=local(), ready=self._ready,
+                                   ready_timeout_s=self.startup_timeout_s)
         try:
-            self.port = self._wait_listening(log_path)
-            self._wait_rpc()
-        except BaseException:
+            self.proc.start()
+        except ProcessError as e:
             self.stop()
-            raise
+            raise AnvilError(str(e)) from None
         return self
+
+    def _ready(self, proc: ManagedProcess) -> bool:
+        """Listening (the port it picked is in its log) and answering with our chain id."""
+        if self.port is None:
+            m = re.search(r"Listening on 127\.0\.0\.1:(\d+)", proc.log_path.read_text(errors="replace"))
+            if not m:
+                return False
+            self.port = int(m.group(1))
+        return self.web3(timeout_s=2).eth.chain_id == self.chain_id
 
     def stop(self) -> None:
         """Terminate anvil (SIGTERM, then SIGKILL after 5 s); safe to call twice."""
         proc, self.proc = self.proc, None
         self._rpc_w3 = None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        if proc is not None:
+            proc.stop()
         if self._logdir is not None:
             self._logdir.cleanup()
             self._logdir = None
@@ -131,29 +117,6 @@ class AnvilNode:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def _wait_listening(self, log_path: Path) -> int:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            text = log_path.read_text(errors="replace")
-            m = re.search(r"Listening on 127\.0\.0\.1:(\d+)", text)
-            if m:
-                return int(m.group(1))
-            if self.proc.poll() is not None:
-                raise AnvilError(f"anvil exited with {self.proc.returncode}: {text[-2000:]}")
-            time.sleep(0.05)
-        raise AnvilError(f"anvil did not listen within {self.startup_timeout_s} s")
-
-    def _wait_rpc(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        w3 = self.web3()
-        while time.monotonic() < deadline:
-            try:
-                if w3.eth.chain_id == self.chain_id:
-                    return
-            except Exception:  # connection refused while the server binds
-                time.sleep(0.05)
-        raise AnvilError(f"anvil RPC at {self.rpc_url} not ready within {self.startup_timeout_s} s")
 
     # ------------------------------------------------------------------ access
 
@@ -169,10 +132,7 @@ class AnvilNode:
     @property
     def accounts(self) -> list[LocalAccount]:
         """The pre-funded accounts, with their private keys (signing stays in Python)."""
-        if self._accounts is None:
-            self._accounts = [Account.from_mnemonic(self.mnemonic, account_path=f"m/44'/60'/0'/0/{i}")
-                              for i in range(self.n_accounts)]
-        return self._accounts
+        return list(derive_accounts(self.mnemonic, self.n_accounts))
 
     # ------------------------------------------------------------------ dev-chain controls
 

@@ -1,6 +1,0 @@
-"""``python -m agent paper|bench``: see :mod:`agent.experiments`."""
-import sys
-
-from agent.experiments import main
-
-sys.exit(main())

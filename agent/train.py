@@ -1,0 +1,54 @@
+"""The one loop that runs an agent slot after slot, on the simulated or the live environment.
+
+    from agent.train import run_slots
+    out = run_slots(agent, MecChainEnv(cfg), 2000, seed=0)                   # train in simulation
+    out = run_slots(agent, LiveEnv(lab_json, token), 30, explore=False,      # the live testbed,
+                    learn=True)                                              # fine-tuning online
+
+Each slot: observe, ``act`` (timed: the decision latency), ``env.step``, ``learn`` from the
+transition when the agent trains and ``learn`` is set. The environment only needs Gymnasium's
+interface and ``info["server_utility"]`` (the M per-server terms of eq. (11)); a simulated
+episode that ends is reset with the next seed, a live one never ends.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from agent.learners.base import Agent, Transition
+
+
+def run_slots(agent: Agent, env, slots: int, *, seed: int | None = None, explore: bool = True,
+              learn: bool = True, on_slot: Callable[[int, dict], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> dict:
+    """Run ``slots`` slots; returns the utility per slot (``curve``), the wall clock after each
+    slot (``clock``, s), each decision's latency (``decision_ms``) and the seconds in all.
+    ``on_slot(k, record)`` sees each slot's obs, action, reward, info and decision latency;
+    ``stop()`` true ends the run after the current slot."""
+    learn = learn and agent.trains
+    obs, _ = env.reset(seed=seed)
+    curve, clock, decision_ms = [], [], []
+    episode = 0
+    t0 = time.perf_counter()
+    for k in range(slots):
+        t_act = time.perf_counter()
+        action = agent.act(obs, explore=explore)
+        decision_ms.append((time.perf_counter() - t_act) * 1e3)
+        nxt, reward, term, trunc, info = env.step(action)
+        if learn:
+            agent.learn(Transition(obs, np.asarray(action).reshape(2, -1), reward, info["server_utility"],
+                                   nxt, term, trunc))
+        curve.append(reward)
+        clock.append(time.perf_counter() - t0)
+        if on_slot is not None:
+            on_slot(k, {"obs": obs, "action": action, "reward": reward, "info": info,
+                        "decision_ms": decision_ms[-1]})
+        obs = nxt
+        if term or trunc:
+            episode += 1
+            obs, _ = env.reset(seed=None if seed is None else seed * 1000 + episode)
+        if stop is not None and stop():
+            break
+    return {"curve": curve, "clock": clock, "decision_ms": decision_ms, "seconds": time.perf_counter() - t0}

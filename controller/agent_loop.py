@@ -1,0 +1,108 @@
+"""The decision maker on the controller: the policy loop of the live lab (paper Fig. 3).
+
+    python -m controller.agent_loop --lab RUN/lab/lab.json --token-file TOKEN --out RUN --slots N
+
+Every slot of ``model.slot_s`` seconds it reads the measured state from the controller,
+lets the scenario's policy (``lab.policy``: round_robin, greedy, agent:NAME or file:PATH)
+decide which UE each MEC server serves and each server's hash budget, and puts that in force
+through :class:`testbed.live_env.LiveEnv` (``PUT /assignment``), which then measures the
+slot's utility (11). A learning agent fine-tunes online when ``lab.learn_online`` is set (the
+same ``learn`` call as in simulation). One JSON line per slot goes to ``<out>/slots.jsonl``:
+the decision, its latency, when the switches and miners applied it, the measured terms.
+
+It is its own process on purpose: if it crashes, the controller keeps the last assignment in
+force and falls back to round-robin after 1.5 slots without a decision (the run records the
+gap), and nothing on chain is affected. SIGTERM ends it after the current slot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def slot_record(k: int, policy: str, decision_ms: float, agent_ms, reward: float, sinfo: dict, snap: dict,
+                excluded=None) -> dict:
+    """One line of slots.jsonl: the decision, its latency, when it was applied, the measured terms."""
+    return {"slot": k, "t": sinfo["t0"], "policy": policy, "decision_ms": decision_ms, "agent_ms": agent_ms,
+            "put_ms": sinfo["put_ms"], "status": sinfo["status"], "error": sinfo["error"],
+            "slot_to_applied_s": sinfo["slot_to_applied_s"], "applied": sinfo["applied"],
+            "served": sum(u is not None for u in sinfo["serve"].values()),
+            "waiting": sum(t.get("mec") is None for t in snap["pending"].values()),
+            "serve": sinfo["serve"], "levels": sinfo["levels"], "reputation": snap["reputation"],
+            "down": snap.get("down", []), "projected": sinfo["projected"], "excluded": excluded,
+            "utility": reward, "server_utility": np.asarray(sinfo["server_utility"]).tolist(),
+            "mining_reward": sinfo["mining_reward"], "revenue": sinfo["revenue"],
+            "latency_s": sinfo["latency_s"], "n_served": sinfo["n_served"], "blocks": sinfo["blocks"]}
+
+
+LIVE_VIEW_FIELDS = ("slot", "t", "policy", "utility", "server_utility", "mining_reward", "revenue", "latency_s",
+                    "n_served", "blocks", "decision_ms", "slot_to_applied_s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m controller.agent_loop", description=__doc__.splitlines()[0])
+    ap.add_argument("--lab", required=True, type=Path, help="the running lab's lab.json")
+    ap.add_argument("--token-file", required=True, type=Path, help="the policy's bearer token")
+    ap.add_argument("--out", required=True, type=Path, help="folder for slots.jsonl")
+    ap.add_argument("--slots", type=int, default=None, help="slots to run (default lab.slots)")
+    args = ap.parse_args(argv)
+
+    from agent.train import run_slots
+    from testbed.live_env import LiveEnv
+    from testbed.policy import AgentPolicy, make_policy
+
+    env = LiveEnv(args.lab, args.token_file.read_text().strip())
+    scn = env.scn
+    policy = make_policy(scn)
+    learn = scn.lab.learn_online and isinstance(policy, AgentPolicy) and policy.agent.trains
+    slots = args.slots if args.slots is not None else scn.lab.slots
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    out = open(args.out / "slots.jsonl", "a", buffering=1)
+    print(f"policy {policy.name} deciding {slots} slots of {scn.model.slot_s} s"
+          f"{' (learning online)' if learn else ''}", flush=True)
+    done = [0]
+
+    def write(rec: dict) -> None:
+        out.write(json.dumps(rec) + "\n")
+        env.api.call("PUT", "/slot", {k: rec[k] for k in LIVE_VIEW_FIELDS})
+        done[0] += 1
+
+    if isinstance(policy, AgentPolicy):
+        # an agent of agent/: the same loop as its training in simulation (agent.train.run_slots)
+        seen = {}
+
+        def on_slot(k: int, r: dict) -> None:
+            sinfo = r["info"]
+            write(slot_record(k, policy.name, r["decision_ms"], r["decision_ms"], r["reward"], sinfo,
+                              seen.get("snap") or sinfo["snapshot"]))
+            seen["snap"] = sinfo["snapshot"]
+        run_slots(policy.agent, env, slots, seed=scn.seed, explore=False, learn=learn, on_slot=on_slot,
+                  stop=lambda: stop["now"])
+        if learn:
+            policy.agent.save(args.out / "agent-finetuned.pt")
+    else:
+        # a rule of thumb on the measured state (round_robin, greedy)
+        _, info = env.reset(seed=scn.seed)
+        snap = info["snapshot"]
+        for k in range(slots):
+            if stop["now"]:
+                break
+            t0 = time.perf_counter()
+            serve, levels, pinfo = policy.decide(snap)
+            decision_ms = (time.perf_counter() - t0) * 1e3
+            _, reward, _, _, sinfo = env.step((serve, levels))
+            write(slot_record(k, policy.name, decision_ms, None, reward, sinfo, snap, pinfo.get("excluded")))
+            snap = sinfo["snapshot"]
+    print(f"policy {policy.name} done after {done[0]} slot(s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The controller's one HTTP API (JSON), as a WSGI application over :class:`LabState`.
+
+    GET  /state                 the state s of eq. (9) as measured (anyone on the lab's networks)
+    GET  /reputation            Υ_m per server, with the window's task counts
+    GET  /reports?since=T       the reports received after wall time T (executors' and UEs')
+    PUT  /assignment            the policy's decision for a slot: {"slot", "serve", "levels"}
+                                (only the policy: ``Authorization: Bearer <token>``)
+    PUT  /topology              the lab's hosts (IP, MAC, switch, port), the service and probe
+                                addresses (only the lab, with the same token)
+    POST /task                  a UE announces its waiting task, or cancels it (signed by that UE)
+    GET  /assignment/<ue>?task=N&wait=S   long-poll: the server a UE's task was given
+    POST /report                an executor's or a UE's report of a task (signed by the reporter)
+    GET  /health
+
+Who may speak: the API is reachable from UE containers (they announce tasks and report), so it
+trusts none of them. Changing the assignment or a budget needs the policy's bearer token, which
+only the lab's root-namespace processes hold. A task or a report counts only if it is signed
+(EIP-191 ``personal_sign`` over the request body, ``X-Signer``/``X-Signature`` headers) by the
+chain key of the UE or MEC server it names, and a UE may report only on a task the policy gave
+to the server it names. Anything else is refused with a JSON error and changes nothing.
+
+``on_assignment(a)`` is called after an assignment is in force (the controller applies hash
+budgets and steering flows there).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any, Callable
+
+from controller.state import Assignment, LabState, Refused, Report
+
+MAX_BODY = 64 * 1024
+
+
+def recover_signer(body: bytes, signature: str) -> str:
+    """The address that signed ``body`` (EIP-191), lower case."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+    return Account.recover_message(encode_defunct(primitive=body), signature=signature).lower()
+
+
+def sign_body(account, body: bytes) -> str:
+    """The ``X-Signature`` of ``body`` by ``account`` (a LocalAccount)."""
+    from eth_account.messages import encode_defunct
+    return account.sign_message(encode_defunct(primitive=body)).signature.to_0x_hex()
+
+
+class Api:
+    """WSGI app. ``accounts``: name (ue3, mec1) -> chain address; ``token``: the policy's."""
+
+    def __init__(self, state: LabState, accounts: dict[str, str], token: str,
+                 on_assignment: Callable[[Assignment], dict] | None = None,
+                 long_poll_max_s: float = 30.0, page: Callable[[], bytes] | None = None,
+                 extra: dict[str, Callable[[dict], dict]] | None = None):
+        """``extra``: more policy-only endpoints, ``"PUT name" -> handler(json body)``."""
+        self.state = state
+        self.extra = extra or {}
+        self.accounts = {k: v.lower() for k, v in accounts.items()}
+        self.token = token
+        self.on_assignment = on_assignment
+        self.long_poll_max_s = long_poll_max_s
+        self.page = page
+
+    # ---- WSGI ------------------------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        try:
+            status, payload = self.route(method, path, environ)
+        except Refused as e:
+            status, payload = e.status, {"error": str(e)}
+        except Exception as e:   # a bug here must not take the controller down
+            status, payload = 500, {"error": f"internal error: {type(e).__name__}: {e}"}
+        if isinstance(payload, bytes):
+            body, ctype = payload, "text/html; charset=utf-8"
+        else:
+            body, ctype = json.dumps(payload).encode(), "application/json"
+        start_response(f"{status} {_REASONS.get(status, 'OK')}",
+                       [("Content-Type", ctype), ("Content-Length", str(len(body))),
+                        ("Cache-Control", "no-store")])
+        return [body]
+
+    def route(self, method: str, path: str, environ) -> tuple[int, Any]:
+        parts = [p for p in path.split("/") if p]
+        if method == "GET" and parts == ["health"]:
+            return 200, {"ok": True, "t": time.time()}
+        if method == "GET" and parts == ["state"]:
+            return 200, self.state.snapshot()
+        if method == "GET" and parts == ["reputation"]:
+            return 200, self.state.reputation()
+        if method == "GET" and parts == ["reports"]:
+            from urllib.parse import parse_qs
+            try:
+                since = float(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["0"])[0])
+            except ValueError:
+                raise Refused("give ?since=<unix time>") from None
+            return 200, self.state.reports_since(since)
+        if method == "GET" and parts == [] and self.page is not None:
+            return 200, self.page()
+        if method == "PUT" and parts == ["assignment"]:
+            return self.put_assignment(environ)
+        if method == "POST" and parts == ["task"]:
+            return self.post_task(environ)
+        if method == "GET" and len(parts) == 2 and parts[0] == "assignment":
+            return self.get_assignment(parts[1], environ)
+        if method == "POST" and parts == ["report"]:
+            return self.post_report(environ)
+        if len(parts) == 1 and f"{method} {parts[0]}" in self.extra:
+            self._policy_only(environ)
+            return 200, self.extra[f"{method} {parts[0]}"](self._json(self._body(environ)))
+        raise Refused(f"no such endpoint: {method} {path}", status=404)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _body(environ) -> bytes:
+        try:
+            n = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise Refused("bad Content-Length") from None
+        if n > MAX_BODY:
+            raise Refused(f"body of {n} bytes is over the {MAX_BODY}-byte limit", status=413)
+        return environ["wsgi.input"].read(n) if n else b""
+
+    @staticmethod
+    def _json(body: bytes) -> dict:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Refused(f"malformed JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise Refused("the body must be a JSON object")
+        return data
+
+    def _signed(self, environ) -> tuple[str, dict]:
+        """(signer name, body) of a request signed by a known account, or Refused."""
+        body = self._body(environ)
+        name = environ.get("HTTP_X_SIGNER", "")
+        sig = environ.get("HTTP_X_SIGNATURE", "")
+        if name not in self.accounts:
+            raise Refused(f"unknown signer {name!r}", status=403)
+        try:
+            who = recover_signer(body, sig)
+        except Exception:
+            raise Refused("bad signature", status=403) from None
+        if who != self.accounts[name]:
+            raise Refused(f"signature is not {name}'s", status=403)
+        return name, self._json(body)
+
+    # ---- endpoints -------------------------------------------------------------------------
+    def _policy_only(self, environ) -> None:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
+            raise Refused("only the policy may change the assignment, a budget or the topology", status=403)
+
+    def put_assignment(self, environ) -> tuple[int, Any]:
+        self._policy_only(environ)
+        data = self._json(self._body(environ))
+        a = self.state.assign(data.get("slot"), data.get("serve"), data.get("levels"))
+        applied = self.on_assignment(a) if self.on_assignment else {}
+        return 200, {"slot": a.slot, "accepted_at": a.decided_at, "applied": applied}
+
+    def post_task(self, environ) -> tuple[int, Any]:
+        name, d = self._signed(environ)
+        if d.get("ue") != name:
+            raise Refused(f"{name} may announce only its own tasks", status=403)
+        if d.get("cancel"):            # the UE gave up waiting (or was told to stop)
+            self.state.drop_task(name, d.get("task_id"))
+            return 200, {"ue": name, "task_id": d.get("task_id"), "cancelled": True}
+        t = self.state.add_task(name, d.get("task_id"), d.get("data_mb"), d.get("demand"), d.get("desired_s"))
+        return 200, {"ue": t.ue, "task_id": t.task_id}
+
+    def get_assignment(self, ue: str, environ) -> tuple[int, Any]:
+        from urllib.parse import parse_qs
+        q = parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            task_id = int(q["task"][0])
+            wait = min(float(q.get("wait", ["10"])[0]), self.long_poll_max_s)
+        except (KeyError, ValueError):
+            raise Refused("give ?task=<id>[&wait=<seconds>]") from None
+        t = self.state.wait_assigned(ue, task_id, wait)
+        if t is None:
+            return 200, {"ue": ue, "task_id": task_id, "mec": None}
+        return 200, {"ue": ue, "task_id": task_id, "mec": t.mec, "slot": t.assigned_slot,
+                     "mec_address": self.accounts.get(t.mec)}
+
+    def post_report(self, environ) -> tuple[int, Any]:
+        name, d = self._signed(environ)
+        try:
+            r = Report(source=str(d["source"]), mec=str(d["mec"]), ue=str(d["ue"]), task_id=int(d["task_id"]),
+                       desired_s=float(d["desired_s"]), latency_s=float(d["latency_s"]), ok=bool(d["ok"]),
+                       t=time.time(), detail=dict(d.get("detail") or {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise Refused(f"a report needs source, mec, ue, task_id, desired_s, latency_s, ok: {e}") from None
+        if r.source == "executor" and name != r.mec:
+            raise Refused(f"{name} may report only as itself, not for {r.mec}", status=403)
+        if r.source == "ue":
+            if name != r.ue:
+                raise Refused(f"{name} may report only on its own tasks, not {r.ue}'s", status=403)
+            if not self.state.was_assigned(r.ue, r.mec, r.task_id):
+                raise Refused(f"{r.ue}'s task {r.task_id} was never given to {r.mec}", status=403)
+        if r.source not in ("executor", "ue"):
+            raise Refused(f"source must be executor or ue, got {r.source!r}")
+        if not (r.desired_s > 0 and r.latency_s >= 0):
+            raise Refused("desired_s must be > 0 and latency_s >= 0")
+        self.state.add_report(r)
+        if r.source == "ue":
+            self.state.drop_task(r.ue, r.task_id)
+        return 200, {"accepted": True}
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
+            500: "Internal Server Error"}

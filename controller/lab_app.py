@@ -1,0 +1,222 @@
+"""The lab app: the controller's HTTP API, the miners' hash budgets, and a fallback policy.
+
+One job: hold the run's :class:`controller.state.LabState` (in :mod:`controller.shared`) and
+let the rest of the lab speak to it:
+
+- it serves the API (:class:`controller.api.Api`) on lab0's address, reachable from the
+  policy in the root namespace, the executors on the MEC hosts and the UE containers;
+- when the policy puts an assignment in force it calls every *applier* (:mod:`controller.steering`'s
+  flows, and its own hash budgets: each miner's CPU quota, the model level's cores from
+  :class:`testbed.units.LiveMapping`), and answers with when each took effect; every change is
+  logged with its time in ``budgets.jsonl``;
+- if no decision arrives for 1.5 slots (the policy's process crashed or hangs), it decides
+  itself, round-robin with the budget split equally, so the lab keeps serving, and marks those
+  slots as fallback;
+- it writes the state to a file every second and reads it back when it starts, so a restarted
+  controller picks up where the last one stopped (pending tasks, the assignment in force,
+  reports, the topology).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from os_ken.base import app_manager
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_3
+
+from controller import settings, shared
+from controller.api import Api
+from controller.state import Assignment, Refused
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request: long-polling UEs must not hold up the policy (os-ken 4 runs
+    its apps on native threads, so blocking here is fine)."""
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, fmt, *args):   # one line per request would flood the log
+        pass
+
+
+class BudgetApplier:
+    """Writes each miner's CPU quota (cgroup v1 ``cpu.cfs_quota_us``/``cpu.shares``).
+
+    ``miners``: name -> {"host_group": path under the CPU controller (the MEC host's group),
+    "period_us"}. The miner's own group is the child named ``<name>-<geth pid>`` (a restarted
+    miner gets a new one, found again here).
+    """
+
+    def __init__(self, miners: dict[str, dict], levels_cores: list[float], logger):
+        self.miners, self.levels_cores, self.logger = miners, levels_cores, logger
+        self.in_force: dict[str, float] = {}
+
+    def _group(self, name: str) -> Path | None:
+        base = CGROUP_CPU / self.miners[name]["host_group"]
+        found = sorted(base.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime) if base.is_dir() else []
+        return found[-1] if found else None
+
+    def apply(self, a: Assignment) -> dict:
+        """Set every miner's quota; {"budgets": wall time the last was written}."""
+        for name, k in a.levels.items():
+            cores = self.levels_cores[k]
+            group = self._group(name)
+            if group is None:
+                self.logger.warning("budget for %s not applied: its miner's cgroup is gone", name)
+                continue
+            period = int(self.miners[name].get("period_us", 100_000))
+            try:
+                (group / "cpu.cfs_quota_us").write_text(str(max(1000, round(cores * period))))
+                (group / "cpu.shares").write_text(str(max(2, round(1024 * cores))))   # as nodes.cgroup
+            except OSError as e:
+                self.logger.warning("budget for %s not applied: %s", name, e)
+                continue
+            self.in_force[name] = cores
+        return {"budgets": time.time(), "budgets_cores": dict(self.in_force)}
+
+
+class LabApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg = settings.lab()
+        if cfg is None:
+            raise RuntimeError("controller.lab_app needs --lab-config")
+        self.cfg = cfg
+        self.state = shared.state()
+        self.slot_s = float(cfg.get("slot_s", 10.0))
+        self.state_file = Path(cfg["state_file"]) if cfg.get("state_file") else None
+        self.budgets = BudgetApplier(cfg["miners"], cfg["levels_cores"], self.logger)
+        shared.appliers.insert(0, ("budgets", self.budgets.apply))
+        token = Path(cfg["token_file"]).read_text().strip()
+        from controller.live_view import page as live_page      # GET /: the live view
+        self.api = Api(self.state, cfg["accounts"], token, on_assignment=self.apply, page=live_page,
+                       extra={"PUT topology": self.put_topology, "PUT slot": self.put_slot})
+        self.log = open(cfg["budget_log"], "a", buffering=1) if cfg.get("budget_log") else None
+        self.apply_lock = threading.Lock()
+        self._restore()
+        hub.spawn(self._serve)
+        hub.spawn(self._watchdog)
+
+    # ---- API ---------------------------------------------------------------------------------
+    def _serve(self):
+        """Serve the API on lab0's address. The controller starts before the network, so the
+        address appears only once Mininet has made lab0's interface: keep trying for a minute."""
+        host, port = self.cfg["api_host"], int(self.cfg["api_port"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                server = make_server(host, port, self.api, server_class=_ThreadingServer,
+                                     handler_class=_QuietHandler)
+                break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    self.logger.error("lab API cannot listen on %s:%d: %s", host, port, e)
+                    return
+                hub.sleep(0.2)
+        self.logger.info("lab API on http://%s:%d", host, port)
+        server.serve_forever(poll_interval=0.5)
+
+    def put_topology(self, data: dict) -> dict:
+        for key in ("hosts", "service", "probe", "executor_port"):
+            if key not in data:
+                raise Refused(f"a topology needs {key}")
+        shared.set_topology(data)
+        self._reapply()
+        return {"hosts": len(data["hosts"])}
+
+    def put_slot(self, rec: dict) -> dict:
+        self.state.add_slot(rec)
+        return {"slots": len(self.state.slots)}
+
+    def _reapply(self):
+        a = self.state.assignment
+        if a is not None:
+            self.apply(a)
+
+    # ---- applying a decision ---------------------------------------------------------------
+    def apply(self, a: Assignment) -> dict:
+        with self.apply_lock:
+            out = {}
+            for name, fn in shared.appliers:
+                try:
+                    got = fn(a)
+                except Exception as e:         # one part failing must not block the others
+                    self.logger.warning("applying slot %s: %s failed: %s", a.slot, name, e)
+                    continue
+                for what, t in got.items():
+                    if isinstance(t, float) and what in ("budgets", "flows"):
+                        self.state.mark_applied(a.slot, what, t)
+                        out[f"{what}_applied_s"] = t - a.decided_at
+                    else:
+                        out[what] = t
+            if self.log is not None:
+                self.log.write(json.dumps({"slot": a.slot, "decided_at": a.decided_at, "levels": a.levels,
+                                           "serve": a.serve, "fallback": a.fallback, **out}) + "\n")
+            self.state.miners["budgets_cores"] = dict(self.budgets.in_force)
+            return out
+
+    # ---- the fallback: keep serving without a policy -----------------------------------
+    def _watchdog(self):
+        while True:
+            hub.sleep(self.slot_s / 2)
+            try:
+                self._maybe_fallback()
+            except Exception as e:
+                self.logger.warning("fallback failed: %s", e)
+
+    def _maybe_fallback(self):
+        st = self.state
+        last = st.assignment.decided_at if st.assignment else None
+        if last is None or time.time() - last < 1.5 * self.slot_s:
+            return                                  # the policy is alive (or not started yet)
+        with st.lock:
+            waiting = sorted((t.since, u) for u, t in st.pending.items() if t.mec is None)
+            servers = [m for m in st.servers if m not in st.down]
+            k = int(self.cfg.get("equal_level", 0))
+        serve = {m: None for m in st.servers}
+        for m, (_, u) in zip(servers, waiting):
+            serve[m] = u
+        a = st.assign(slot=(st.assignment.slot + 1) if st.assignment else 0, serve=serve,
+                      levels={m: k for m in st.servers}, fallback=True)
+        self.logger.warning("no decision for %.0f s: fallback round-robin (%d UEs)", time.time() - last,
+                            sum(u is not None for u in serve.values()))
+        self.apply(a)
+
+    # ---- surviving a restart ---------------------------------------------------------------
+    def _restore(self):
+        if self.state_file is None or not self.state_file.exists():
+            hub.spawn(self._persist)
+            return
+        try:
+            saved = json.loads(self.state_file.read_text())
+            self.state.restore(saved)
+            if saved.get("topology"):
+                shared.set_topology(saved["topology"])
+            self.logger.info("state restored from %s (saved %.1f s ago)", self.state_file,
+                             time.time() - saved.get("t", time.time()))
+        except Exception as e:
+            self.logger.warning("could not restore %s: %s", self.state_file, e)
+        hub.spawn(self._persist)
+
+    def _persist(self):
+        while True:
+            hub.sleep(1.0)
+            try:
+                data = {**self.state.dump(), "topology": dict(shared.topology), "t": time.time()}
+                tmp = self.state_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(data))
+                tmp.replace(self.state_file)
+            except Exception as e:
+                self.logger.warning("state not saved: %s", e)
+

@@ -1,0 +1,107 @@
+"""Steering: every UE sends its tasks to one service address; the switches deliver each UE's
+task traffic to the MEC server the policy assigned it, without the UE's involvement.
+
+The service address (IP and MAC, ``PUT /topology``) belongs to no host; each UE container has
+a static ARP entry for it. On each assignment this app writes two entries into table 0 of the
+UE's access switch (OpenFlow set-field, then on to the forwarding table):
+
+    UE -> service:port   rewrite  eth_dst, ipv4_dst  := the assigned server's MAC and IP
+    server:port -> UE    rewrite  eth_src, ipv4_src  := the service address's
+
+so a UE's TCP connection to the service address is, in the network, a connection to its
+server, and the executor sees the UE's own address. A UE has one task at a time and gets a
+server per task, so its entries change only between its connections. A barrier after the
+flow-mods says when each switch has them: that time is reported as ``flows``.
+
+Switches that reconnect (a controller restart) get the entries in force again.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib.packet import ether_types, in_proto
+from os_ken.ofproto import ofproto_v1_3
+
+from controller import shared
+from controller.l2_switch import FORWARDING_TABLE, add_flow
+from controller.state import Assignment
+
+PRIORITY = 100
+COOKIE = 0x5E7
+
+
+class Steering(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.datapaths: dict[int, object] = {}
+        self.routes: dict[str, str] = {}            # ue -> mec in force
+        self.barriers: dict[int, threading.Event] = {}
+        shared.appliers.append(("flows", self.apply))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER])
+    def _state_change(self, ev):
+        dp = ev.datapath
+        self.datapaths[dp.id] = dp
+        # a switch (re)connecting: put the routes in force on it again
+        for ue, mec in list(self.routes.items()):
+            if self._host(ue).get("dpid") == dp.id:
+                self._install(dp, ue, mec)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier_reply(self, ev):
+        e = self.barriers.pop(ev.msg.xid, None)
+        if e is not None:
+            e.set()
+
+    @staticmethod
+    def _host(name: str) -> dict:
+        return shared.topology.get("hosts", {}).get(name, {})
+
+    def _install(self, dp, ue: str, mec: str) -> None:
+        parser = dp.ofproto_parser
+        u, m, svc = self._host(ue), self._host(mec), shared.topology["service"]
+        port = int(shared.topology["executor_port"])
+        fwd = parser.OFPMatch(eth_type=ether_types.ETH_TYPE_IP, ip_proto=in_proto.IPPROTO_TCP,
+                              ipv4_src=u["ip"], ipv4_dst=svc["ip"], tcp_dst=port)
+        back = parser.OFPMatch(eth_type=ether_types.ETH_TYPE_IP, ip_proto=in_proto.IPPROTO_TCP,
+                               ipv4_dst=u["ip"], tcp_src=port)
+        add_flow(dp, PRIORITY, fwd, [parser.OFPActionSetField(eth_dst=m["mac"]),
+                                     parser.OFPActionSetField(ipv4_dst=m["ip"])],
+                 table_id=0, goto=FORWARDING_TABLE, cookie=COOKIE)
+        add_flow(dp, PRIORITY, back, [parser.OFPActionSetField(eth_src=svc["mac"]),
+                                      parser.OFPActionSetField(ipv4_src=svc["ip"])],
+                 table_id=0, goto=FORWARDING_TABLE, cookie=COOKIE)
+
+    def apply(self, a: Assignment) -> dict:
+        """Write the new routes; return when every switch touched confirmed (barrier)."""
+        if not shared.topology_ready.is_set():
+            return {}
+        waits, touched = [], set()
+        for mec, ue in a.serve.items():
+            if ue is None or self.routes.get(ue) == mec:
+                continue
+            dpid = self._host(ue).get("dpid")
+            dp = self.datapaths.get(dpid)
+            if dp is None:
+                self.logger.warning("no switch %s for %s: its route to %s waits for it", dpid, ue, mec)
+                self.routes[ue] = mec
+                continue
+            self._install(dp, ue, mec)
+            self.routes[ue] = mec
+            touched.add(dp)
+        for dp in touched:
+            req = dp.ofproto_parser.OFPBarrierRequest(dp)
+            dp.set_xid(req)
+            e = threading.Event()
+            self.barriers[req.xid] = e
+            dp.send_msg(req)
+            waits.append(e)
+        for e in waits:
+            e.wait(1.0)
+        return {"flows": time.time(), "switches": len(touched)} if touched else {}

@@ -1,0 +1,267 @@
+"""The UE client: the program in each UE's Docker container (paper Fig. 2, steps 1-3).
+
+    python -m nodes.ue_client --lab /lab/lab.json --name ue3 --key /run/secrets/key --out /lab/out
+
+It registers once (``createTrade``: Id_u, PK_u, W_u) and then, task after task:
+
+1. draws a task R_u = (d_u, ξ_u, τ_u) from Table I's ranges (the scenario's ``[model]``, seeded
+   by the scenario's seed and the UE's index) and announces it to the controller (POST /task);
+2. waits for the policy to give it a MEC server (GET /assignment/<ue>); after
+   ``model.max_wait_slots`` slots without one it gives the task up, unpaid;
+3. pays φ_u = µ·ξ_u into escrow for that server (``trading``, through the RPC gateway) and
+   waits until the escrow is mined;
+4. uploads d_u bytes to the server's executor with a signed request naming the escrow, and
+   receives the result;
+5. checks the result: against its own data (:func:`nodes.work.verify`, a random segment of the
+   work) and against the result hash the server committed on chain (``EscrowPaid``). The
+   contract pays a server on its own word, so this check is what catches a server that takes
+   payment without doing the work: a mismatch is a failed task, named with the server;
+6. if the server refused, vanished or never finished, waits for the escrow's deadline and takes
+   its refund (``refund``): no payment is ever left open;
+7. reports the task to the controller (POST /report, signed) and appends its record to
+   ``<out>/tasks.jsonl``: latency split into payment (until the escrow is mined), upload,
+   queue, compute, download and settlement (until the server's completion is mined), gas.
+
+SIGTERM ends the run: no new task; a task not yet paid is cancelled; a paid one is finished
+(or refunded) first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from controller.api import sign_body
+from nodes.executor import Conn, read_exact, read_line, request_digest, send_line
+from nodes.work import WorkResult, verify
+
+
+class TaskFailed(Exception):
+    """The paid task did not produce a good result; ``outcome`` names how."""
+
+    def __init__(self, outcome: str, message: str):
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class UEClient:
+    def __init__(self, lab_path: Path, name: str, key: str, out: Path):
+        from contracts.binding import TradingContract
+        from contracts.txsender import TxSender
+        from testbed.runinfo import LabInfo
+        from web3 import HTTPProvider, Web3
+
+        self.info = LabInfo.load(lab_path, wait_s=300)
+        self.scn = self.info.scenario_obj()
+        self.name = name
+        self.index = int(name.lstrip("ue"))
+        self.account = Account.from_key(key)
+        if self.account.address.lower() != self.info.ues[name].address.lower():
+            raise SystemExit(f"{name}: the key is not {name}'s account")
+        cfg = self.scn.contract
+        self.w3 = Web3(HTTPProvider(self.info.gateway_url, request_kwargs={"timeout": cfg.rpc_timeout_s}))
+        self.trade = TradingContract(self.w3, self.info.contract, cfg, sender=TxSender(self.w3, cfg))
+        self.rng = np.random.default_rng([self.scn.seed, self.index])
+        self.check_rng = random.Random(self.scn.seed * 1_000_003 + self.index)
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.records = open(self.out / "tasks.jsonl", "a", buffering=1)
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, *_):
+        self.stopping = True
+
+    # ---- controller API -------------------------------------------------------------------
+    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 40.0) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if data is not None:
+            headers.update({"X-Signer": self.name, "X-Signature": sign_body(self.account, data)})
+        req = urllib.request.Request(self.info.api_url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"controller refused {method} {path}: {e.read().decode(errors='replace')}") from None
+
+    # ---- one task ---------------------------------------------------------------------------
+    def draw(self):
+        from testbed import units
+        m = self.scn.model
+        d = self.rng.uniform(*m.data_mb_range)
+        xi = self.rng.uniform(*m.demand_gcycles_range)
+        tau = self.rng.uniform(*m.desired_time_s_range)
+        return units.chain_task(m, d, xi, tau)
+
+    def wait_for_server(self, task_id: int) -> dict | None:
+        give_up = time.monotonic() + self.scn.model.max_wait_slots * self.scn.model.slot_s
+        while not self.stopping and time.monotonic() < give_up:
+            wait = min(10.0, max(0.5, give_up - time.monotonic()))
+            a = self.api("GET", f"/assignment/{self.name}?task={task_id}&wait={wait:.1f}", timeout=wait + 10)
+            if a.get("mec"):
+                return a
+        return None
+
+    def offload(self, task_id: int, task, mec: str, data: bytes, rec: dict) -> WorkResult:
+        """Steps 4-5 over TCP; returns the result or raises :class:`TaskFailed`."""
+        ip = self.info.service_ip or self.info.servers[mec].ip
+        header = {"ue": self.account.address, "task_id": task_id, "chain_id": self.info.chain_id,
+                  "contract": self.info.contract, "data_bytes": len(data), "desired_s": task.desired_s}
+        sig = self.account.sign_message(encode_defunct(primitive=request_digest(header))).signature.to_0x_hex()
+        t0 = time.monotonic()
+        try:
+            with socket.create_connection((ip, self.info.executor_port), timeout=10) as raw:
+                s = Conn(raw)
+                send_line(s, {"header": header, "sig": sig})
+                reply = json.loads(read_line(s, 8192, 60))
+                if not reply.get("accepted"):
+                    raise TaskFailed(f"refused:{reply.get('code')}", reply.get("error", "refused"))
+                t_acc = time.monotonic()
+                s.settimeout(60)
+                s.sendall(data)
+                got = json.loads(read_line(s, 8192, 120))
+                t_up = time.monotonic()
+                if not got.get("received"):
+                    raise TaskFailed("protocol", f"no upload acknowledgement: {got}")
+                left = max(10.0, rec["deadline"] - time.time() - 5)
+                res_hdr = json.loads(read_line(s, 8192, left))
+                t_hdr = time.monotonic()
+                blob = read_exact(s, int(res_hdr["result_bytes"]), 60)
+                t_down = time.monotonic()
+        except TaskFailed:
+            raise
+        except Exception as e:     # connection refused or reset, timeouts, a server gone
+            raise TaskFailed("lost", f"{mec}: {type(e).__name__}: {e}") from None
+        queue_s, compute_s = float(res_hdr.get("queue_s", 0)), float(res_hdr.get("compute_s", 0))
+        rec.update(request_s=t_acc - t0, upload_s=t_up - t_acc, queue_s=queue_s, compute_s=compute_s,
+                   download_s=t_down - t_hdr, result_wait_s=t_hdr - t_up, service_s=t_down - t0)
+        return WorkResult.from_bytes(blob)
+
+    def settle(self, task_id: int, res: WorkResult, data: bytes, mec: str, rec: dict) -> None:
+        """Step 5: the result must verify against our data and match the hash on chain."""
+        iterations = res.iterations
+        ok, why = verify(data, res, iterations, self.check_rng)
+        if not ok:
+            raise TaskFailed("wrong_result", f"{mec} returned a result that does not verify: {why}")
+        t0 = time.monotonic()
+        deadline = rec["deadline"]
+        while True:
+            paid = self.trade.paid_escrows(ue=self.account.address, task_id=task_id,
+                                           from_block=self.info.deploy_block)
+            if paid:
+                break
+            if self.trade.latest_block_time() > deadline:
+                raise TaskFailed("not_completed", f"{mec} never recorded the completion on chain")
+            time.sleep(0.5)
+        rec["settlement_s"] = time.monotonic() - t0
+        rec["complete_block"] = paid[0]["blockNumber"]
+        if bytes(paid[0]["resultHash"]) != res.digest():
+            raise TaskFailed("hash_mismatch", f"{mec} committed {bytes(paid[0]['resultHash']).hex()} on chain "
+                                              f"but returned a result hashing to {res.digest().hex()}")
+
+    def refund(self, task_id: int, rec: dict) -> None:
+        """Step 6: once block time passes the deadline, take the escrow back."""
+        from contracts.binding import EscrowState
+        t0 = time.monotonic()
+        while True:
+            e = self.trade.escrow(self.account.address, task_id)
+            if e.state is EscrowState.PAID:        # the server completed after all
+                rec["refund"] = "not needed: completed"
+                return
+            if e.state is EscrowState.REFUNDED:
+                return
+            if self.trade.latest_block_time() > e.deadline:
+                break
+            time.sleep(1.0)
+        r = self.trade.refund(self.account, task_id=task_id)
+        rec.update(refund_gas=r.gas_used, refund_wait_s=time.monotonic() - t0, refunded_wei=e.amount_wei)
+
+    def run_task(self, task_id: int, task=None) -> dict:
+        """One task from announcement to its record (``task``: a ``units.ChainTask``, default
+        drawn from the scenario's distributions)."""
+        task = task or self.draw()
+        rec = {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb, "demand": task.demand,
+               "desired_s": task.desired_s, "gcycles": task.gcycles, "t_start": time.time()}
+        self.api("POST", "/task", {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb,
+                                   "demand": task.demand, "desired_s": task.desired_s})
+        t0 = time.monotonic()
+        a = self.wait_for_server(task_id)
+        rec["wait_s"] = time.monotonic() - t0
+        if a is None:
+            self.api("POST", "/task", {"ue": self.name, "task_id": task_id, "cancel": True})
+            rec["outcome"] = "stopped" if self.stopping else "dropped"
+            return rec
+        mec = a["mec"]
+        rec.update(mec=mec, slot=a.get("slot"))
+        t_pay = time.monotonic()
+        pay = self.trade.trading(self.account, mec=a["mec_address"], task_id=task_id,
+                                 data_size_bits=task.data_bits, service_demand_cycles=task.service_demand,
+                                 execution_time_s=task.desired_s)
+        opened = pay.event("EscrowOpened")
+        rec.update(payment_s=time.monotonic() - t_pay, trading_gas=pay.gas_used, paid_wei=opened["amount"],
+                   deadline=opened["deadline"], pay_block=pay.block_number, trading_fee_wei=pay.fee_wei)
+        data = self.rng.bytes(task.data_bytes)
+        try:
+            res = self.offload(task_id, task, mec, data, rec)
+            self.settle(task_id, res, data, mec, rec)
+            rec["outcome"] = "completed"
+        except TaskFailed as f:
+            rec.update(outcome=f.outcome, error=str(f))
+            if f.outcome not in ("wrong_result", "hash_mismatch"):
+                self.refund(task_id, rec)      # nothing delivered: the money comes back
+                if "refunded_wei" in rec:
+                    rec["outcome"] = f"refunded:{f.outcome}"
+        rec["e2e_s"] = time.monotonic() - t0
+        ok = rec["outcome"] == "completed"
+        try:
+            self.api("POST", "/report", {"source": "ue", "mec": mec, "ue": self.name, "task_id": task_id,
+                                         "desired_s": task.desired_s, "latency_s": rec.get("service_s", 0.0),
+                                         "ok": ok, "detail": {"outcome": rec["outcome"]}})
+        except Exception as e:
+            rec["report_error"] = str(e)
+        return rec
+
+    def run(self) -> None:
+        if self.trade.ue_wallet(self.account.address) is None:
+            r = self.trade.create_trade(self.account)
+            self.records.write(json.dumps({"ue": self.name, "event": "createTrade", "gas": r.gas_used,
+                                           "fee_wei": r.fee_wei, "t": time.time()}) + "\n")
+        print(f"{self.name} registered as {self.account.address}", flush=True)
+        task_id = 0
+        while not self.stopping:
+            task_id += 1
+            try:
+                rec = self.run_task(task_id)
+            except Exception as e:   # the chain or the controller unreachable: record and go on
+                rec = {"ue": self.name, "task_id": task_id, "outcome": "error", "error": f"{type(e).__name__}: {e}"}
+                time.sleep(2)
+            rec["t_end"] = time.time()
+            self.records.write(json.dumps(rec) + "\n")
+        print(f"{self.name} stopped after {task_id} task(s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nodes.ue_client", description=__doc__.splitlines()[0])
+    ap.add_argument("--lab", required=True, type=Path, help="the running lab's lab.json")
+    ap.add_argument("--name", required=True, help="this UE's name (ue1 ...)")
+    ap.add_argument("--key", required=True, type=Path, help="file holding this UE's private key")
+    ap.add_argument("--out", required=True, type=Path, help="folder for tasks.jsonl")
+    args = ap.parse_args(argv)
+    UEClient(args.lab, args.name, args.key.read_text().strip(), args.out).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The MEC executor's work kernel: real CPU work whose result a UE can check cheaply.
+
+A task of ``n`` iterations over data ``D`` is a SHA-256 hash chain::
+
+    h_0 = SHA256(D),   h_i = SHA256(h_{i-1})  (i = 1 .. n),   result = h_n
+
+with ``k`` checkpoints h_{⌈j·n/k⌉} (j = 1 .. k) returned beside the result. The work is
+sequential (no shortcut, no parallel speed-up), proportional to ``n`` and calibrated per core
+(``testbed calibrate``: iterations per CPU-second; :mod:`testbed.units` turns a task's model
+Gcycles into ``n``).
+
+A UE checks a result in 1/k of the work: it recomputes h_0 from its own data and one random
+segment between two consecutive checkpoints (:func:`verify`). A server that did not do the
+work cannot produce a chain that passes: a fabricated result fails at a segment it was not
+able to compute. A server that computed honestly but returns something else is caught by the
+result hash it committed on chain (the UE compares both).
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+CHECKPOINTS = 32
+
+
+@dataclass(frozen=True)
+class WorkResult:
+    """``result`` = h_n; ``checkpoints`` = h at the end of each of the k segments (the last is
+    h_n); ``iterations`` = n."""
+    iterations: int
+    result: bytes
+    checkpoints: tuple[bytes, ...]
+
+    def digest(self) -> bytes:
+        """The 32-byte commitment a MEC server records on chain (``complete``'s resultHash):
+        SHA-256 over n, the result and every checkpoint."""
+        h = hashlib.sha256(self.iterations.to_bytes(8, "big"))
+        for c in self.checkpoints:
+            h.update(c)
+        return h.digest()
+
+    def to_bytes(self) -> bytes:
+        return self.iterations.to_bytes(8, "big") + b"".join(self.checkpoints)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "WorkResult":
+        if len(raw) < 8 + 32 or (len(raw) - 8) % 32:
+            raise ValueError(f"a work result is 8 + 32·k bytes, got {len(raw)}")
+        n = int.from_bytes(raw[:8], "big")
+        cps = tuple(raw[8 + 32 * i: 8 + 32 * (i + 1)] for i in range((len(raw) - 8) // 32))
+        return cls(iterations=n, result=cps[-1], checkpoints=cps)
+
+
+def segment_bounds(n: int, k: int = CHECKPOINTS) -> list[int]:
+    """Iteration index at the end of each segment (strictly increasing, last = n)."""
+    k = max(1, min(k, n))
+    return [(j * n + k - 1) // k for j in range(1, k + 1)]
+
+
+def _chain(h: bytes, steps: int) -> bytes:
+    sha = hashlib.sha256
+    for _ in range(steps):
+        h = sha(h).digest()
+    return h
+
+
+def compute(data: bytes, iterations: int, k: int = CHECKPOINTS) -> WorkResult:
+    """Do the work: ``iterations`` SHA-256 steps over ``data``, with checkpoints."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    h, done, cps = hashlib.sha256(data).digest(), 0, []
+    for end in segment_bounds(iterations, k):
+        h = _chain(h, end - done)
+        done = end
+        cps.append(h)
+    return WorkResult(iterations=iterations, result=h, checkpoints=tuple(cps))
+
+
+def verify(data: bytes, res: WorkResult, iterations: int, rng: random.Random | None = None,
+           segments: int = 2) -> tuple[bool, str]:
+    """Check ``res`` against the UE's own ``data`` by recomputing ``segments`` random segments
+    (the first one always starts from h_0 = SHA256(data)). Returns (ok, why-not)."""
+    if res.iterations != iterations:
+        return False, f"result covers {res.iterations} iterations, the task needs {iterations}"
+    bounds = segment_bounds(iterations, len(res.checkpoints))
+    if len(bounds) != len(res.checkpoints):
+        return False, f"{len(res.checkpoints)} checkpoints do not fit {iterations} iterations"
+    if res.result != res.checkpoints[-1]:
+        return False, "result is not the last checkpoint"
+    rng = rng or random.Random()
+    picks = {0} | {rng.randrange(len(bounds)) for _ in range(max(0, segments - 1))}
+    for j in sorted(picks):
+        start_h = hashlib.sha256(data).digest() if j == 0 else res.checkpoints[j - 1]
+        start_i = 0 if j == 0 else bounds[j - 1]
+        if _chain(start_h, bounds[j] - start_i) != res.checkpoints[j]:
+            return False, f"segment {j} (iterations {start_i}..{bounds[j]}) does not hash to its checkpoint"
+    return True, ""
+
+
+def fabricate(iterations: int, k: int = CHECKPOINTS, seed: int = 0) -> WorkResult:
+    """A result that did no work (what a dishonest executor returns): random checkpoints."""
+    rnd = random.Random(seed)
+    cps = tuple(rnd.randbytes(32) for _ in segment_bounds(iterations, k))
+    return WorkResult(iterations=iterations, result=cps[-1], checkpoints=cps)

@@ -1,0 +1,236 @@
+"""``python -m testbed run``: the live lab for ``lab.slots`` time slots, then the books.
+
+Brings the lab up (:class:`testbed.lab.Lab`) and starts the decision maker
+(:mod:`controller.agent_loop`): every slot of ``model.slot_s`` seconds the policy
+(``lab.policy``) reads the measured state from the controller and puts its decision in force
+(which UE each MEC server serves, each server's hash budget, applied by the controller to the
+miners' CPU quotas). The UE clients and executors do the rest on their own: announce, pay,
+upload, compute, complete, verify, report.
+
+After the last slot the UEs are told to stop (SIGTERM: no new task, a paid one finished or
+refunded) and the run waits up to ``lab.drain_s`` for them. Then the books are closed on chain
+(:func:`audit`): every escrow must end paid or refunded, the contract must hold nothing, and
+every UE's and MEC wallet's balance must equal its payments, refunds and fees. Results:
+``results/<scenario>/<time>/`` (see :mod:`testbed.experiments.live_report`).
+
+``--cli`` opens the Mininet CLI with everything running; the slots run meanwhile, and leaving
+the CLI ends the run.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from testbed.config import Scenario
+from testbed.lab import Lab
+from testbed.live_env import ApiClient
+from testbed.policy import make_policy
+
+
+class ResourceSampler:
+    """CPU (cores) and memory (RSS, MiB) of each part of the lab, sampled every ``period_s``."""
+
+    def __init__(self, lab: Lab, period_s: float = 2.0):
+        self.lab, self.period_s = lab, period_s
+        self.samples: list[dict] = []
+        self.machine: list[dict] = []
+        self._stop = threading.Event()
+        self._prev: dict[int, float] = {}
+
+    def groups(self) -> dict[str, list[int]]:
+        lab = self.lab
+        g = {"miners": [n.pid for n in lab.chain.nodes if n.alive],
+             "rpc gateway": [lab.chain.gateway.pid] if lab.chain.gateway and lab.chain.gateway.alive else [],
+             "executors": [p.pid for p in lab.executors.values() if p.alive],
+             "UE clients": [p.pid for p in lab.ue_clients.values() if p.alive],
+             "controller": [lab.network.controller.pid] if lab.network.controller else [],
+             "policy loop": [lab.policy_proc.pid] if lab.policy_proc is not None and lab.policy_proc.alive else [],
+             "orchestrator": [psutil.Process().pid]}
+        g["Open vSwitch"] = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("ovs-vswitchd", "ovsdb-server")]
+        g["Docker engine"] = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("dockerd", "containerd")]
+        return g
+
+    def _loop(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.period_s):
+            now = time.monotonic()
+            dt, last = now - last, now
+            row = {"t": time.time()}
+            for name, pids in self.groups().items():
+                cpu = rss = 0.0
+                for pid in pids:
+                    try:
+                        p = psutil.Process(pid)
+                        t = p.cpu_times()
+                        total = t.user + t.system
+                        if pid in self._prev:
+                            cpu += max(0.0, total - self._prev[pid]) / dt
+                        self._prev[pid] = total
+                        rss += p.memory_info().rss / 2**20
+                    except psutil.Error:
+                        continue
+                row[name] = {"cores": cpu, "rss_mib": rss}
+            self.samples.append(row)
+            vm = psutil.virtual_memory()
+            self.machine.append({"t": row["t"], "used_mib": (vm.total - vm.available) / 2**20,
+                                 "cpu_pct": psutil.cpu_percent()})
+
+    def start(self) -> "ResourceSampler":
+        threading.Thread(target=self._loop, daemon=True, name="resources").start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def wait_slots(lab: Lab, slots: int, stop: threading.Event, progress: bool = True) -> None:
+    """Wait for the policy loop to run its slots, with a progress bar read from slots.jsonl."""
+    from tqdm import tqdm
+    path = lab.run_dir / "slots.jsonl"
+    bar = tqdm(total=slots, desc=f"slots ({lab.scn.lab.policy})", unit="slot", disable=not progress)
+    done = 0
+    while lab.policy_proc.alive and not stop.is_set():
+        n = len(path.read_text().splitlines()) if path.exists() else 0
+        if n > done:
+            bar.update(n - done)
+            done = n
+        stop.wait(1.0)
+    bar.update(max(0, slots - done) if not stop.is_set() and lab.policy_proc.returncode == 0 else 0)
+    bar.close()
+    if lab.policy_proc.returncode not in (0, None) and not stop.is_set():
+        raise RuntimeError(f"the policy loop failed (exit {lab.policy_proc.returncode}); log "
+                           f"{lab.policy_proc.log_path}:\n{lab.policy_proc.log_tail()}")
+
+
+def drain(lab: Lab, timeout_s: float) -> dict:
+    """Tell every UE client to stop and wait for them: paid tasks finish or are refunded."""
+    t0 = time.monotonic()
+    for p in lab.ue_clients.values():
+        p.signal(15)
+    for p in lab.ue_clients.values():
+        p.handle.wait(max(0.5, timeout_s - (time.monotonic() - t0)))
+    left = [n for n, p in lab.ue_clients.items() if p.alive]
+    return {"drain_s": round(time.monotonic() - t0, 2), "ue_clients_still_running": left}
+
+
+def audit(lab: Lab) -> dict:
+    """Close the books on chain: every escrow paid or refunded, balances that add up."""
+    from contracts.binding import EscrowState
+    trade, w3 = lab.trade, lab.chain.gateway.w3
+    acc = lab.accounts
+    ue_addr = {a.address.lower(): f"ue{j}" for j, a in enumerate(acc.ues, 1)}
+    opened = trade.opened_escrows(from_block=lab.info.deploy_block)
+    states = {"PAID": 0, "REFUNDED": 0, "OPEN": 0}
+    sums = {"opened_wei": 0, "paid_wei": 0, "refunded_wei": 0, "open_wei": 0}
+    per_ue = {n: {"opened_wei": 0, "refunded_wei": 0} for n in ue_addr.values()}
+    paid_to = {m: 0 for m in lab.info.servers}
+    mec_of = {e.address.lower(): n for n, e in lab.info.servers.items()}
+    open_escrows = []
+    for ev in opened:
+        e = trade.escrow(ev["ue"], ev["taskId"])
+        ue = ue_addr.get(ev["ue"].lower(), ev["ue"])
+        sums["opened_wei"] += e.amount_wei
+        per_ue.setdefault(ue, {"opened_wei": 0, "refunded_wei": 0})["opened_wei"] += e.amount_wei
+        if e.state is EscrowState.PAID:
+            states["PAID"] += 1
+            sums["paid_wei"] += e.amount_wei
+            paid_to[mec_of[ev["mec"].lower()]] += e.amount_wei
+        elif e.state is EscrowState.REFUNDED:
+            states["REFUNDED"] += 1
+            sums["refunded_wei"] += e.amount_wei
+            per_ue[ue]["refunded_wei"] += e.amount_wei
+        else:
+            states["OPEN"] += 1
+            sums["open_wei"] += e.amount_wei
+            open_escrows.append({"ue": ue, "task_id": ev["taskId"], "deadline": e.deadline})
+    # every UE's fees, from the receipts of the transactions it sent since the deploy
+    fees = {n: 0 for n in per_ue}
+    head = w3.eth.block_number
+    for n in range(lab.info.deploy_block, head + 1):
+        block = w3.eth.get_block(n, full_transactions=True)
+        for tx in block["transactions"]:
+            who = ue_addr.get(tx["from"].lower())
+            if who is not None:
+                r = w3.eth.get_transaction_receipt(tx["hash"])
+                fees[who] += r["gasUsed"] * r["effectiveGasPrice"]
+    prefund = lab.chain_cfg.prefund_wei
+    ues = {}
+    for addr, n in ue_addr.items():
+        bal = w3.eth.get_balance(w3.to_checksum_address(addr))
+        expect = prefund - per_ue[n]["opened_wei"] + per_ue[n]["refunded_wei"] - fees[n]
+        ues[n] = {"balance_delta_wei": bal - prefund, "expected_delta_wei": expect - prefund,
+                  "adds_up": bal == expect, "fees_wei": fees[n], **per_ue[n]}
+    wallets = {}
+    for m, e in lab.info.servers.items():
+        bal = w3.eth.get_balance(e.wallet)
+        wallets[m] = {"balance_wei": bal, "paid_wei": paid_to[m], "adds_up": bal == paid_to[m]}
+    contract_balance = trade.balance()
+    ok = (states["OPEN"] == 0 and contract_balance == 0
+          and sums["opened_wei"] == sums["paid_wei"] + sums["refunded_wei"]
+          and all(u["adds_up"] for u in ues.values()) and all(w["adds_up"] for w in wallets.values()))
+    return {"escrows": len(opened), "states": states, **sums, "contract_balance_wei": contract_balance,
+            "open_escrows": open_escrows, "ues": ues, "mec_wallets": wallets, "books_close": ok,
+            "blocks_scanned": head - lab.info.deploy_block + 1}
+
+
+def chain_record(lab: Lab) -> dict:
+    """Blocks per miner over the run (canonical chain seen by the gateway), uncles included."""
+    from nodes.metrics import chain_blocks
+    gw = lab.chain.gateway
+    head = gw.block_number()
+    blocks = chain_blocks(gw, 1, head)
+    names = {nd.etherbase.lower(): nd.name for nd in lab.chain.nodes}
+    per = {nd.name: {"blocks": 0, "uncles": 0} for nd in lab.chain.nodes}
+    for b in blocks:
+        if b["miner"] in names:
+            per[names[b["miner"]]]["blocks"] += 1
+        for u in b["uncles"]:
+            if u["miner"] in names:
+                per[names[u["miner"]]]["uncles"] += 1
+    return {"head": head, "blocks": blocks, "per_miner": per}
+
+
+def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dict:
+    from testbed.experiments import live_report
+    run_dir = out_dir or scn.results_path / scn.name / time.strftime("%Y%m%d-%H%M%S")
+    policy = make_policy(scn)          # checked before anything starts
+    stop = threading.Event()
+    t_run = time.monotonic()
+    lab = Lab(scn, run_dir)
+    vm = psutil.virtual_memory()
+    result: dict = {"scenario": scn.name, "policy": policy.name, "run_dir": str(run_dir),
+                    "machine_used_before_mib": (vm.total - vm.available) / 2**20}
+    try:
+        lab.start()
+        sampler = ResourceSampler(lab).start()
+        t_slots = time.time()
+        lab.start_policy()
+        if cli:
+            from mininet.cli import CLI
+            print(f"[run] lab up; the policy runs its {scn.lab.slots} slots of {scn.model.slot_s} s "
+                  "meanwhile. Leave the CLI (exit) to end the run.")
+            CLI(lab.net)
+            lab.policy_proc.stop()
+        else:
+            wait_slots(lab, scn.lab.slots, stop)
+        t_slots_end = time.time()
+        result["drain"] = drain(lab, scn.lab.drain_s)
+        sampler.stop()
+        result["audit"] = audit(lab)
+        result["chain"] = chain_record(lab)
+        result["final_state"] = ApiClient(lab.api_url, lab.token).state()
+        slots_file = lab.run_dir / "slots.jsonl"
+        slots = [json.loads(x) for x in slots_file.read_text().splitlines()] if slots_file.exists() else []
+        result.update(slots=slots, t_slots=[t_slots, t_slots_end], resources=sampler.samples,
+                      machine=sampler.machine, mapping=lab.mapping.as_dict(), notes=lab.network.notes,
+                      bring_up=dict(lab.timings), calibration=lab.calibration.date)
+    finally:
+        stop.set()
+        lab.stop()
+        result["teardown_s"] = lab.timings.get("teardown_s")
+    result["total_s"] = round(time.monotonic() - t_run, 1)
+    return live_report.write(scn, run_dir, result)

@@ -1,0 +1,416 @@
+"""The live lab end to end, with real parts: 2 MEC hosts (geth miner + executor each), an RPC
+gateway, 3 UE containers (two run the UE client; the test drives the third itself), the trading
+contract on the PoW chain, the os-ken controller with the lab API. One lab for the module
+(about a minute to come up); tests run in order and the last one closes the books on chain
+and checks that nothing is left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from contracts.binding import EscrowState, TradingContract
+from contracts.txsender import TxSender
+from nodes.executor import Conn, read_line, request_digest
+from nodes.ue_client import UEClient
+from testbed import units
+from conftest import running_lab
+from testbed.experiments.live import audit, drain
+from testbed.lab import KEY_MOUNT
+from testbed.live_env import ApiClient
+from testbed.processes import ManagedProcess, in_mininet_host, log_ready
+
+pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
+
+OVERRIDES = ["model.n_servers=2", "model.n_users=3", "lab.slots=4", "lab.header_timeout_s=2",
+             "contract.settlement_grace_s=40", "lab.drain_s=60", "lab.block_interval_s=2.0"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, network_ready):
+    with running_lab(tmp_path_factory.mktemp("lab") / "run", OVERRIDES, ("ue1", "ue2")) as lab:
+        yield lab           # ue3 is the test's own UE
+
+
+@pytest.fixture(scope="module")
+def ue3(lab):
+    """The test's UE: the real UE client's code, run from the root namespace (it reaches the
+    data network through lab0), with ue3's own key."""
+    out = lab.run_dir / "ues" / "ue3"
+    out.mkdir(parents=True, exist_ok=True)
+    key = lab.accounts.ues[2].key.hex()
+    client = UEClient(lab.lab_dir / "lab.json", "ue3", key, out)
+    # From the root namespace it cannot use the service address: the switches steer only the
+    # UE containers' own addresses (ue1 and ue2 go through the service address in
+    # test_tasks_are_paid_offloaded_computed_and_settled). It connects to its server directly.
+    client.info.service_ip = None
+    client.trade.create_trade(client.account)
+    return client
+
+
+@pytest.fixture(scope="module")
+def api(lab):
+    return ApiClient(lab.api_url, lab.token)
+
+
+def drive(lab, api, client, task_id, mec, task=None, slot=[1000]):
+    """Run one task of ``client`` with the test as the policy: announce, assign to ``mec``."""
+    box = {}
+    th = threading.Thread(target=lambda: box.update(rec=client.run_task(task_id, task)), daemon=True)
+    th.start()
+    deadline = time.monotonic() + 30
+    while client.name not in api.state()["pending"]:
+        assert time.monotonic() < deadline, "the task was never announced"
+        time.sleep(0.1)
+    slot[0] += 1
+    levels = {m: 2 for m in lab.info.servers}
+    status, resp = api.call("PUT", "/assignment", {"slot": slot[0], "serve": {mec: client.name}, "levels": levels})
+    assert status == 200, resp
+    th.join(timeout=180)
+    assert "rec" in box, "the task did not finish"
+    return box["rec"]
+
+
+def test_tasks_are_paid_offloaded_computed_and_settled(lab):
+    lab.start_policy(slots=4)
+    lab.policy_proc.handle.wait(4 * lab.scn.model.slot_s + 60)
+    slots = [json.loads(x) for x in (lab.run_dir / "slots.jsonl").read_text().splitlines()]
+    assert len(slots) == 4 and all(s["status"] == 200 for s in slots)
+    assert max(s["slot_to_applied_s"] for s in slots) < 5
+    time.sleep(15)                                      # let the last tasks settle
+    recs = [json.loads(x) for u in ("ue1", "ue2")
+            for x in (lab.run_dir / "ues" / u / "tasks.jsonl").read_text().splitlines()]
+    done = [r for r in recs if r.get("outcome") == "completed"]
+    assert done, recs
+    for r in done:
+        for part in ("payment_s", "upload_s", "queue_s", "compute_s", "download_s", "settlement_s", "e2e_s"):
+            assert r[part] >= 0, (part, r)
+        assert lab.trade.escrow(lab.info.ues[r["ue"]].address, r["task_id"]).state is EscrowState.PAID
+        assert r["paid_wei"] == units.task_price_wei(lab.scn.model, units.chain_task(
+            lab.scn.model, r["data_mb"], r["demand"], r["desired_s"]))
+
+
+def _request(lab, client, *, task_id, data_bytes, mec="mec1", header=None, signer=None, payload=b""):
+    """Send one request to ``mec``'s executor as ``client`` would; return its first reply."""
+    hdr = {"ue": client.account.address, "task_id": task_id, "chain_id": lab.info.chain_id,
+           "contract": lab.info.contract, "data_bytes": data_bytes, "desired_s": 1.0, **(header or {})}
+    from eth_account.messages import encode_defunct
+    sig = (signer or client.account).sign_message(encode_defunct(primitive=request_digest(hdr))).signature.to_0x_hex()
+    with socket.create_connection((lab.info.servers[mec].ip, lab.info.executor_port), timeout=10) as raw:
+        s = Conn(raw)
+        raw.sendall(payload or (json.dumps({"header": hdr, "sig": sig}).encode() + b"\n"))
+        return json.loads(read_line(s, 8192, 90))
+
+
+def _pay(client, task_id, mec, data_bytes=100_000, demand=10**9, **kw):
+    when = kw if "deadline" in kw else {"execution_time_s": 1.0}
+    return client.trade.trading(client.account, mec=client.info.servers[mec].address, task_id=task_id,
+                                data_size_bits=8 * data_bytes, service_demand_cycles=demand, **when)
+
+
+def _served(lab, mec, ue="ue3"):
+    """Tasks of ``ue`` that ``mec``'s executor served (the UE clients keep being served in the
+    background by the controller's fallback policy)."""
+    path = lab.run_dir / "lab" / "executors" / f"{mec}.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return sum(r.get("event") == "served" and r.get("ue_name") == ue for r in rows)
+
+
+def test_executor_refuses_bad_payment_proofs_and_does_no_work(lab, ue3):
+    from eth_account import Account
+    served = _served(lab, "mec1")
+    assert _request(lab, ue3, task_id=100, data_bytes=1000)["code"] == "unpaid"
+    _pay(ue3, 101, "mec2")
+    assert _request(lab, ue3, task_id=101, data_bytes=100_000)["code"] == "other_server"
+    _pay(ue3, 102, "mec1")
+    assert _request(lab, ue3, task_id=102, data_bytes=99_999)["code"] == "underpaid"       # not what was paid for
+    assert _request(lab, ue3, task_id=102, data_bytes=100_000, header={"chain_id": 1})["code"] == "foreign_chain"
+    assert _request(lab, ue3, task_id=102, data_bytes=100_000,
+                    header={"contract": "0x" + "11" * 20})["code"] == "foreign_chain"
+    assert _request(lab, ue3, task_id=102, data_bytes=100_000, signer=Account.create())["code"] == "bad_signature"
+    assert _request(lab, ue3, task_id=102, data_bytes=10**9)["code"] == "oversized"
+    assert _request(lab, ue3, task_id=102, data_bytes=1, payload=b"{not json\n")["code"] == "malformed"
+    # an escrow whose price is no longer the contract's (the ESP changed µ): underpaid
+    esp = TradingContract(lab.trade.w3, lab.trade.address, lab.scn.contract, sender=TxSender(lab.trade.w3, lab.scn.contract))
+    mu = esp.unit_price()
+    esp.set_unit_price(lab.accounts.esp, 2 * mu)
+    try:
+        assert _request(lab, ue3, task_id=102, data_bytes=100_000)["code"] == "underpaid"
+    finally:
+        esp.set_unit_price(lab.accounts.esp, mu)
+    # expired: the deadline is too close for the work to finish and be recorded
+    deadline = max(ue3.trade.latest_block_time(), int(time.time())) + 20
+    _pay(ue3, 103, "mec1", deadline=deadline)
+    time.sleep(max(0.0, deadline - 4 - time.time()))          # 4 s left: under the executor's margin
+    assert _request(lab, ue3, task_id=103, data_bytes=100_000)["code"] == "expired"
+    # a client that connects and sends nothing is dropped after lab.header_timeout_s
+    with socket.create_connection((lab.info.servers["mec1"].ip, lab.info.executor_port), timeout=10) as raw:
+        t0 = time.monotonic()
+        reply = json.loads(read_line(Conn(raw), 8192, 90))
+        assert reply["code"] == "timeout" and time.monotonic() - t0 < 10
+    assert _served(lab, "mec1") == served                                   # no work done
+    # a good request after all that is served, and replaying it is refused
+    rec = drive(lab, ApiClient(lab.api_url, lab.token), ue3, 104, "mec1")
+    assert rec["outcome"] == "completed", rec
+    assert _request(lab, ue3, task_id=104, data_bytes=int(rec["data_mb"] * 1e6))["code"] == "replayed"
+    # the refused escrows are refunded after their deadlines: nothing stays open
+    for t in (101, 102, 103):
+        ue3.refund(t, {})
+        assert ue3.trade.escrow(ue3.account.address, t).state is EscrowState.REFUNDED
+
+
+def test_ue_cannot_steer_a_miner(lab):
+    """From inside a UE container: a miner's controls are not reachable (its RPC is on the
+    management network) and the gateway serves no miner or admin namespace."""
+    mec1 = lab.chain.nodes[0]
+    gw = lab.chain.gateway
+    script = (
+        "import json, urllib.request, sys\n"
+        "def call(url, method):\n"
+        "    body = json.dumps({'jsonrpc': '2.0', 'id': 1, 'method': method, 'params': []}).encode()\n"
+        "    req = urllib.request.Request(url, data=body, headers={'Content-Type': 'application/json'})\n"
+        "    try:\n"
+        "        return json.loads(urllib.request.urlopen(req, timeout=3).read())\n"
+        "    except Exception as e:\n"
+        "        return {'unreachable': type(e).__name__ + ': ' + str(e)}\n"
+        f"print(json.dumps({{'miner': call('{mec1.http_url}', 'miner_stop'),\n"
+        f"                  'gw_miner': call('{gw.http_url}', 'miner_stop'),\n"
+        f"                  'gw_admin': call('{gw.http_url}', 'admin_addPeer'),\n"
+        f"                  'gw_chain': call('{gw.http_url}', 'eth_chainId')}}))\n")
+    import docker
+    out = docker.from_env().containers.get("mn.ue1").exec_run(["python3", "-c", script]).output.decode()
+    res = json.loads(out.strip().splitlines()[-1])
+    assert "unreachable" in res["miner"], res
+    assert res["gw_miner"]["error"]["code"] == -32601 and res["gw_admin"]["error"]["code"] == -32601, res
+    assert int(res["gw_chain"]["result"], 16) == lab.info.chain_id          # the wallet API works
+    assert mec1.mining()
+    head = mec1.block_number()
+    deadline = time.monotonic() + 60
+    while mec1.block_number() < head + 2:
+        assert time.monotonic() < deadline, "the chain stopped after the UE's attempts"
+        time.sleep(0.5)
+    # the UE container has no key but its own
+    c = docker.from_env().containers.get("mn.ue1")
+    assert c.exec_run(["cat", KEY_MOUNT]).output.decode().strip() == lab.accounts.ues[0].key.hex()
+    assert c.exec_run(["ls", str(lab.secrets)]).exit_code != 0
+
+
+def _restart_executor(lab, mec, *extra):
+    old = lab.executors[mec]
+    old.stop()
+    argv = [a for a in old.argv if a != "--dishonest"] + list(extra)
+    log = old.log_path.with_name(f"executor-{mec}-{time.monotonic_ns()}.log")
+    p = ManagedProcess(f"executor {mec}", argv, log, launcher=in_mininet_host(lab.net.get(mec)),
+                       cwd=old.cwd, ready=log_ready(r"serving on"))
+    lab.procs.start(p)
+    lab.exec_quotas[mec].attach(p.pid)
+    lab.executors[mec] = p
+    return p
+
+
+def test_dishonest_executor_is_caught_by_the_ue(lab, ue3, api):
+    _restart_executor(lab, "mec2", "--dishonest")
+    rec = drive(lab, api, ue3, 200, "mec2")
+    assert rec["outcome"] == "wrong_result" and "mec2" in rec["error"], rec
+    # the server was paid on its own word (its completion is mined a block or two later): the
+    # UE's record is what names it
+    deadline = time.monotonic() + 90
+    while lab.trade.escrow(ue3.account.address, 200).state is not EscrowState.PAID:
+        assert time.monotonic() < deadline, "the dishonest server never claimed its payment"
+        time.sleep(1)
+    reports = api.call("GET", "/reports?since=0")[1]
+    assert any(r["source"] == "ue" and r["mec"] == "mec2" and not r["ok"] for r in reports)
+    _restart_executor(lab, "mec2")
+
+
+def test_executor_killed_mid_task_the_ue_gets_its_refund(lab, ue3, api):
+    big = units.chain_task(lab.scn.model, 0.5, 25.0, 1.0)      # 25 Gcycles: ~5 s on the executor
+    box = {}
+    th = threading.Thread(target=lambda: box.update(rec=drive(lab, api, ue3, 300, "mec1", task=big)), daemon=True)
+    th.start()
+    deadline = time.monotonic() + 90
+    while ue3.trade.escrow(ue3.account.address, 300).state is not EscrowState.OPEN:
+        assert time.monotonic() < deadline, "never paid"
+        time.sleep(0.2)
+    time.sleep(2.0)                                            # uploaded, computing
+    lab.executors["mec1"].kill()
+    th.join(timeout=120)
+    rec = box["rec"]
+    assert rec["outcome"] == "refunded:lost", rec
+    assert lab.trade.escrow(ue3.account.address, 300).state is EscrowState.REFUNDED
+    assert rec["refunded_wei"] == rec["paid_wei"]
+    _restart_executor(lab, "mec1")
+
+
+def test_killed_miner_the_chain_goes_on_and_it_resyncs(lab, ue3, api):
+    chain = lab.chain
+    chain.kill("mec2")
+    head = chain.nodes[0].block_number()
+    deadline = time.monotonic() + 90
+    while chain.nodes[0].block_number() < head + 2:
+        assert time.monotonic() < deadline, "the chain stopped with one miner down"
+        time.sleep(0.5)
+    rec = drive(lab, api, ue3, 400, "mec1")                    # UEs pay through the gateway
+    assert rec["outcome"] == "completed", rec
+    times = chain.restart("mec2", threads=1, cpu_quota=float(lab.mapping.miner_cores(60.0)))
+    assert times["synced_s"] < 60 and chain.nodes[1].mining()
+
+
+def test_api_refuses_bad_input_and_keeps_the_assignment(lab, api):
+    before = api.state()["assignment"]
+    levels = {m: 2 for m in lab.info.servers}
+    for body, why in (({"slot": 900, "serve": {"mec9": None}, "levels": levels}, "unknown server"),
+                      ({"slot": 900, "serve": {"mec1": "ue1", "mec2": "ue1"}, "levels": levels}, "more than one server"),
+                      ({"slot": 900, "serve": {}, "levels": {m: 4 for m in lab.info.servers} | {"mec1": 99}}, "index"),
+                      ({"slot": 900, "serve": {"mec1": "ue7"}, "levels": levels}, "unknown UE"),
+                      ({"slot": -1, "serve": {}, "levels": levels}, "slot")):
+        status, resp = api.call("PUT", "/assignment", body)
+        assert status == 400 and why in resp["error"], (body, resp)
+    over = {m: len(lab.scn.model.hash_levels_mhs) - 1 for m in lab.info.servers}
+    if sum(lab.scn.model.hash_levels_mhs[k] for k in over.values()) > lab.scn.model.hash_budget_mhs:
+        status, resp = api.call("PUT", "/assignment", {"slot": 900, "serve": {}, "levels": over})
+        assert status == 400 and "over the limit" in resp["error"], resp
+    import urllib.request
+    req = urllib.request.Request(api.url + "/assignment", data=b"{not json", method="PUT",
+                                 headers={"Authorization": f"Bearer {api.token}"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        raise AssertionError("malformed JSON accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400 and "malformed JSON" in e.read().decode()
+    assert api.state()["assignment"] == before                    # the previous one stays in force
+
+
+def test_a_ue_may_not_steer_the_controller_nor_forge_a_report(lab):
+    """From inside ue1's container, with ue1's own key: no assignment without the policy's token,
+    and no report in anyone else's name (a forged one would lower a competitor's reputation)."""
+    import docker
+    script = (
+        "import json, urllib.request\n"
+        "from eth_account import Account\n"
+        "from controller.api import sign_body\n"
+        f"api = '{lab.api_url}'\n"
+        "me = Account.from_key(open('/run/secrets/key').read().strip())\n"
+        "def call(method, path, body, signer=None, token=None):\n"
+        "    data = json.dumps(body).encode()\n"
+        "    h = {'Content-Type': 'application/json'}\n"
+        "    if signer: h.update({'X-Signer': signer, 'X-Signature': sign_body(me, data)})\n"
+        "    if token: h['Authorization'] = 'Bearer ' + token\n"
+        "    try:\n"
+        "        return urllib.request.urlopen(urllib.request.Request(api + path, data=data, method=method, headers=h), timeout=10).status\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        return e.code\n"
+        "levels = {'mec1': 0, 'mec2': 0}\n"
+        "bad = {'source': 'ue', 'mec': 'mec1', 'ue': 'ue2', 'task_id': 1, 'desired_s': 1.0, 'latency_s': 99.0, 'ok': False}\n"
+        "res = {'put': call('PUT', '/assignment', {'slot': 901, 'serve': {'mec1': 'ue1'}, 'levels': levels}),\n"
+        "       'put_guess': call('PUT', '/assignment', {'slot': 901, 'serve': {}, 'levels': levels}, token='guess'),\n"
+        "       'as_ue2': call('POST', '/report', bad, signer='ue2'),\n"
+        "       'as_executor': call('POST', '/report', dict(bad, source='executor', ue='ue1'), signer='ue1'),\n"
+        "       'not_mine': call('POST', '/report', dict(bad, ue='ue1', task_id=999), signer='ue1')}\n"
+        "print(json.dumps(res))\n")
+    c = docker.from_env().containers.get("mn.ue1")
+    from testbed.config import ROOT
+    out = c.exec_run([str(ROOT / ".venv" / "bin" / "python"), "-c", script], workdir=str(ROOT)).output.decode()
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res == {"put": 403, "put_guess": 403, "as_ue2": 403, "as_executor": 403, "not_mine": 403}, out
+    rep = ApiClient(lab.api_url, lab.token).state()["reputation"]
+    assert rep["mec1"] > 0.01, rep                               # nothing counted against mec1
+
+
+def test_link_down_takes_its_server_out_of_service_and_back(lab, api):
+    sw = lab.topo.plan.nodes["mec2"].switch
+    lab.net.configLinkStatus(sw, "mec2", "down")
+    try:
+        t0 = time.monotonic()
+        while "mec2" not in api.state()["down"]:
+            assert time.monotonic() - t0 < 2.5, "the controller did not notice the link down"
+            time.sleep(0.1)
+        noticed = time.monotonic() - t0
+        status, resp = api.call("PUT", "/assignment", {"slot": 902, "serve": {"mec2": "ue1"},
+                                                          "levels": {m: 2 for m in lab.info.servers}})
+        assert status == 400 and ("unreachable" in resp["error"] or "no task" in resp["error"]), resp
+        from testbed.policy import ReputationGreedy
+        snap = api.state()
+        snap["pending"] = {"ue1": {"demand": 1.0, "data_mb": 1.0, "since": 0.0, "mec": None}}
+        serve, _, _ = ReputationGreedy(lab.scn.model, 0.3).decide(snap)
+        assert serve["mec2"] is None and serve["mec1"] == "ue1"
+    finally:
+        lab.net.configLinkStatus(sw, "mec2", "up")
+    t0 = time.monotonic()
+    while "mec2" in api.state()["down"]:
+        assert time.monotonic() - t0 < 5, "the server never came back into service"
+        time.sleep(0.1)
+    assert noticed < 2.0
+
+
+def test_controller_restart_switches_reconnect_and_the_state_survives(lab, api, ue3):
+    before = api.state()
+    gap = lab.network.restart_controller()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            after = api.state()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the API did not come back"
+            time.sleep(0.3)
+    assert after["counters"]["restored"] >= 1 and after["assignment"]["slot"] >= before["assignment"]["slot"]
+    assert gap < 30
+    rec = drive(lab, api, ue3, 500, "mec1")                    # the lab goes on serving
+    assert rec["outcome"] == "completed", rec
+
+
+def test_agent_crash_the_controller_falls_back_and_the_run_records_the_gap(lab, api):
+    """The policy process killed (SIGKILL) mid-run: within 1.5-2 slots the controller's own
+    round-robin takes over (assignments marked fallback, logged with their time in
+    budgets.jsonl), the UEs keep being served, and a restarted policy takes over again."""
+    slot_s = lab.scn.model.slot_s
+    proc = lab.start_policy(slots=30)
+    deadline = time.monotonic() + 4 * slot_s
+    while True:                     # the policy decides (not the fallback) for two slots
+        a = api.state()["assignment"]
+        if a and not a["fallback"] and a["slot"] >= 1 and a["slot"] < 100:
+            break
+        assert time.monotonic() < deadline, f"the policy never decided: {a}"
+        time.sleep(0.2)
+    last_policy = a["decided_at"]
+    fallbacks = api.state()["counters"].get("fallback", 0)
+    os.kill(proc.pid, signal.SIGKILL)            # a crash: no clean-up of its own
+    proc.handle.wait(10)
+    deadline = time.monotonic() + 3 * slot_s
+    while True:
+        st = api.state()
+        if st["counters"].get("fallback", 0) > fallbacks:
+            break
+        assert time.monotonic() < deadline, "the controller never fell back after the policy died"
+        time.sleep(0.2)
+    a = st["assignment"]
+    gap = a["decided_at"] - last_policy
+    assert a["fallback"] and 1.5 * slot_s - 0.5 <= gap <= 2.5 * slot_s, (gap, a)
+    logged = [json.loads(x) for x in (lab.run_dir / "budgets.jsonl").read_text().splitlines()]
+    assert any(r["fallback"] and r["slot"] == a["slot"] for r in logged)
+    # the lab goes on serving the UE clients without a policy
+    served = sum(_served(lab, m, u) for m in lab.info.servers for u in ("ue1", "ue2"))
+    deadline = time.monotonic() + 6 * slot_s
+    while sum(_served(lab, m, u) for m in lab.info.servers for u in ("ue1", "ue2")) <= served:
+        assert time.monotonic() < deadline, "no UE task served under the fallback"
+        time.sleep(0.5)
+    # a new policy process takes over again
+    proc = lab.start_policy(slots=2)
+    assert proc.handle.wait(4 * slot_s + 60) == 0
+    assert not api.state()["assignment"]["fallback"]
+
+
+def test_books_close_after_the_run(lab):
+    res = drain(lab, 90)
+    assert not res["ue_clients_still_running"], res
+    books = audit(lab)
+    assert books["states"]["OPEN"] == 0 and books["contract_balance_wei"] == 0, books
+    assert books["books_close"], json.dumps(books, indent=1)
+    assert books["opened_wei"] == books["paid_wei"] + books["refunded_wei"] > 0

@@ -1,0 +1,129 @@
+"""One Scenario, one set of units: a value set once reaches every part; a copy that disagrees is
+refused naming both fields; a task of the model costs on chain exactly what the model says."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from agent import model
+from contracts.binding import TradingContract
+from contracts.txsender import TxSender
+from nodes.anvil import AnvilNode
+from nodes.work import compute, fabricate, verify
+from testbed import units
+from testbed.config import ConfigError, load_scenario
+from testbed.units import Calibration, LiveMapping
+
+
+def test_one_number_reaches_every_part():
+    scn = load_scenario("smoke", ["model.n_servers=7", "model.n_users=25"])
+    assert scn.model.n_servers == 7 and scn.model.n_users == 25
+    assert scn.chain.n_nodes == 7 and scn.chain.n_ues == 25        # the miners and the funding
+
+
+@pytest.mark.parametrize("overrides, both", [
+    (["model.n_servers=7", "chain.n_nodes=3"], ("chain.n_nodes", "model.n_servers")),
+    (["model.n_users=25", "chain.n_ues=10"], ("chain.n_ues", "model.n_users")),
+    (["model.unit_price=0.2", "contract.unit_price_wei_per_gcycle=150000000000000000"],
+     ("contract.unit_price_wei_per_gcycle", "model.unit_price")),
+])
+def test_two_parts_that_disagree_are_refused_naming_both(overrides, both):
+    with pytest.raises(ConfigError) as exc:
+        load_scenario("smoke", overrides)
+    for name in both:
+        assert name in str(exc.value)
+
+
+def test_a_copy_that_agrees_is_accepted():
+    scn = load_scenario("smoke", ["model.n_servers=4", "chain.n_nodes=4",
+                                  "contract.unit_price_wei_per_gcycle=150000000000000000"])
+    assert scn.chain.n_nodes == 4 and scn.contract.unit_price_wei_per_gcycle == 15 * 10**16
+
+
+def test_token_and_wei_convert_exactly():
+    assert units.token_to_wei(0.15) == 150_000_000_000_000_000
+    assert units.token_to_wei("30") == 30 * 10**18
+    assert units.wei_to_token(units.token_to_wei(0.1)) == 0.1
+    with pytest.raises(ValueError, match="negative"):
+        units.token_to_wei(-1)
+
+
+@pytest.mark.parametrize("reading", ["per_mb", "total"])
+def test_task_cycles_follow_the_reading_of_xi(reading):
+    cfg = load_scenario(None, [f"model.demand_reading='{reading}'"]).model
+    t = units.chain_task(cfg, 3.0, 1.2, 1.0)
+    assert t.data_bytes == 3_000_000 and t.data_bits == 24_000_000
+    assert t.service_demand == 1_200_000_000
+    assert t.gcycles == pytest.approx(3.6 if reading == "per_mb" else 1.2)
+
+
+@pytest.mark.chain
+@pytest.mark.parametrize("reading", ["per_mb", "total"])
+def test_a_model_task_costs_on_chain_what_the_model_says(reading):
+    """The model's φ_u = µ·ξ_u of a task, converted to wei, is the contract's quote() for the
+    same task: exactly in wei, and equal in tokens to float precision."""
+    scn = load_scenario(None, [f"model.demand_reading='{reading}'"])
+    rng = np.random.default_rng(7)
+    tasks = [units.chain_task(scn.model, rng.uniform(*scn.model.data_mb_range),
+                              rng.uniform(*scn.model.demand_gcycles_range), 1.0) for _ in range(20)]
+    with AnvilNode(accounts=1) as node:
+        w3 = node.web3()
+        trade, _ = TradingContract.deploy(w3, node.accounts[0], scn.contract,
+                                          sender=TxSender(w3, scn.contract))
+        assert trade.unit_price() == units.token_to_wei(scn.model.unit_price)
+        for t in tasks:
+            wei = trade.quote(t.service_demand)
+            assert wei == units.task_price_wei(scn.model, t)
+            assert math.isclose(units.wei_to_token(wei), float(model.service_cost(scn.model.unit_price, t.demand)),
+                                rel_tol=1e-12)
+
+
+def _calibration(**kw) -> Calibration:
+    base = dict(date="2026-01-01T00:00:00+00:00", machine={}, core_hz=2.6e9, core_hz_source="test",
+                kernel_iterations_per_core_s=3e6, cycles_per_iteration=2.6e9 / 3e6,
+                kernel_quota_linearity=1.0, hashrate_hps_per_core=2e5, hashrate_points=[])
+    return Calibration(**{**base, **kw})
+
+
+def test_live_mapping_of_hash_levels_and_cpu():
+    cfg = load_scenario(None).model          # P = 600 MHash/s, f = 5 GHz
+    m = LiveMapping(cfg, mining_cores=0.6, executor_cores=0.06, cal=_calibration())
+    assert m.miner_cores(600.0) == pytest.approx(0.6)
+    assert m.miner_cores(20.0) == pytest.approx(0.02)
+    assert m.real_hashrate(100.0) == pytest.approx(0.1 * 2e5)       # proportional: no points measured
+    pts = _calibration(hashrate_points=[{"quota_cores": 0.05, "hashrate_hps": 1000.0},
+                                        {"quota_cores": 0.1, "hashrate_hps": 15000.0}])
+    m2 = LiveMapping(cfg, mining_cores=0.6, executor_cores=0.06, cal=pts)
+    assert m2.real_hashrate(50.0) == pytest.approx(1000.0)           # 0.05 cores: a measured point
+    assert m2.real_hashrate(75.0) == pytest.approx(8000.0)           # half way between the points
+    assert m2.real_hashrate(200.0) == pytest.approx(30000.0)         # beyond: proportional
+    # a task of C Gcycles takes C / f seconds on the executor's quota
+    iters = m.kernel_iterations(3.3)
+    seconds = iters / (3e6 * 0.06)
+    assert seconds == pytest.approx(m.nominal_seconds(3.3), rel=1e-3)
+    assert json.dumps(m.as_dict())
+
+
+def test_calibration_round_trips(tmp_path):
+    cal = _calibration()
+    cal.save(tmp_path / "c.json")
+    assert Calibration.load(tmp_path / "c.json") == cal
+    with pytest.raises(FileNotFoundError, match="testbed calibrate"):
+        Calibration.load(tmp_path / "missing.json")
+
+
+def test_work_kernel_result_is_checkable_and_a_fabricated_one_is_caught():
+    data = b"task data" * 1000
+    res = compute(data, 5_000)
+    ok, why = verify(data, res, 5_000)
+    assert ok, why
+    assert res.digest() != compute(data, 5_001).digest()
+    bad = fabricate(5_000)
+    ok, why = verify(data, bad, 5_000)
+    assert not ok and "segment 0" in why
+    ok, why = verify(b"other data", res, 5_000)
+    assert not ok
+    assert res == type(res).from_bytes(res.to_bytes())

@@ -1,0 +1,107 @@
+"""Configuration of the emulated topology: :class:`TopologyConfig`, the ``[topology]`` table.
+
+The numbers of MEC servers M and of UEs U are *not* here: they are the paper's
+``model.n_servers`` and ``model.n_users``, and the placement seed is the scenario's ``seed``;
+the lab passes all three to :func:`topologies.build_topo`. Everything else that shapes the
+network is here::
+
+    [topology]
+    kind = "cells"            # smoke | star | cells | tree
+    area_m = 500              # the paper's 500 m x 500 m area
+    radio_bandwidth_mhz = 20
+
+Rates are Mbit/s, shaped with htb (``None`` = the link is not shaped). Delays are one-way
+milliseconds and need the ``netem`` qdisc: where the machine has none, they are not emulated
+and the topology's plan says so in its ``notes`` (no run is refused for it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from testbed.errors import is_int, is_number, require
+
+KINDS = ("smoke", "star", "cells", "tree")
+SITE_LAYOUTS = ("random", "grid")
+MAX_RATE_MBIT = 10_000.0
+
+
+def _rate(field: str, value, optional: bool = True) -> None:
+    ok = (value is None and optional) or (is_number(value) and 0 < value <= MAX_RATE_MBIT)
+    require(ok, f"topology.{field}", f"{'unset or ' if optional else ''}in (0, {MAX_RATE_MBIT:g}] Mbit/s",
+            value)
+
+
+@dataclass(kw_only=True)
+class TopologyConfig:
+    """What the emulated network looks like (the counts M, U and the seed come from elsewhere).
+
+    - ``star``: one access switch with every UE and MEC server (UE links at ``ue_bw_mbit``);
+    - ``cells``: the paper's area; each UE on the access switch of its nearest MEC site, its
+      link rate from its distance by the radio model (:mod:`topologies.radio`), sites joined by
+      a backhaul switch;
+    - ``tree``: a core switch, ``tree_edges`` edge switches with the MEC servers and UEs
+      spread over them, and a far cloud server behind a thin, long link;
+    - ``smoke``: the toolchain check (two plain hosts and one UE container on one switch).
+    """
+    kind: str = "smoke"
+    ue_containers: bool = True            # UEs as Docker containers (False: plain Mininet hosts)
+    ue_bw_mbit: float | None = 50.0       # star, tree, smoke: every UE access link, Mbit/s
+    mec_bw_mbit: float | None = None      # MEC server access links, Mbit/s (None: unshaped)
+    backhaul_bw_mbit: float | None = 1000.0   # cells: site-backhaul links; tree: edge-core links
+    backhaul_delay_ms: float = 0.0        # one-way, those same links (needs netem)
+    # cells: placement in a square area, seeded by the scenario's seed
+    area_m: float = 500.0                 # side of the square, metres
+    site_layout: str = "random"           # MEC sites uniform at random, or on a near-square grid
+    # cells: the radio model (topologies.radio): 3GPP TR 38.901 UMi-Street Canyon path loss
+    # and the Shannon rate over the carrier bandwidth, capped by a highest spectral efficiency
+    radio_carrier_ghz: float = 3.5        # f_c, GHz (38.901 UMi is valid for 0.5-100 GHz)
+    radio_bandwidth_mhz: float = 20.0     # B, MHz
+    radio_tx_power_dbm: float = 23.0      # UE transmit power (3GPP power class 3), dBm
+    radio_noise_figure_db: float = 7.0    # receiver noise figure at the site, dB
+    radio_bs_height_m: float = 10.0       # h_BS (38.901 UMi: 10 m)
+    radio_ue_height_m: float = 1.5        # h_UT, metres
+    radio_los: bool = False               # True: LOS path loss; False: NLOS (max of LOS, NLOS)
+    radio_max_spectral_eff: float = 7.4   # bit/s/Hz, the rate's cap (256-QAM, 38.214 Tab 5.1.3.1-2)
+    radio_min_rate_mbit: float = 1.0      # floor: a UE at the cell edge still gets this, Mbit/s
+    # tree
+    tree_edges: int = 2                   # edge switches under the core switch
+    cloud_bw_mbit: float = 20.0           # the far cloud server's link, Mbit/s
+    cloud_delay_ms: float = 20.0          # ... one-way (needs netem)
+
+    def __post_init__(self):
+        require(self.kind in KINDS, "topology.kind", f"one of {', '.join(KINDS)}", self.kind)
+        require(isinstance(self.ue_containers, bool), "topology.ue_containers", "true or false",
+                self.ue_containers)
+        for name in ("ue_bw_mbit", "mec_bw_mbit", "backhaul_bw_mbit"):
+            _rate(name, getattr(self, name))
+        _rate("cloud_bw_mbit", self.cloud_bw_mbit, optional=False)
+        for name in ("backhaul_delay_ms", "cloud_delay_ms"):
+            v = getattr(self, name)
+            require(is_number(v) and 0 <= v <= 10_000, f"topology.{name}", "in [0, 10000] ms", v)
+        require(is_number(self.area_m) and 10 <= self.area_m <= 100_000, "topology.area_m",
+                "in [10, 100000] m", self.area_m)
+        require(self.site_layout in SITE_LAYOUTS, "topology.site_layout",
+                f"one of {', '.join(SITE_LAYOUTS)}", self.site_layout)
+        require(is_number(self.radio_carrier_ghz) and 0.5 <= self.radio_carrier_ghz <= 100,
+                "topology.radio_carrier_ghz", "in [0.5, 100] GHz (3GPP TR 38.901)", self.radio_carrier_ghz)
+        require(is_number(self.radio_bandwidth_mhz) and 0 < self.radio_bandwidth_mhz <= 400,
+                "topology.radio_bandwidth_mhz", "in (0, 400] MHz", self.radio_bandwidth_mhz)
+        require(is_number(self.radio_tx_power_dbm) and -40 <= self.radio_tx_power_dbm <= 50,
+                "topology.radio_tx_power_dbm", "in [-40, 50] dBm", self.radio_tx_power_dbm)
+        require(is_number(self.radio_noise_figure_db) and 0 <= self.radio_noise_figure_db <= 30,
+                "topology.radio_noise_figure_db", "in [0, 30] dB", self.radio_noise_figure_db)
+        require(is_number(self.radio_bs_height_m) and 1.5 < self.radio_bs_height_m <= 100,
+                "topology.radio_bs_height_m", "in (1.5, 100] m", self.radio_bs_height_m)
+        require(is_number(self.radio_ue_height_m) and 1 <= self.radio_ue_height_m
+                < self.radio_bs_height_m, "topology.radio_ue_height_m",
+                "in [1, radio_bs_height_m) m", self.radio_ue_height_m)
+        require(isinstance(self.radio_los, bool), "topology.radio_los", "true or false", self.radio_los)
+        require(is_number(self.radio_max_spectral_eff) and 0 < self.radio_max_spectral_eff <= 30,
+                "topology.radio_max_spectral_eff", "in (0, 30] bit/s/Hz", self.radio_max_spectral_eff)
+        _rate("radio_min_rate_mbit", self.radio_min_rate_mbit, optional=False)
+        cap = self.radio_max_spectral_eff * self.radio_bandwidth_mhz
+        require(self.radio_min_rate_mbit <= min(cap, MAX_RATE_MBIT), "topology.radio_min_rate_mbit",
+                f"<= the radio cap radio_max_spectral_eff x radio_bandwidth_mhz = {cap:g} Mbit/s",
+                self.radio_min_rate_mbit)
+        require(is_int(self.tree_edges) and 1 <= self.tree_edges <= 64, "topology.tree_edges",
+                "an integer in [1, 64]", self.tree_edges)
