@@ -65,6 +65,9 @@ class _TomlMixin:
 
 
 DEMAND_READINGS = ("total", "per_mb")
+#: Every decision maker's name (agent.registry.AGENTS builds them). Here, without importing the
+#: learners, so that checking a scenario does not load torch (~540 MB in each process).
+AGENT_NAMES = ("ddqn", "dqn", "qlearning", "ga", "greedy", "random", "oracle")
 
 
 @dataclass(kw_only=True)

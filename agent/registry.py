@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.baselines import GAAgent, GreedyAgent, RandomAgent
-from agent.config import LearnerConfig, ModelConfig
+from agent.config import AGENT_NAMES, LearnerConfig, ModelConfig
 from agent.learners import DDQNAgent, DQNAgent, QLearningAgent
 from agent.learners.base import FILE_FORMAT, FILE_VERSION, Agent
 from agent.oracle import OracleAgent
@@ -25,6 +25,7 @@ AGENTS: dict[str, type[Agent]] = {
     "ddqn": DDQNAgent, "dqn": DQNAgent, "qlearning": QLearningAgent,
     "ga": GAAgent, "greedy": GreedyAgent, "random": RandomAgent, "oracle": OracleAgent,
 }
+assert tuple(AGENTS) == AGENT_NAMES, "agent.config.AGENT_NAMES must list agent.registry.AGENTS"
 LEARNERS = tuple(name for name, cls in AGENTS.items() if cls.trains)      # ddqn, dqn, qlearning
 # variant -> (user_mode, hash_mode) of the DQN family
 VARIANTS = {"full": ("learned", "learned"), "no_ra_equal": ("learned", "equal"),

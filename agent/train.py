@@ -33,9 +33,10 @@ def run_slots(agent: Agent, env, slots: int, *, seed: int | None = None, explore
     episode = 0
     t0 = time.perf_counter()
     for k in range(slots):
-        t_act = time.perf_counter()
+        t_act, c_act = time.perf_counter(), time.thread_time()
         action = agent.act(obs, explore=explore)
         decision_ms.append((time.perf_counter() - t_act) * 1e3)
+        cpu_ms = (time.thread_time() - c_act) * 1e3       # the same, less waiting for a CPU
         nxt, reward, term, trunc, info = env.step(action)
         if learn:
             agent.learn(Transition(obs, np.asarray(action).reshape(2, -1), reward, info["server_utility"],
@@ -44,7 +45,7 @@ def run_slots(agent: Agent, env, slots: int, *, seed: int | None = None, explore
         clock.append(time.perf_counter() - t0)
         if on_slot is not None:
             on_slot(k, {"obs": obs, "action": action, "reward": reward, "info": info,
-                        "decision_ms": decision_ms[-1]})
+                        "decision_ms": decision_ms[-1], "decision_cpu_ms": cpu_ms})
         obs = nxt
         if term or trunc:
             episode += 1

@@ -5,6 +5,7 @@
                          [--lab-config RUN/controller.json]
 """
 import argparse
+import os
 import sys
 
 DEFAULT_APPS = ["controller.l2_switch"]
@@ -21,6 +22,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from controller import settings
     settings.set_path(args.lab_config)
+    if args.lab_config:
+        try:
+            # the live lab's controller answers the policy each slot and pushes flows: ahead of
+            # the ~40 lab processes that share the 2 cores (issue 10's 200-ms target)
+            os.nice(-5)
+        except OSError:
+            pass
     # Imported here: os-ken monkey-patches the process with eventlet on import.
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager

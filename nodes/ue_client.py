@@ -27,13 +27,16 @@ SIGTERM ends the run: no new task; a task not yet paid is cancelled; a paid one 
 """
 from __future__ import annotations
 
-import argparse
+import time
+
+T_START = time.monotonic()       # before the imports: how long a start takes
+
+import argparse  # noqa: E402
 import json
 import random
 import signal
 import socket
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -62,7 +65,11 @@ class UEClient:
         from testbed.runinfo import LabInfo
         from web3 import HTTPProvider, Web3
 
+        t_wait = time.monotonic()
         self.info = LabInfo.load(lab_path, wait_s=300)
+        self.t_lab = time.monotonic()
+        print(f"{name}: started in {t_wait - T_START:.1f} s, lab.json after {self.t_lab - t_wait:.1f} s more",
+              flush=True)
         self.scn = self.info.scenario_obj()
         self.name = name
         self.index = int(name.lstrip("ue"))
@@ -172,7 +179,12 @@ class UEClient:
                                               f"but returned a result hashing to {res.digest().hex()}")
 
     def refund(self, task_id: int, rec: dict) -> None:
-        """Step 6: once block time passes the deadline, take the escrow back."""
+        """Step 6: once block time passes the deadline, take the escrow back.
+
+        The payment's block may have been undone by a reorganisation (the lab's miners make
+        uncles): then the chain knows no escrow for a while, until the payment is mined again.
+        The UE keeps looking until its deadline has passed and nothing of its own is pending;
+        an escrow that reappears is refunded like any other, so no payment is left behind."""
         from contracts.binding import EscrowState
         t0 = time.monotonic()
         while True:
@@ -182,7 +194,18 @@ class UEClient:
                 return
             if e.state is EscrowState.REFUNDED:
                 return
-            if self.trade.latest_block_time() > e.deadline:
+            if e.state is EscrowState.NONE:
+                pending = (self.w3.eth.get_transaction_count(self.account.address, "pending")
+                           > self.w3.eth.get_transaction_count(self.account.address, "latest"))
+                if not pending and self.trade.latest_block_time() > rec["deadline"]:
+                    rec["refund"] = ("not needed: no escrow on chain (the payment's block was undone by a "
+                                     "reorganisation and the payment never mined again: nothing was paid)")
+                    rec["payment_undone"] = True
+                    return
+                if time.monotonic() - t0 > 600:
+                    raise RuntimeError(f"task {task_id}: no escrow on chain and a transaction still pending "
+                                       "after 10 min")
+            elif self.trade.latest_block_time() > e.deadline:
                 break
             time.sleep(1.0)
         r = self.trade.refund(self.account, task_id=task_id)
@@ -223,8 +246,12 @@ class UEClient:
                 self.refund(task_id, rec)      # nothing delivered: the money comes back
                 if "refunded_wei" in rec:
                     rec["outcome"] = f"refunded:{f.outcome}"
+                elif rec.get("payment_undone"):
+                    rec["outcome"] = "payment_undone"
         rec["e2e_s"] = time.monotonic() - t0
         ok = rec["outcome"] == "completed"
+        if rec["outcome"] == "payment_undone":
+            return rec                 # the chain's doing, not the server's: nothing to report
         try:
             self.api("POST", "/report", {"source": "ue", "mec": mec, "ue": self.name, "task_id": task_id,
                                          "desired_s": task.desired_s, "latency_s": rec.get("service_s", 0.0),
@@ -238,7 +265,8 @@ class UEClient:
             r = self.trade.create_trade(self.account)
             self.records.write(json.dumps({"ue": self.name, "event": "createTrade", "gas": r.gas_used,
                                            "fee_wei": r.fee_wei, "t": time.time()}) + "\n")
-        print(f"{self.name} registered as {self.account.address}", flush=True)
+        print(f"{self.name} registered as {self.account.address} ({time.monotonic() - self.t_lab:.1f} s after "
+              "lab.json)", flush=True)
         task_id = 0
         while not self.stopping:
             task_id += 1

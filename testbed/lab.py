@@ -39,6 +39,7 @@ from nodes.accounts import DEV_MNEMONIC, ChainAccounts
 from nodes.cgroup import CpuQuota
 from nodes.chain import Chain
 from testbed import units
+from testbed.errors import ConfigError
 from testbed.config import ROOT, Scenario
 from testbed.network import EmulatedNetwork
 from testbed.platform import detect
@@ -53,6 +54,40 @@ CGROUP_PARENT = "mec-lab"
 LAB_MOUNT = "/lab/public"     # inside a UE container: lab.json and the calibration (read-only)
 OUT_MOUNT = "/lab/out"        # inside a UE container: its own output folder (writable)
 KEY_MOUNT = "/run/secrets/key"
+
+
+def sweep_dead_runs() -> list[str]:
+    """Remove what a lab run killed outright (SIGKILL, a crash) left: its secrets folder in
+    /run/mec-lab and its cgroups, both named ``<run>-<pid>``, when that pid is gone. A live run's
+    (its pid exists) are not touched. Returns what was removed."""
+    import psutil
+
+    from nodes.cgroup import CGROUP_ROOT, _v1_dir
+
+    def dead(name: str) -> bool:
+        pid = name.rsplit("-", 1)[-1]
+        return pid.isdigit() and not psutil.pid_exists(int(pid))
+
+    gone = []
+    if SECRETS_ROOT.is_dir():
+        for d in SECRETS_ROOT.iterdir():
+            if d.is_dir() and dead(d.name):
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(str(d))
+    parent = (_v1_dir() or CGROUP_ROOT) / CGROUP_PARENT
+    if parent.is_dir():
+        for d in [x for x in parent.iterdir() if x.is_dir() and dead(x.name)]:
+            for sub in sorted((x for x in d.rglob("*") if x.is_dir()), key=lambda x: -len(x.parts)):
+                try:
+                    sub.rmdir()
+                except OSError:
+                    pass
+            try:
+                d.rmdir()
+                gone.append(str(d))
+            except OSError:
+                pass
+    return gone
 
 
 class LabError(RuntimeError):
@@ -77,7 +112,9 @@ class Lab:
     """Everything one live run starts (see the module docstring)."""
 
     def __init__(self, scn: Scenario, run_dir: Path, *, start_ues: bool = True):
-        self.scn, self.run_dir = scn, Path(run_dir)
+        # absolute: the folder is bind-mounted into the UE containers (Docker takes a relative
+        # path for a volume name) and handed to programs started elsewhere
+        self.scn, self.run_dir = scn, Path(run_dir).resolve()
         self.start_ues = start_ues
         self.run_id = f"{self.run_dir.name}-{os.getpid()}"
         self.M, self.U = scn.model.n_servers, scn.model.n_users
@@ -108,6 +145,11 @@ class Lab:
 
     # ---- bring-up ---------------------------------------------------------------------------
     def start(self) -> "Lab":
+        sweep_dead_runs()
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            # a run's chain data, keys and results belong to that run: never mixed with another's
+            raise ConfigError(f"the run folder {self.run_dir} already holds files (an earlier run?): "
+                              "give another --out, or remove it")
         try:
             self._start()
         except BaseException:

@@ -539,3 +539,6 @@ def full_cleanup() -> None:
     controllers) plus the testbed's containers. For a lab machine after a hard crash."""
     mininet_cleanup()
     remove_leftover_containers()
+    from testbed.lab import sweep_dead_runs
+    for what in sweep_dead_runs():
+        print(f"removed {what} (left by a run that died)")

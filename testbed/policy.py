@@ -171,7 +171,8 @@ def make_policy(scn):
         return RoundRobin(scn.model)
     if name == "greedy":
         return ReputationGreedy(scn.model, scn.lab.reputation_floor)
-    from agent.registry import AGENTS, load_agent, make_agent
+    from agent.config import AGENT_NAMES as AGENTS
+    from agent.registry import load_agent, make_agent
     if name.startswith("file:"):
         agent = load_agent(scn.path(name[5:]))
         if (agent.cfg.n_servers, agent.cfg.n_users) != (scn.model.n_servers, scn.model.n_users):

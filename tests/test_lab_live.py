@@ -29,7 +29,7 @@ from testbed.processes import ManagedProcess, in_mininet_host, log_ready
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
 
 OVERRIDES = ["model.n_servers=2", "model.n_users=3", "lab.slots=4", "lab.header_timeout_s=2",
-             "contract.settlement_grace_s=40", "lab.drain_s=60", "lab.block_interval_s=2.0"]
+             "contract.settlement_grace_s=40", "contract.confirmations=1", "lab.drain_s=60", "lab.block_interval_s=2.0"]
 
 
 @pytest.fixture(scope="module")

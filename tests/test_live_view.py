@@ -512,7 +512,7 @@ def test_page_shows_the_state_and_follows_it(fake_api, tmp_path):
 
 # ------------------------------------------------------------------------------ the live run
 OVERRIDES = ["model.n_servers=2", "model.n_users=2", "model.slot_s=6", "lab.slots=8",
-             "lab.block_interval_s=2.0", "lab.header_timeout_s=2", "contract.settlement_grace_s=40"]
+             "lab.block_interval_s=2.0", "lab.header_timeout_s=2", "contract.settlement_grace_s=40", "contract.confirmations=1"]
 POLICY_SLOTS = 8
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,30 @@ def test_work_kernel_result_is_checkable_and_a_fabricated_one_is_caught():
     ok, why = verify(b"other data", res, 5_000)
     assert not ok
     assert res == type(res).from_bytes(res.to_bytes())
+
+
+def test_programs_on_the_hosts_do_not_load_torch():
+    """The UE clients and executors (30 processes at the paper's scale) read the Scenario: doing
+    so must not import torch or scipy (~540 MB each: 12 GB of the 24 at M = 10, U = 20)."""
+    import subprocess
+    import sys
+    code = ("import sys, nodes.ue_client, nodes.executor; from testbed.config import load_scenario; "
+            "load_scenario('lab', ['sweep.algos=[\"ddqn\", \"oracle\"]']); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'ray', 'matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("overrides, names", [
+    (["lab.host_cores_by_server.mec3=0.04"], ("lab.host_cores_by_server.mec3", "lab.mining_cores")),
+    (["lab.host_cores=0.1"], ("lab.host_cores", "model.hash_levels_mhs")),
+    (["lab.host_cores_by_server.mec11=0.5"], ("lab.host_cores_by_server", "model.n_servers")),
+])
+def test_a_host_that_cannot_hold_its_miner_is_refused(overrides, names):
+    from testbed.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        load_scenario("lab", overrides)
+    assert all(n in str(e.value) for n in names), str(e.value)
+    load_scenario("lab", ["lab.host_cores_by_server.mec3=0.04", "lab.coupling=separate"])   # its own quota

@@ -140,6 +140,11 @@ def compare(scn, runs: dict, trained: dict) -> dict:
             "ddqn_model": str(model_path(scn)), "policies": per, "verdict": verdict}
 
 
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:      # a failed policy leaves a panel empty
+        ax.legend(**kw)
+
+
 def plots(runs: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -153,7 +158,7 @@ def plots(runs: dict, path: Path) -> None:
         ax.plot([r["slot"] for r in sl], [r["utility"] for r in sl], label=n)
     ax.set_title("utility (11) per slot, measured")
     ax.set_xlabel("slot")
-    ax.legend()
+    _legend(ax)
     ax = axes[0][1]
     data = [[t["e2e_s"] for t in _tasks(s) if t.get("e2e_s") is not None] for s in ok.values()]
     if any(data):
@@ -167,7 +172,7 @@ def plots(runs: dict, path: Path) -> None:
                label=n)
     ax.set_xticks(xs + 0.4 - 0.4 / max(1, len(ok)), calls)
     ax.set_title("gas per call (median)")
-    ax.legend()
+    _legend(ax)
     ax = axes[1][0]
     for i, (n, s) in enumerate(ok.items()):
         per = s.get("blocks_per_miner") or {}
@@ -176,7 +181,7 @@ def plots(runs: dict, path: Path) -> None:
                0.8 / max(1, len(ok)), label=n)
         ax.set_xticks(np.arange(len(ms)), ms, rotation=45)
     ax.set_title("blocks per miner (whole run)")
-    ax.legend()
+    _legend(ax)
     for ax, key, title in ((axes[1][1], "levels", "hash level per server"),
                            (axes[1][2], "reputation", "reputation Υ_m per server")):
         for i, (n, sl) in enumerate(slots.items()):
@@ -187,7 +192,7 @@ def plots(runs: dict, path: Path) -> None:
                         label=f"{n} {m}")
         ax.set_title(f"{title} ({' / '.join(f'{n} {styles[i % 4]}' for i, n in enumerate(slots))})")
         ax.set_xlabel("slot")
-        ax.legend(fontsize=6, ncol=2)
+        _legend(ax, fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

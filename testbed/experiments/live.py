@@ -196,7 +196,7 @@ def chain_record(lab: Lab) -> dict:
 
 def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dict:
     from testbed.experiments import live_report
-    run_dir = out_dir or scn.results_path / scn.name / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out_dir or scn.results_path / scn.name / time.strftime("%Y%m%d-%H%M%S")).resolve()
     policy = make_policy(scn)          # checked before anything starts
     stop = threading.Event()
     t_run = time.monotonic()

@@ -143,6 +143,7 @@ def summarize(scn, run_dir: Path, res: dict) -> dict:
         if (run_dir / "lab" / "calibration.json").exists() else {},
         "decision": {"decision_ms": _pct([s["decision_ms"] for s in slots]),
                      "agent_ms": _pct([s.get("agent_ms") for s in slots]),
+                     "agent_cpu_ms": _pct([s.get("decision_cpu_ms") for s in slots]),
                      "slot_start_to_applied_s": _pct(applied)},
         "utility": {"per_slot": [s.get("utility") for s in slots],
                     "mean": float(np.mean([s["utility"] for s in slots])) if slots else None,

@@ -1,0 +1,64 @@
+"""`make demo` and `python -m testbed fidelity`, as a user runs them, at a small scale: the DDQN
+trained in simulation (no saved model yet), then the live lab with the DDQN deciding and again
+with greedy on the same seed; one report; then the simulator measured against the greedy run.
+Nothing may be left behind."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["model.n_servers=2", "model.n_users=3", "model.slot_s=6", "lab.slots=8", "lab.drain_s=60",
+         "contract.confirmations=1",
+         "lab.block_interval_s=2.0", "contract.settlement_grace_s=60", "demo.train_slots=200"]
+
+pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
+
+
+def run_testbed(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_demo_then_fidelity(network_ready, no_leftovers, tmp_path):
+    model = tmp_path / "ddqn.pt"
+    sets = [x for s in SMALL + [f"demo.model={model}"] for x in ("--set", s)]
+    out = run_testbed("demo", "--out", str(tmp_path / "demo"), *sets)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "training one in simulation" in out.stdout and model.exists()      # trained, then saved
+    assert "Error" not in out.stdout                                          # a healthy run looks healthy
+    rep = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert set(rep["policies"]) == {"ddqn", "greedy"}
+    for name, p in rep["policies"].items():
+        assert "error" not in p, (name, p)
+        assert p["books_close"] and p["slots"] == 8 and p["tasks"]["completed"] >= 4, (name, p)
+        assert p["slot_to_applied_s"]["n"] == 8
+    v = rep["verdict"]
+    assert v["ddqn_at_least_greedy"] == (rep["policies"]["ddqn"]["utility_mean"]
+                                         >= rep["policies"]["greedy"]["utility_mean"])
+    md = (tmp_path / "demo" / "demo.md").read_text()
+    assert "| ddqn |" in md and "| greedy |" in md and "DDQN ≥ greedy" in md
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
+
+    fid = run_testbed("fidelity", "--run", str(tmp_path / "demo" / "greedy"), "--out", str(tmp_path / "fid"),
+                  timeout=300)
+    assert fid.returncode == 0, fid.stdout[-3000:] + fid.stderr[-3000:]
+    (folder,) = list((tmp_path / "fid").iterdir())
+    res = json.loads((folder / "fidelity.json").read_text())
+    measured = res["measured_latency_s"]
+    assert res["tasks"] == len(measured) >= 4
+    for fit in ("before", "after"):
+        lat = res[fit]["latency"]
+        assert lat["ratio_of_means"] == pytest.approx(lat["measured_mean_s"] / lat["simulated_mean_s"])
+        assert set(res[fit]["block_share"]) == {"mec1", "mec2"}
+    # the fitted simulator is at least as close on the mean latency as the unfitted one
+    assert abs(res["after"]["latency"]["ratio_of_means"] - 1) <= abs(res["before"]["latency"]["ratio_of_means"] - 1)
+    rows = list(csv.DictReader(open(folder / "quantities.csv")))
+    assert {r["quantity"] for r in rows} >= {"latency per task (mean, s)", "reputation per server",
+                                            "block share per miner", "utility per slot"}
+    assert (folder / "fidelity.png").exists() and "Fidelity" in (folder / "fidelity.md").read_text()
