@@ -278,28 +278,6 @@ class Scenario:
 
     def __post_init__(self):
         require(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
-        self._check_lab_cpu()
-
-    def _check_lab_cpu(self) -> None:
-        """In the lab a MEC host's miner mines inside the host's CPU quota ("shared" coupling):
-        every host must hold the largest miner quota, and name a server of the scenario."""
-        lab, m = self.lab, self.model
-        servers = {f"mec{i}" for i in range(1, m.n_servers + 1)}
-        unknown = sorted(set(lab.host_cores_by_server) - servers)
-        if unknown:
-            raise ConfigError(f"lab.host_cores_by_server names {', '.join(unknown)}, not a server of "
-                              f"model.n_servers = {m.n_servers} (mec1..mec{m.n_servers})")
-        if lab.coupling != "shared":
-            return
-        top = max(m.hash_levels_mhs) / m.hash_budget_mhs * lab.mining_cores
-        for name, cores in [("lab.host_cores", lab.host_cores)] + [
-                (f"lab.host_cores_by_server.{k}", v) for k, v in sorted(lab.host_cores_by_server.items())]:
-            if cores <= top:
-                raise ConfigError(
-                    f"{name} = {cores:g} cores cannot hold its miner at the top hash level: "
-                    f"{max(m.hash_levels_mhs):g} MHash/s is {top:.3f} cores (model.hash_levels_mhs / "
-                    f"model.hash_budget_mhs x lab.mining_cores = {lab.mining_cores:g}); give the host more, "
-                    f"lower lab.mining_cores, or set lab.coupling = \"separate\"")
 
     @property
     def results_path(self) -> Path:

@@ -56,6 +56,28 @@ OUT_MOUNT = "/lab/out"        # inside a UE container: its own output folder (wr
 KEY_MOUNT = "/run/secrets/key"
 
 
+def check_lab_cpu(scn: Scenario) -> None:
+    """In the lab a MEC host's miner mines inside the host's CPU quota ("shared" coupling):
+    every host must hold the largest miner quota, and name a server of the scenario."""
+    lab, m = scn.lab, scn.model
+    servers = {f"mec{i}" for i in range(1, m.n_servers + 1)}
+    unknown = sorted(set(lab.host_cores_by_server) - servers)
+    if unknown:
+        raise ConfigError(f"lab.host_cores_by_server names {', '.join(unknown)}, not a server of "
+                          f"model.n_servers = {m.n_servers} (mec1..mec{m.n_servers})")
+    if lab.coupling != "shared":
+        return
+    top = max(m.hash_levels_mhs) / m.hash_budget_mhs * lab.mining_cores
+    for name, cores in [("lab.host_cores", lab.host_cores)] + [
+            (f"lab.host_cores_by_server.{k}", v) for k, v in sorted(lab.host_cores_by_server.items())]:
+        if cores <= top:
+            raise ConfigError(
+                f"{name} = {cores:g} cores cannot hold its miner at the top hash level: "
+                f"{max(m.hash_levels_mhs):g} MHash/s is {top:.3f} cores (model.hash_levels_mhs / "
+                f"model.hash_budget_mhs x lab.mining_cores = {lab.mining_cores:g}); give the host more, "
+                f"lower lab.mining_cores, or set lab.coupling = \"separate\"")
+
+
 def sweep_dead_runs() -> list[str]:
     """Remove what a lab run killed outright (SIGKILL, a crash) left: its secrets folder in
     /run/mec-lab and its cgroups, both named ``<run>-<pid>``, when that pid is gone. A live run's
@@ -145,6 +167,7 @@ class Lab:
 
     # ---- bring-up ---------------------------------------------------------------------------
     def start(self) -> "Lab":
+        check_lab_cpu(self.scn)
         sweep_dead_runs()
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             # a run's chain data, keys and results belong to that run: never mixed with another's

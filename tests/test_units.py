@@ -150,8 +150,12 @@ def test_programs_on_the_hosts_do_not_load_torch():
     (["lab.host_cores_by_server.mec11=0.5"], ("lab.host_cores_by_server", "model.n_servers")),
 ])
 def test_a_host_that_cannot_hold_its_miner_is_refused(overrides, names):
+    """Checked when a lab starts, before anything is started (a scenario for the paper's
+    figures alone may set any hash budget)."""
     from testbed.errors import ConfigError
+    from testbed.lab import check_lab_cpu
     with pytest.raises(ConfigError) as e:
-        load_scenario("lab", overrides)
+        check_lab_cpu(load_scenario("lab", overrides))
     assert all(n in str(e.value) for n in names), str(e.value)
-    load_scenario("lab", ["lab.host_cores_by_server.mec3=0.04", "lab.coupling=separate"])   # its own quota
+    check_lab_cpu(load_scenario("lab", ["lab.host_cores_by_server.mec3=0.04", "lab.coupling=separate"]))
+    check_lab_cpu(load_scenario("lab"))
