@@ -91,6 +91,7 @@ class LiveEnv(gym.Env):
         from agent.env import MecChainEnv
         self.observation_space = MecChainEnv(c).observation_space
         self.slot = 0
+        self.last_snapshot: dict | None = None       # the state the last observation came from
         self.t_slot = time.time()
         self.block = 0
         self.progress = progress
@@ -119,6 +120,7 @@ class LiveEnv(gym.Env):
         self.block = self.w3.eth.block_number
         self.t_slot = time.time()
         obs, snap = self._observe()
+        self.last_snapshot = snap
         return obs, {"snapshot": snap}
 
     # ---- one slot -----------------------------------------------------------------------------
@@ -130,7 +132,7 @@ class LiveEnv(gym.Env):
     def step(self, action):
         """``action``: the flat (2M,) or (2, M) array of eq. (10), or a (serve, levels) pair."""
         t0 = self.t_slot
-        snap = self.last_snapshot if hasattr(self, "last_snapshot") else self.api.state()
+        snap = self.last_snapshot or self.api.state()
         if isinstance(action, tuple) and len(action) == 2 and isinstance(action[0], dict):
             serve, levels = action
         else:

@@ -142,7 +142,9 @@ class ReputationGreedy:
 
 
 class AgentPolicy:
-    """An agent of :mod:`agent` deciding on the measured state (frozen: no exploration)."""
+    """An agent of :mod:`agent` on the live lab. It decides through
+    :func:`agent.train.run_slots` on :class:`testbed.live_env.LiveEnv` (the observation of
+    :func:`observation`, the action read back by :func:`to_assignment`), as in simulation."""
 
     def __init__(self, agent, model_cfg):
         self.agent, self.cfg = agent, model_cfg
@@ -152,15 +154,6 @@ class AgentPolicy:
         from agent.model import ObsLayout
         layout = ObsLayout(model_cfg.n_users, model_cfg.n_servers)
         agent.act(np.zeros(layout.size, dtype=np.float32), explore=False)
-
-    def decide(self, snap: dict) -> tuple[dict, dict, dict]:
-        import time
-        obs, ues = observation(snap, self.cfg)
-        t0 = time.perf_counter()
-        action = self.agent.act(obs, explore=False)
-        decide_ms = (time.perf_counter() - t0) * 1e3
-        serve, levels = to_assignment(action, snap["servers"], ues)
-        return serve, levels, {"agent_ms": decide_ms, "obs": obs, "action": np.asarray(action).tolist()}
 
 
 def make_policy(scn):
