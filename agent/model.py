@@ -125,6 +125,22 @@ class SlotTerms:
         return self.utility.sum(axis=-1)
 
 
+def utility_terms(cfg: ModelConfig, hash_mhs, revenue, latency_s) -> SlotTerms:
+    """Eq. (11) for one slot, the one place it is computed: per server m,
+    R_m(p_m) + φ_m − w·T_m, with R_m the expected mining reward of eqs. (4)–(6).
+
+    ``hash_mhs``: (..., M) hash power p_m over the slot (MHash/s): the action's levels in the
+    simulator, the hash each miner really did on the live lab (:class:`testbed.units.LiveMapping`).
+    ``revenue``: (..., M) tokens paid to m for the slot's tasks (φ_u); ``latency_s``: (..., M)
+    execution time of eq. (2) of the tasks m ran (s). The simulator (:func:`slot_terms`), the live
+    lab (:class:`testbed.live_env.LiveEnv`) and ``testbed fidelity`` all call this.
+    """
+    mining = mining_reward(cfg, np.asarray(hash_mhs, dtype=float))
+    revenue = np.asarray(revenue, dtype=float)
+    latency = np.asarray(latency_s, dtype=float)
+    return SlotTerms(mining, revenue, latency, mining + revenue - cfg.latency_weight * latency)
+
+
 def slot_terms(cfg: ModelConfig, data_mb, demand, users, levels) -> SlotTerms:
     """Evaluate eq. (11) for one slot and any batch of actions.
 
@@ -144,8 +160,7 @@ def slot_terms(cfg: ModelConfig, data_mb, demand, users, levels) -> SlotTerms:
     cap = task_capacity(cfg.cpu_ghz, p, cfg.cpu_per_mhs)
     latency = np.where(served, execution_latency(task_gcycles(cfg, d, xi), cap), 0.0)
     revenue = np.where(served, service_cost(cfg.unit_price, xi), 0.0)
-    mining = mining_reward(cfg, p)
-    return SlotTerms(mining, revenue, latency, mining + revenue - cfg.latency_weight * latency)
+    return utility_terms(cfg, p, revenue, latency)
 
 
 def pair_values(cfg: ModelConfig, data_mb, demand):

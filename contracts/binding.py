@@ -14,6 +14,15 @@ eth_sendRawTransaction; the node's `personal` API is never used.
     # or, once the deadline has passed without a result:
     trade.refund(ue, task_id=1)
 
+Payment channels (docs/channels.md): one deposit per UE, a signed voucher per task, redeemed in
+batches by each MEC server:
+
+    trade.open_channel(ue, deposit_wei=20 * 10**18, cap_per_lane_wei=2 * 10**18, expiry=now + 86_400)
+    v = sign_voucher(ue, **trade.domain, mec=mec.address, generation=0, cumulative=phi, nonce=1,
+                     task_id=1, request_digest=digest)                  # off chain, per task
+    trade.redeem(mec, [v, ...])                     # newest voucher per lane, one transfer to W_m
+    trade.close_lane(ue, mec=mec.address)           # ... dispute window ... trade.withdraw_lane(...)
+
 Every transaction returns a :class:`TxReport` (gas used, fee, inclusion and confirmation
 latency); :attr:`TradingContract.reports` keeps them all for the gas report and the testbed.
 
@@ -28,7 +37,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from eth_account.signers.local import LocalAccount
 from eth_keys import keys
@@ -40,13 +49,23 @@ from web3.exceptions import ContractLogicError
 from contracts.build import load_artifact
 from contracts.config import ContractConfig
 from contracts.txsender import ContractRevert, ErrorTable, TransactionTimeout, TxSender
+from contracts.vouchers import Voucher
 
-__all__ = ["TradingContract", "Escrow", "EscrowState", "TxReport", "ContractRevert",
+__all__ = ["TradingContract", "Escrow", "EscrowState", "Channel", "Lane", "TxReport", "ContractRevert",
            "TransactionTimeout", "TxSender"]
 
 CONTRACT_NAME = "TradingContract"
-UINT64_MAX = 2**64 - 1
+UINT32_MAX = 2**32 - 1
 UINT40_MAX = 2**40 - 1
+UINT64_MAX = 2**64 - 1
+UINT128_MAX = 2**128 - 1
+LANE_CLOSED = UINT32_MAX   # Lane.closesAt of a settled lane
+ZERO_ADDRESS = "0x" + "00" * 20
+CHANNEL_EVENTS = ("ChannelOpened", "ChannelToppedUp", "VoucherRedeemed", "LaneClosing", "LaneSettled",
+                  "LaneReopened", "FreeWithdrawn", "ChannelReclaimed")
+LANE_EVENTS = ("VoucherRedeemed", "LaneClosing", "LaneSettled", "LaneReopened")   # those naming a MEC
+#: Errors of a redeem batch as a whole, not of one of its vouchers.
+BATCH_ERRORS = ("UnknownMec", "TransferFailed")
 
 
 class EscrowState(enum.IntEnum):
@@ -70,6 +89,54 @@ class Escrow:
     deadline: int
     mec: str | None
     state: EscrowState
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A UE's payment channel read from the chain (amounts in wei, expiry in unix seconds).
+
+    Attributes: balance_wei (held for the UE), cap_per_lane_wei (the most one lane pays per
+    generation), redeemed_open_wei (paid so far by the lanes not settled), expiry, lane_count
+    (lanes are MEC indexes 1..lane_count), open_lanes (not settled), reclaimed (final).
+    """
+    ue: str
+    balance_wei: int
+    cap_per_lane_wei: int
+    redeemed_open_wei: int
+    expiry: int
+    lane_count: int
+    open_lanes: int
+    reclaimed: bool
+
+    @property
+    def free_wei(self) -> int:
+        """What no unsettled lane can claim: the UE may withdraw it or reopen lanes with it."""
+        return self.balance_wei - (self.open_lanes * self.cap_per_lane_wei - self.redeemed_open_wei)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One (UE, MEC server) lane of a channel read from the chain.
+
+    Attributes: index (the MEC server's), redeemed_wei (paid in this generation), nonce (highest
+    redeemed voucher nonce), generation (the one vouchers must name), closes_at (0 open; block
+    time, unix s, that ends the dispute window while closing; 2**32 - 1 settled).
+    """
+    ue: str
+    mec: str
+    index: int
+    redeemed_wei: int
+    nonce: int
+    generation: int
+    closes_at: int
+
+    @property
+    def state(self) -> str:
+        """"open" (vouchers pay), "closing" (the UE closed it: the MEC may redeem until
+        closes_at) or "closed" (settled until the UE reopens it)."""
+        if self.closes_at == 0:
+            return "open"
+        return "closed" if self.closes_at == LANE_CLOSED else "closing"
 
 
 @dataclass(frozen=True)
@@ -139,12 +206,13 @@ class TradingContract:
     @classmethod
     def deploy(cls, w3: Web3, provider: LocalAccount, config: ContractConfig | None = None, *,
                sender: TxSender | None = None) -> tuple["TradingContract", TxReport]:
-        """Deploy with the ESP `provider` as owner and mu = config.unit_price_wei_per_gcycle."""
+        """Deploy with the ESP `provider` as owner, mu = config.unit_price_wei_per_gcycle and the
+        channels' dispute window config.dispute_window_s."""
         config = config or ContractConfig()
         artifact = load_artifact(CONTRACT_NAME)
         sender = sender or TxSender(w3, config)
         factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-        data = factory.constructor(config.unit_price_wei_per_gcycle).data_in_transaction
+        data = factory.constructor(config.unit_price_wei_per_gcycle, config.dispute_window_s).data_in_transaction
         errors = ErrorTable(artifact["abi"])
         receipt, included, confirmed, resends = sender.transact(
             provider, {"data": data, "value": 0}, function="deploy",
@@ -173,8 +241,7 @@ class TradingContract:
     def create_trade(self, ue: LocalAccount, *, wallet: str | None = None, **kw) -> TxReport:
         """The paper's CreationTrade(): register UE u (Id_u = its address, PK_u from its key,
         W_u = `wallet`, default its own address, where refunds go)."""
-        public_key = keys.PrivateKey(ue.key).public_key.to_bytes()  # 64 bytes, hashes to Id_u
-        return self.transact(ue, "createTrade", [_address("wallet", wallet or ue.address), public_key], **kw)
+        return self.transact(ue, "createTrade", [_address("wallet", wallet or ue.address), _public_key(ue)], **kw)
 
     def trading(self, ue: LocalAccount, *, mec: str, task_id: int, data_size_bits: int,
                 service_demand_cycles: int, execution_time_s: float | None = None,
@@ -228,6 +295,76 @@ class TradingContract:
             raise ValueError(f"result_hash must be 32 bytes, got {len(result_hash)}")
         return self.transact(mec, "complete", [_address("ue", ue), task_id, result_hash], **kw)
 
+    # ------------------------------------------------------------------ channel: UE
+
+    def open_channel(self, ue: LocalAccount, *, deposit_wei: int, cap_per_lane_wei: int, expiry: int,
+                     register: bool = True, wallet: str | None = None, **kw) -> TxReport:
+        """Open UE `ue`'s payment channel: `deposit_wei` for one lane per registered MEC server,
+        each paying at most `cap_per_lane_wei` per generation, vouchers redeemable until block
+        time `expiry` (unix s). With `register` it also registers the UE as create_trade does
+        (W_u = `wallet`, default its own address); without, the UE must be registered."""
+        _check_uint("deposit_wei", deposit_wei, 2**256 - 1)  # above 2**128 - 1: the contract refuses
+        _check_uint("cap_per_lane_wei", cap_per_lane_wei, UINT128_MAX)
+        _check_uint("expiry", expiry, UINT40_MAX)
+        if register:
+            args = [_address("wallet", wallet or ue.address), _public_key(ue)]
+        elif wallet is not None:
+            raise ValueError("wallet is only used when registering (register=True)")
+        else:
+            args = [ZERO_ADDRESS, b""]
+        return self.transact(ue, "openChannel", args + [expiry, cap_per_lane_wei], value=deposit_wei, **kw)
+
+    def top_up(self, ue: LocalAccount, *, amount_wei: int, cap_per_lane_wei: int, expiry: int, **kw) -> TxReport:
+        """Add `amount_wei` (may be 0) to UE `ue`'s channel, with the cap per lane and the expiry
+        (unix s) from now on; neither may decrease."""
+        _check_uint("amount_wei", amount_wei, 2**256 - 1)
+        _check_uint("cap_per_lane_wei", cap_per_lane_wei, UINT128_MAX)
+        _check_uint("expiry", expiry, UINT40_MAX)
+        return self.transact(ue, "topUp", [expiry, cap_per_lane_wei], value=amount_wei, **kw)
+
+    def close_lane(self, ue: LocalAccount, *, mec: str, **kw) -> TxReport:
+        """Start closing UE `ue`'s lane with MEC server `mec`; the dispute window follows."""
+        return self.transact(ue, "closeLane", [_address("mec", mec)], **kw)
+
+    def withdraw_lane(self, ue: LocalAccount, *, mec: str, **kw) -> TxReport:
+        """Settle a closing lane after its dispute window; its unpaid cap goes to W_u."""
+        return self.transact(ue, "withdrawLane", [_address("mec", mec)], **kw)
+
+    def reopen_lane(self, ue: LocalAccount, *, mec: str, **kw) -> TxReport:
+        """Open a settled lane again (its new generation), from the channel's free balance."""
+        return self.transact(ue, "reopenLane", [_address("mec", mec)], **kw)
+
+    def withdraw_free(self, ue: LocalAccount, *, amount_wei: int, **kw) -> TxReport:
+        """Withdraw `amount_wei` of the channel's free balance to W_u."""
+        _check_uint("amount_wei", amount_wei, UINT128_MAX)
+        return self.transact(ue, "withdrawFree", [amount_wei], **kw)
+
+    def reclaim(self, ue: LocalAccount, **kw) -> TxReport:
+        """After the channel's expiry, take its whole balance to W_u (the channel is then final)."""
+        return self.transact(ue, "reclaim", [], **kw)
+
+    # ------------------------------------------------------------------ channel: MEC
+
+    def redeem(self, mec: LocalAccount, vouchers: Sequence[Voucher], **kw) -> TxReport:
+        """Redeem `vouchers` (in order) as MEC server `mec`, paid in one transfer to its wallet W_m.
+
+        Before sending, a batch whose gas estimate fails is taken apart: the ContractRevert raised
+        names the error and the first bad voucher (its error arguments plus voucher_index,
+        voucher_ue, voucher_nonce), and nothing is sent. With `gas=` nothing is estimated.
+        """
+        vouchers = list(vouchers)
+        if not vouchers:
+            raise ValueError("vouchers must not be empty")
+        for i, v in enumerate(vouchers):
+            _check_voucher(i, v)
+        return self.transact(mec, "redeem", [[_voucher_args(v) for v in vouchers]],
+                             estimate=lambda tx: self._estimate_redeem(tx, vouchers), **kw)
+
+    def release_lane(self, mec: LocalAccount, *, ue: str, **kw) -> TxReport:
+        """As MEC server `mec`, settle its lane of UE `ue` at once, giving up what it has not
+        redeemed in this generation (redeem first): the lane's unpaid cap becomes free balance."""
+        return self.transact(mec, "releaseLane", [_address("ue", ue)], **kw)
+
     # ------------------------------------------------------------------ reads
 
     def unit_price(self) -> int:
@@ -258,6 +395,39 @@ class TradingContract:
         mec = self.contract.functions.mecServer(mec_index).call() if mec_index else None
         return Escrow(ue, task_id, amount, deadline, mec, EscrowState(state))
 
+    def channel(self, ue: str, block: int | str = "latest") -> Channel | None:
+        """UE `ue`'s payment channel (as of `block`), None if it never opened one."""
+        ue = _address("ue", ue)
+        balance, redeemed_open, cap, expiry, lane_count, open_lanes, reclaimed = \
+            self.contract.functions.channels(ue).call(block_identifier=block)
+        if lane_count == 0:
+            return None
+        return Channel(ue, balance, cap, redeemed_open, expiry, lane_count, open_lanes, reclaimed)
+
+    def lane(self, ue: str, mec: str, block: int | str = "latest") -> Lane:
+        """The lane of UE `ue` with MEC server `mec`, as of `block` (ValueError if `mec` is not
+        registered)."""
+        ue, mec = _address("ue", ue), _address("mec", mec)
+        registered = self.mec(mec)
+        if registered is None:
+            raise ValueError(f"mec {mec} is not a registered MEC server")
+        index = registered[1]
+        redeemed, nonce, generation, closes_at = self.contract.functions.lanes(ue, index).call(block_identifier=block)
+        return Lane(ue, mec, index, redeemed, nonce, generation, closes_at)
+
+    @property
+    def domain(self) -> dict:
+        """The vouchers' EIP-712 domain as sign_voucher/voucher_signer take it: chain_id, contract."""
+        return {"chain_id": self.sender.chain_id, "contract": self.address}
+
+    def dispute_window_s(self) -> int:
+        """Seconds a MEC server has to redeem after a UE starts closing their lane."""
+        return self.contract.functions.disputeWindow().call()
+
+    def domain_separator(self) -> bytes:
+        """The contract's EIP-712 domain separator (32 bytes)."""
+        return bytes(self.contract.functions.domainSeparator().call())
+
     def latest_block_time(self) -> int:
         """Timestamp of the latest block, unix seconds (the clock the deadlines are kept in)."""
         # Raw request: web3's block formatter rejects clique's long extraData (geth --dev).
@@ -267,7 +437,7 @@ class TradingContract:
         return int(reply["result"]["timestamp"], 16)
 
     def balance(self) -> int:
-        """Ether held by the contract (the sum of open escrows), wei."""
+        """Ether held by the contract (open escrows + channel balances), wei."""
         return self.w3.eth.get_balance(self.address)
 
     def opened_escrows(self, *, mec: str | None = None, ue: str | None = None, task_id: int | None = None,
@@ -298,22 +468,79 @@ class TradingContract:
                                                            argument_filters=filters or None)
         return [dict(log["args"]) | {"blockNumber": log["blockNumber"]} for log in logs]
 
+    def channel_events(self, *, ue: str | None = None, mec: str | None = None, from_block: int = 0,
+                       to_block: int | str = "latest") -> list[dict]:
+        """Every channel event (ChannelOpened, ChannelToppedUp, VoucherRedeemed, LaneClosing,
+        LaneSettled, LaneReopened, FreeWithdrawn, ChannelReclaimed), optionally of one UE and/or
+        one MEC server (then only the lane events), in chain order. Each is a dict of the event's
+        arguments plus "event" (its name), "blockNumber", "transactionHash" (0x-hex), "logIndex".
+        One eth_getLogs: UE and MEC are indexed topics, filtered by the node."""
+        topic_of = {name: topic for topic, name in self._events.items()}
+        topics = [["0x" + topic_of[n].hex() for n in (LANE_EVENTS if mec else CHANNEL_EVENTS)],
+                  _address_topic(_address("ue", ue)) if ue else None,
+                  _address_topic(_address("mec", mec)) if mec else None]
+        logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": from_block, "toBlock": to_block,
+                                     "topics": topics})
+        out = []
+        for log in logs:
+            name = self._events[bytes(log["topics"][0])]
+            args = dict(self.contract.events[name]().process_log(log)["args"])
+            out.append({"event": name, **args, "blockNumber": log["blockNumber"],
+                        "transactionHash": log["transactionHash"].to_0x_hex(), "logIndex": log["logIndex"]})
+        return sorted(out, key=lambda e: (e["blockNumber"], e["logIndex"]))
+
     # ------------------------------------------------------------------ internals
 
     def transact(self, account: LocalAccount, function: str, args: list, *, value: int = 0,
-                 gas: int | None = None) -> TxReport:
+                 gas: int | None = None, estimate: Callable[[dict], int] | None = None) -> TxReport:
         """Send one call of any contract function with raw arguments (the named methods above
         check their arguments first; this does not). `gas` skips estimation, so a doomed call
-        is mined and fails on chain."""
+        is mined and fails on chain; `estimate(tx)` replaces the plain gas estimate."""
         tx = {"to": self.address, "data": self.contract.encode_abi(function, args=args), "value": value}
         if gas is not None:
             tx["gas"] = gas
         receipt, included, confirmed, resends = self.sender.transact(
-            account, tx, function=function,
-            estimate=lambda t: self.errors.estimate(self.w3, t, function, self.config.gas_limit_margin))
+            account, tx, function=function, estimate=estimate or (lambda t: self._estimate(t, function)))
         if receipt["status"] != 1:
             raise self._failed(function, account, tx, receipt)
         return self._report(function, account, receipt, included, confirmed, resends)
+
+    def _estimate(self, tx: dict, function: str) -> int:
+        return self.errors.estimate(self.w3, tx, function, self.config.gas_limit_margin)
+
+    def _estimate_redeem(self, tx: dict, vouchers: list[Voucher]) -> int:
+        """Gas of a redeem batch; if it would revert, ContractRevert naming the first bad voucher:
+        the first that fails alone, else (it fails only after others, e.g. an older voucher of a
+        lane behind a newer one) the last of the shortest failing prefix."""
+        try:
+            return self._estimate(tx, "redeem")
+        except ContractRevert as batch:
+            if batch.error in BATCH_ERRORS:
+                raise
+
+            def failure(part: list[Voucher]) -> ContractRevert | None:
+                data = self.contract.encode_abi("redeem", args=[[_voucher_args(v) for v in part]])
+                try:
+                    self._estimate({**tx, "data": data}, "redeem")
+                    return None
+                except ContractRevert as exc:
+                    return exc
+
+            found = next(((i, exc) for i, v in enumerate(vouchers) if (exc := failure([v])) is not None), None)
+            if found is None:
+                # Failing prefixes are monotone (vouchers run in order): bisect for the shortest.
+                lo, hi, exc = 1, len(vouchers), batch
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if (at_mid := failure(vouchers[:mid])) is not None:
+                        hi, exc = mid, at_mid
+                    else:
+                        lo = mid + 1
+                found = (hi - 1, exc)
+            i, exc = found
+            v = vouchers[i]
+            raise ContractRevert("redeem", exc.error, {**exc.error_args, "voucher_index": i, "voucher_ue": v.ue,
+                                                      "voucher_nonce": v.nonce}, exc.data) from None
 
     def _failed(self, function: str, account: LocalAccount, tx: dict, receipt) -> ContractRevert:
         """Name the error of a transaction that reverted on chain.
@@ -378,3 +605,31 @@ def _address(name: str, value: Any) -> str:
 def _check_uint(name: str, value: Any, maximum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise ValueError(f"{name} must be an integer in [0, {maximum}], got {value!r}")
+
+
+def _public_key(ue: LocalAccount) -> bytes:
+    """PK_u: the 64-byte uncompressed key without its 0x04 prefix (hashes to the address Id_u)."""
+    return keys.PrivateKey(ue.key).public_key.to_bytes()
+
+
+def _address_topic(address: str) -> str:
+    return "0x" + "00" * 12 + address[2:].lower()
+
+
+def _check_voucher(i: int, v: Any) -> None:
+    """A voucher the ABI can encode (ranges and types); whether it pays is the contract's call."""
+    if not isinstance(v, Voucher):
+        raise ValueError(f"vouchers[{i}] must be a Voucher, got {type(v).__name__}")
+    _address(f"vouchers[{i}].ue", v.ue)
+    for name, maximum in (("generation", UINT32_MAX), ("cumulative", UINT128_MAX), ("nonce", UINT64_MAX),
+                          ("task_id", UINT64_MAX)):
+        _check_uint(f"vouchers[{i}].{name}", getattr(v, name), maximum)
+    if not isinstance(v.request_digest, (bytes, bytearray)) or len(v.request_digest) != 32:
+        raise ValueError(f"vouchers[{i}].request_digest must be 32 bytes, got {v.request_digest!r}")
+    if not isinstance(v.signature, (bytes, bytearray)):
+        raise ValueError(f"vouchers[{i}].signature must be bytes, got {v.signature!r}")
+
+
+def _voucher_args(v: Voucher) -> tuple:
+    """The contract's calldata Voucher struct (the MEC server is the caller, not a field)."""
+    return (v.ue, v.generation, v.cumulative, v.nonce, v.task_id, bytes(v.request_digest), bytes(v.signature))

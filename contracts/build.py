@@ -17,6 +17,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,15 +81,20 @@ def compile_all(solcjs: Path = SOLCJS) -> dict[str, dict]:
     if not version.startswith(SOLC_VERSION + "+"):
         raise BuildError(f"solcjs is {version}, the build is pinned to {SOLC_VERSION}")
     sources = source_files()
-    proc = subprocess.run(
-        [str(solcjs), "--standard-json"],
-        input=json.dumps(standard_json_input(sources)),
-        capture_output=True, text=True, cwd=ROOT,
-    )
+    # Its output goes to a file: solcjs (node) exits before a pipe has taken all of it, so a pipe
+    # cut the document at 64 KiB once the contract grew past that
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.run(
+            [str(solcjs), "--standard-json"],
+            input=json.dumps(standard_json_input(sources)),
+            stdout=out, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        out.seek(0)
+        stdout = out.read()
     if proc.returncode != 0:
         raise BuildError(f"solcjs exited with {proc.returncode}: {proc.stderr.strip()}")
     # solcjs may print a warning line before the JSON document
-    output = json.loads(proc.stdout[proc.stdout.index("{"):])
+    output = json.loads(stdout[stdout.index("{"):])
     errors = [e for e in output.get("errors", []) if e["severity"] == "error"]
     if errors:
         raise BuildError("\n".join(e.get("formattedMessage", e["message"]) for e in errors))

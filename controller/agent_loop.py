@@ -39,7 +39,10 @@ def slot_record(k: int, policy: str, decision_ms: float, agent_ms, reward: float
             "down": snap.get("down", []), "projected": sinfo["projected"], "excluded": excluded,
             "utility": reward, "server_utility": np.asarray(sinfo["server_utility"]).tolist(),
             "mining_reward": sinfo["mining_reward"], "revenue": sinfo["revenue"],
-            "latency_s": sinfo["latency_s"], "n_served": sinfo["n_served"], "blocks": sinfo["blocks"]}
+            "latency_s": sinfo["latency_s"], "n_served": sinfo["n_served"], "blocks": sinfo["blocks"],
+            "outside_blocks": sinfo["outside_blocks"], "expected_mec_blocks": sinfo["expected_mec_blocks"],
+            "hash_mhs": sinfo["hash_mhs"], "miner_cores": sinfo["miner_cores"],
+            "geth_hashrate_hps": sinfo["geth_hashrate_hps"], "t1": sinfo["t1"]}
 
 
 LIVE_VIEW_FIELDS = ("slot", "t", "policy", "utility", "server_utility", "mining_reward", "revenue", "latency_s",

@@ -158,6 +158,7 @@ class Api:
         data = self._json(self._body(environ))
         a = self.state.assign(data.get("slot"), data.get("serve"), data.get("levels"))
         applied = self.on_assignment(a) if self.on_assignment else {}
+        self.state.release(a)          # the UEs learn their servers once the steering is in force
         return 200, {"slot": a.slot, "accepted_at": a.decided_at, "applied": applied}
 
     def post_task(self, environ) -> tuple[int, Any]:

@@ -66,22 +66,41 @@ class BudgetApplier:
         return found[-1] if found else None
 
     def apply(self, a: Assignment) -> dict:
-        """Set every miner's quota; {"budgets": wall time the last was written}."""
+        """Set every miner's quota, and its host's work kernel's to what the miner leaves
+        (``coupling = "shared"``: f_m − κ·p_m); {"budgets": wall time the last was written}."""
+        from nodes.cgroup import executor_cores
         for name, k in a.levels.items():
             cores = self.levels_cores[k]
             group = self._group(name)
             if group is None:
                 self.logger.warning("budget for %s not applied: its miner's cgroup is gone", name)
                 continue
-            period = int(self.miners[name].get("period_us", 100_000))
+            m = self.miners[name]
+            period = int(m.get("period_us", 100_000))
+            left = executor_cores(float(m.get("host_cores", 1.0)), cores, m.get("coupling", "shared"))
             try:
-                (group / "cpu.cfs_quota_us").write_text(str(max(1000, round(cores * period))))
-                (group / "cpu.shares").write_text(str(max(2, round(1024 * cores))))   # as nodes.cgroup
+                for g, c in ((group, cores), (group.parent / "executor", left)):
+                    (g / "cpu.cfs_quota_us").write_text(str(max(1000, round(c * period))))
+                    (g / "cpu.shares").write_text(str(max(2, round(1024 * c))))   # as nodes.cgroup
             except OSError as e:
                 self.logger.warning("budget for %s not applied: %s", name, e)
                 continue
             self.in_force[name] = cores
         return {"budgets": time.time(), "budgets_cores": dict(self.in_force)}
+
+    def cpu_seconds(self) -> dict:
+        """Each miner's CPU time so far (its cgroup's, s) and when read: over a slot, the CPU it
+        really mined with, from which the policy's side computes p̂_m (testbed.units)."""
+        from nodes.cgroup import cpu_seconds
+        out = {}
+        for name in self.miners:
+            group = self._group(name)
+            if group is not None:
+                try:
+                    out[name] = cpu_seconds(group)
+                except OSError:
+                    continue
+        return {"t": time.time(), "seconds": out}
 
 
 class LabApp(app_manager.OSKenApp):
@@ -97,6 +116,7 @@ class LabApp(app_manager.OSKenApp):
         self.slot_s = float(cfg.get("slot_s", 10.0))
         self.state_file = Path(cfg["state_file"]) if cfg.get("state_file") else None
         self.budgets = BudgetApplier(cfg["miners"], cfg["levels_cores"], self.logger)
+        self.state.probe = self.budgets.cpu_seconds
         shared.appliers.insert(0, ("budgets", self.budgets.apply))
         token = Path(cfg["token_file"]).read_text().strip()
         from controller.live_view import page as live_page      # GET /: the live view
@@ -192,6 +212,7 @@ class LabApp(app_manager.OSKenApp):
         self.logger.warning("no decision for %.0f s: fallback round-robin (%d UEs)", time.time() - last,
                             sum(u is not None for u in serve.values()))
         self.apply(a)
+        st.release(a)
 
     # ---- surviving a restart ---------------------------------------------------------------
     def _restore(self):

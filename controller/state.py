@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 class Refused(ValueError):
@@ -39,6 +39,7 @@ class PendingTask:
     since: float                       # wall time the UE announced it
     assigned_slot: int | None = None   # the slot that gave it a server
     mec: str | None = None
+    released: bool = False             # the steering to its server is in force: the UE may go
 
 
 @dataclass
@@ -92,6 +93,8 @@ class LabState:
         self.counters = {"tasks": 0, "reports": 0, "assignments": 0, "refused": 0}
         self._assigned: dict[str, set[tuple[str, int]]] = {m: set() for m in self.servers}
         self.slots: deque[dict] = deque(maxlen=500)         # the policy's measured slots
+        # read at every snapshot, outside the lock: the miners' CPU time so far (lab_app)
+        self.probe: Callable[[], dict] | None = None
 
     # ---- UEs announce tasks -------------------------------------------------------------
     def add_task(self, ue: str, task_id: int, data_mb: float, demand: float, desired_s: float) -> PendingTask:
@@ -125,7 +128,7 @@ class LabState:
                 t = self.pending.get(ue)
                 if t is None or t.task_id != task_id:
                     raise Refused(f"{ue} has no pending task {task_id}", status=404)
-                if t.mec is not None:
+                if t.mec is not None and t.released:
                     return t
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -189,6 +192,16 @@ class LabState:
             self.counters["assignments"] += 1
             self.lock.notify_all()
             return a
+
+    def release(self, a: Assignment) -> None:
+        """Tell the UEs of ``a`` their servers: only once the switches steer their traffic there
+        (a UE that connected before would reach its previous server, or none)."""
+        with self.lock:
+            for m, u in a.serve.items():
+                t = self.pending.get(u) if u is not None else None
+                if t is not None and t.mec == m:
+                    t.released = True
+            self.lock.notify_all()
 
     def mark_applied(self, slot: int, what: str, t: float | None = None) -> None:
         """Record when part of a slot's decision took effect (a switch, a miner)."""
@@ -281,6 +294,7 @@ class LabState:
     # ---- the state s of eq. (9) ---------------------------------------------------------------
     def snapshot(self) -> dict:
         rep = self.reputation()
+        miner_cpu = self.probe() if self.probe is not None else {}
         with self.lock:
             a = self.assignment
             return {
@@ -291,7 +305,7 @@ class LabState:
                 "reputation_detail": rep,
                 "assignment": asdict(a) if a else None,
                 "down": sorted(self.down),
-                "links": dict(self.links), "miners": dict(self.miners),
+                "links": dict(self.links), "miners": dict(self.miners), "miner_cpu": miner_cpu,
                 "levels_mhs": self.levels_mhs, "budget_mhs": self.budget_mhs,
                 "counters": dict(self.counters),
                 "recent_slots": list(self.slots)[-30:],

@@ -41,7 +41,38 @@ def available() -> str | None:
     return None
 
 
+def cpu_seconds(group_dir: Path) -> float:
+    """CPU time (user + system, seconds) used so far by the processes in the cgroup
+    ``group_dir`` of the CPU controller. v2: its ``cpu.stat`` ``usage_usec``. v1: the CPU
+    controller keeps no usage (that is cpuacct, a separate hierarchy on some machines, this
+    project's among them), so the processes' own counters (/proc/<pid>/stat) of the group's
+    members are summed; a member that exited takes its time with it."""
+    group_dir = Path(group_dir)
+    stat = group_dir / "cpu.stat"
+    if stat.exists():
+        for line in stat.read_text().splitlines():
+            k, _, v = line.partition(" ")
+            if k == "usage_usec":
+                return int(v) / 1e6
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in (group_dir / "cgroup.procs").read_text().split():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:          # exited meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])        # utime, stime (clock ticks)
+    return total / tick
+
+
 MIN_QUOTA_US = 1000   # the kernel refuses a CFS quota below 1 ms per period
+
+
+def executor_cores(host_cores: float, miner_cores: float, coupling: str = "shared") -> float:
+    """The CPU quota of a MEC host's work kernel: what its miner leaves of the host's
+    (``"shared"``: f_m − κ·p_m in the model), or the whole host's (``"separate"``); at least
+    the kernel's minimum (1 ms per 100-ms period)."""
+    return max(MIN_QUOTA_US / 100_000, host_cores - miner_cores) if coupling == "shared" else host_cores
 
 
 class QuotaError(ValueError):
@@ -114,6 +145,10 @@ class CpuQuota:
             quota = "max" if cores is None else str(round(cores * self.period_us))
             (self.dir / "cpu.max").write_text(f"{quota} {self.period_us}")
             (self.dir / "cpu.weight").write_text(str(min(10_000, max(1, round(100 * w)))))
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the group's processes have used, seconds (:func:`cpu_seconds`)."""
+        return cpu_seconds(self.dir)
 
     def throttled(self) -> dict:
         """The kernel's throttling counters for the group (nr_periods, nr_throttled, ...)."""

@@ -39,8 +39,10 @@ class GenesisMismatch(PeeringError):
 
 
 def make_genesis(cfg: ChainConfig, accounts: ChainAccounts, timestamp: int | None = None,
-                 extra_data: bytes = b"") -> dict:
-    """An ethash genesis for geth 1.11.6: forks to London at 0, no merge, no Shanghai."""
+                 extra_data: bytes = b"", alloc: dict | None = None) -> dict:
+    """An ethash genesis for geth 1.11.6: forks to London at 0, no merge, no Shanghai.
+    ``alloc``: the starting state (balance, nonce, code, storage per address) instead of
+    ``cfg.prefund_wei`` for every account (e.g. a contract already deployed)."""
     config = {"chainId": cfg.chain_id, **{fork: 0 for fork in LONDON_FORKS}, "ethash": {}}
     return {
         "config": config,
@@ -52,7 +54,7 @@ def make_genesis(cfg: ChainConfig, accounts: ChainAccounts, timestamp: int | Non
         "difficulty": hex(cfg.genesis_difficulty),
         "mixHash": "0x" + "00" * 32,
         "coinbase": "0x" + "00" * 20,
-        "alloc": {a.address: {"balance": hex(cfg.prefund_wei)} for a in accounts.all},
+        "alloc": alloc if alloc is not None else {a.address: {"balance": hex(cfg.prefund_wei)} for a in accounts.all},
     }
 
 
@@ -75,15 +77,21 @@ class Chain:
                  budgets: Sequence[int] | None = None,
                  cpu_quotas: Sequence[float | None] | None = None,
                  rpc_ips: Sequence[str] | None = None, quota_parents: Sequence[str | None] | None = None,
-                 gateway_ip: str | None = None, gateway_launcher: Launcher | None = None):
+                 gateway_ip: str | None = None, gateway_launcher: Launcher | None = None,
+                 outside: dict | None = None, alloc: dict | None = None):
         """``ips``: each miner's address for its peers; ``rpc_ips``: where each miner's RPC
         (with ``miner``/``admin``) listens, default the same; ``quota_parents``: the cgroup each
         miner's quota nests under. ``gateway_ip``: also run a non-mining full node there that
         serves only the wallet namespaces (eth, net, web3) on that address: the RPC endpoint
-        of UEs and executors, so their requests never wait on a miner's CPU quota."""
+        of UEs and executors, so their requests never wait on a miner's CPU quota.
+        ``outside``: also run one miner that is no MEC server (the rest of the network,
+        ``chain.outside = "miner"``): ``{"ip", "launcher", "etherbase", "cores", "quota_parent"}``;
+        it joins the mesh and mines at ``cores`` from the start; it is not in :attr:`nodes`.
+        ``alloc``: the genesis state (:func:`make_genesis`)."""
         n = cfg.n_nodes
         self.cfg = cfg
         self.initial_budgets, self.initial_quotas = budgets, cpu_quotas
+        self.alloc = alloc
         self.ips = list(ips) if ips is not None else [cfg.host] * n
         self.rpc_ips = list(rpc_ips) if rpc_ips is not None else list(self.ips)
         self.quota_parents = list(quota_parents) if quota_parents is not None else [None] * n
@@ -118,6 +126,20 @@ class Chain:
                 cache_mb=c.cache_mb, verbosity=c.verbosity, max_threads=c.max_threads,
                 budget_mode="threads", cpu_period_us=c.cpu_period_us,
                 launcher=gateway_launcher or default_launcher(), http_apis=WALLET_APIS)
+        self.outside: GethNode | None = None
+        self.outside_cores: float | None = None
+        if outside is not None:
+            c = self.cfg
+            self.outside_cores = float(outside["cores"])
+            self.outside = GethNode(
+                name="outside", datadir=self.workdir / "outside", geth=c.geth_path, ip=outside["ip"],
+                p2p_port=c.p2p_port + n + 1, http_port=c.http_port + n + 1, ws_port=c.ws_port + n + 1,
+                authrpc_port=c.authrpc_port + n + 1, network_id=c.chain_id,
+                nodekey=node_key(c.chain_id, n + 1), etherbase=outside["etherbase"], pow_mode=c.pow_mode,
+                dag_dir=c.dag_path, cache_mb=c.cache_mb, verbosity=c.verbosity, max_threads=c.max_threads,
+                budget_mode="cpu_quota", cpu_period_us=c.cpu_period_us,
+                launcher=outside.get("launcher") or default_launcher(),
+                quota_parent=outside.get("quota_parent"))
         self.genesis_hash: str | None = None
         self.timings: dict[str, float] = {}
 
@@ -136,8 +158,8 @@ class Chain:
 
     @property
     def all_nodes(self) -> list[GethNode]:
-        """The miners and, if any, the gateway."""
-        return self.nodes + ([self.gateway] if self.gateway is not None else [])
+        """The miners and, if any, the gateway and the outside miner."""
+        return self.nodes + [x for x in (self.gateway, self.outside) if x is not None]
 
     # ---- look-up -------------------------------------------------------------------------
     def node(self, which: int | str | GethNode) -> GethNode:
@@ -162,20 +184,23 @@ class Chain:
         return None
 
     def static_peers(self, i: int) -> list[str]:
-        return [nd.enode for j, nd in enumerate(self.nodes) if j != i]
+        others = [nd.enode for j, nd in enumerate(self.nodes) if j != i]
+        return others + ([self.outside.enode] if self.outside is not None else [])
 
     # ---- life cycle -------------------------------------------------------------------------
     def setup(self) -> None:
         """Write the genesis and initialise every datadir (wipes this chain's old datadirs)."""
         t0 = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        genesis = make_genesis(self.cfg, self.accounts)
+        genesis = make_genesis(self.cfg, self.accounts, alloc=self.alloc)
         self.genesis_path.write_text(json.dumps(genesis, indent=1))
         # No static peers at the first launch: nodes launched together would dial each other
         # before the others listen, and geth retries a refused static dial only after 35 s.
         # start() joins them with admin_addPeer once all listen, then writes the static peers
         # into each node's config for a later restart.
         jobs = [(nd, []) for nd in self.nodes]
+        if self.outside is not None:
+            jobs.append((self.outside, []))
         if self.gateway is not None:     # started last: it may dial every miner at once
             jobs.append((self.gateway, [nd.enode for nd in self.nodes]))
         # geth init is a short CPU-bound process per node: run them side by side
@@ -185,10 +210,10 @@ class Chain:
         self.timings["init_s"] = time.monotonic() - t0
 
     def start(self, budgets: Sequence[int] | None = None,
-              cpu_quotas: Sequence[float | None] | None = None, wait: bool = True) -> dict:
+              cpu_quotas: Sequence[float | None] | None = None, wait: bool | str = True) -> dict:
         """Start every node, wait until all are peered, give each its budget (threads;
-        cores in cpu_quota mode) and, with ``wait``, block until all mine. Returns the
-        timings in seconds from launch."""
+        cores in cpu_quota mode) and, with ``wait``, block until all mine (``"hashing"``: until
+        all hash, without waiting for the first block). Returns the timings in seconds from launch."""
         n = len(self.nodes)
         budgets = list(budgets) if budgets is not None else [self.cfg.threads] * n
         cpu_quotas = list(cpu_quotas) if cpu_quotas is not None else [None] * n
@@ -201,9 +226,10 @@ class Chain:
             self.setup()
         t0 = time.monotonic()
         try:
-            for nd in self.nodes:     # launch all, then wait for each RPC
+            miners = self.nodes + ([self.outside] if self.outside is not None else [])
+            for nd in miners:     # launch all, then wait for each RPC
                 nd.start(0, timeout=self.cfg.start_timeout_s, wait=False)
-            for nd in self.nodes:
+            for nd in miners:
                 nd.wait_rpc(max(1.0, t0 + self.cfg.start_timeout_s - time.monotonic()))
             if self.gateway is not None:
                 # only now: geth retries a refused static dial after 35 s, so the gateway
@@ -215,8 +241,17 @@ class Chain:
                 for other in self.nodes[i + 1:]:
                     nd.add_peer(other.enode)
                 nd.write_config(self.static_peers(i))  # for a restart
+            if self.outside is not None:
+                for nd in self.nodes:
+                    self.outside.add_peer(nd.enode)
+                self.outside.write_config([nd.enode for nd in self.nodes])
             # Budgets only once peered: nodes mining alone would fork off at genesis.
             self.wait_peered(deadline=t0 + self.cfg.start_timeout_s)
+            while self.outside is not None and self.outside.peer_count() < len(self.nodes):
+                if time.monotonic() > t0 + self.cfg.start_timeout_s:
+                    raise PeeringError(f"outside miner: {self.outside.peer_count()} of {len(self.nodes)} "
+                                       f"miners peered after {self.cfg.start_timeout_s:.0f} s")
+                time.sleep(0.2)
             if self.gateway is not None:
                 # it serves no admin namespace: net_peerCount is what it tells
                 gw_peers = lambda: int(self.gateway.rpc("net_peerCount"), 16)  # noqa: E731
@@ -229,8 +264,10 @@ class Chain:
             for nd, t, q in zip(self.nodes, budgets, cpu_quotas):
                 if t > 0 or q is not None:
                     nd.set_hash_budget(t, q)
+            if self.outside is not None:
+                self.outside.set_hash_budget(1, self.outside_cores)
             if wait:
-                self.wait_mining(deadline=t0 + self.cfg.start_timeout_s)
+                self.wait_mining(deadline=t0 + self.cfg.start_timeout_s, first_block=wait != "hashing")
                 self.timings["mining_s"] = time.monotonic() - t0
         except BaseException:
             self.stop()
@@ -255,7 +292,7 @@ class Chain:
             raise GethError("while stopping: " + "; ".join(errors))
 
     def __enter__(self) -> "Chain":
-        self.start(self.initial_budgets, self.initial_quotas)
+        self.start(self.initial_budgets, self.initial_quotas, wait="hashing" if self.alloc is not None else True)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -289,15 +326,16 @@ class Chain:
         raise PeeringError(f"not peered within {self.cfg.start_timeout_s:.0f} s: want {want} "
                            f"peers each, have {lonely}")
 
-    def wait_mining(self, deadline: float) -> None:
-        """Wait until every node with a budget mines (eth_mining, hashrate > 0) and every
-        node has seen a block past genesis."""
+    def wait_mining(self, deadline: float, first_block: bool = True) -> None:
+        """Wait until every node with a budget mines (eth_mining, hashrate > 0) and, with
+        ``first_block``, every node has seen a block past genesis (on a chain of the paper's
+        block rate that is ~17 s more: a lab whose set-up is in its genesis does not wait)."""
         while True:
             pending = []
             for nd in self.nodes:
                 if nd.threads > 0 and not (nd.mining() and nd.hashrate() > 0):
                     pending.append(f"{nd.name} not hashing")
-                elif nd.block_number() < 1:
+                elif first_block and nd.block_number() < 1:
                     pending.append(f"{nd.name} at block 0")
             if not pending:
                 return

@@ -22,6 +22,8 @@ MIN_DIFFICULTY = 131_072
 
 POW_MODES = ("test", "full")
 BUDGET_MODES = ("threads", "cpu_quota")
+#: Who else mines the chain besides the MEC servers (the paper's network of hash H, eq. (4)).
+OUTSIDE_MODES = ("virtual", "miner", "none")
 
 
 from nodes.accounts import DEV_MNEMONIC
@@ -68,6 +70,12 @@ class ChainConfig:
     start_timeout_s: float = 30.0         # peered + mining, seconds
     sync_timeout_s: float = 30.0          # a restarted node back at the head, seconds
     workdir: str | None = None            # datadirs; None = a fresh temporary directory
+    # The rest of the network of hash H (model.network_hash_mhs) in the live lab:
+    # "virtual": nobody; the difficulty is set so the MEC servers' Σp find Σp/H blocks per slot,
+    #            as in the paper's one block race per slot (eqs. (4)-(6)), the rest being virtual;
+    # "miner":   one real outside miner (no MEC server, no tasks) hashing H - Σp at that difficulty;
+    # "none":    the MEC servers are the whole chain (difficulty from lab.block_interval_s).
+    outside: str = "virtual"
 
     def __post_init__(self):
         def need(ok: bool, field: str, what: str, value):
@@ -84,6 +92,7 @@ class ChainConfig:
         need(self.pow_mode in POW_MODES, "pow_mode", f"one of {POW_MODES}", self.pow_mode)
         need(self.budget_mode in BUDGET_MODES, "budget_mode", f"one of {BUDGET_MODES}",
              self.budget_mode)
+        need(self.outside in OUTSIDE_MODES, "outside", f"one of {OUTSIDE_MODES}", self.outside)
         need(self.genesis_difficulty >= MIN_DIFFICULTY, "genesis_difficulty",
              f">= {MIN_DIFFICULTY} (ethash minimum)", self.genesis_difficulty)
         need(5000 <= self.gas_limit <= 2**63 - 1, "gas_limit", ">= 5000", self.gas_limit)
@@ -97,13 +106,15 @@ class ChainConfig:
         need(not ip.is_unspecified, "host", "a specific address (never all interfaces)", self.host)
         for name in ("p2p_port", "http_port", "ws_port", "authrpc_port"):
             v = getattr(self, name)
-            need(1024 <= v and v + self.n_nodes <= 65535, name,
-                 f"a port such that {name} + n_nodes <= 65535 (one more for the RPC gateway)", v)
+            need(1024 <= v and v + self.n_nodes + 1 <= 65535, name,
+                 f"a port such that {name} + n_nodes + 1 <= 65535 (the RPC gateway and an "
+                 "outside miner follow the miners)", v)
         bases = sorted((getattr(self, n), n) for n in ("p2p_port", "http_port", "ws_port",
                                                        "authrpc_port"))
         for (a, na), (b, nb) in zip(bases, bases[1:]):
-            need(b - a > self.n_nodes, nb,
-                 f"more than n_nodes ports away from {na}={a} (the miners and the gateway)", b)
+            need(b - a > self.n_nodes + 1, nb,
+                 f"more than n_nodes + 1 ports away from {na}={a} (the miners, the gateway and "
+                 "an outside miner)", b)
         need(1 <= self.max_threads <= 256, "max_threads", "in [1, 256]", self.max_threads)
         need(0 <= self.threads <= self.max_threads, "threads",
              f"in [0, max_threads={self.max_threads}]", self.threads)

@@ -4,24 +4,39 @@
 
 It listens on its host's data address (``lab.executor_port``) and, for each connection:
 
-1. reads one request line (JSON, signed by the UE's chain key), within ``lab.header_timeout_s``;
-2. checks the payment on chain **before any work**: an escrow for exactly this UE and task, on
-   this server, open (not settled), with its deadline ahead, of the amount the contract charges
-   for the service demand the UE paid for, on this chain and contract; the upload size must be
-   the data size the UE paid for and within ``lab.max_upload_mb``. Anything else is refused
-   with a named error (``unpaid``, ``underpaid``, ``replayed``, ``foreign_chain``, ``expired``,
-   ``other_server``, ``oversized``, ``malformed``, ``bad_signature``) and no work is done;
+1. reads one request line (JSON, signed by the UE's chain key; :mod:`nodes.wire`), within
+   ``lab.header_timeout_s``;
+2. checks the payment **before any work**, by ``contract.payment``:
+
+   - ``escrow`` (the paper's literal reading): on chain, an escrow for exactly this UE and task,
+     on this server, open (not settled), with its deadline ahead, of the amount the contract
+     charges for the service demand the UE paid for; the upload size must be the data size the
+     UE paid for;
+   - ``channel``: locally, in milliseconds (:class:`nodes.channels.PayeeLanes`): a voucher
+     signed by the UE on its lane to this server, for this task and request, on a channel seen
+     ``contract.confirmations`` blocks deep, within the lane's cap, raising what this server has
+     earned on the lane by exactly φ_u = µ·ξ_u of the task;
+
+   on this chain and contract, within ``lab.max_upload_mb``. Anything else is refused with a
+   named error (``unpaid``, ``underpaid``, ``replayed``, ``foreign_chain``, ``expired``,
+   ``other_server``, ``oversized``, ``malformed``, ``bad_signature``; channel: ``no_channel``,
+   ``wrong_amount``, ``stale_voucher``, ``over_cap``, ``bad_voucher_signature``, ...) and no
+   work is done;
 3. reads the data, waits for the CPU (one task at a time: Σ_u x_u^m = 1), does the real work
    (:mod:`nodes.work`, the task's model Gcycles turned into kernel iterations by
-   :class:`testbed.units.LiveMapping`), and returns the result;
-4. records the completion on chain (``complete`` with the result's digest, in a background
-   queue so the next task does not wait for a block) and reports the task to the controller
-   (POST /report, signed) and to its own ``reports.jsonl``.
+   :class:`testbed.units.LiveMapping`) in its kernel process, the only part of it the lab puts
+   in the host's CPU quota, and returns the result;
+4. escrow: records the completion on chain (``complete`` with the result's digest, in a
+   background queue so the next task does not wait for a block); channel: the voucher is earned
+   and logged, and redeemed with the lane's others in one transaction every
+   ``contract.redeem_every_s`` and when the executor stops (SIGTERM);
+5. reports the task to the controller (POST /report, signed: the execution time of eq. (2),
+   queue + compute, and what it was paid) and to its own ``executors/<name>.jsonl``.
 
 Its CPU is its host's: in ``coupling = "shared"`` the executor and the host's miner are in one
 cgroup with the host's quota, so mining takes CPU from the tasks as κ·p_m does in the model.
 ``--dishonest`` (or the server named in ``lab.dishonest``) returns fabricated results and still
-calls ``complete``: the fault the UEs' checks must catch.
+claims its payment: the fault the UEs' checks must catch.
 """
 from __future__ import annotations
 
@@ -41,83 +56,7 @@ from eth_account import Account
 
 from agent.model import task_gcycles
 from contracts.txsender import ContractRevert
-
-READ_CHUNK = 256 * 1024
-
-
-class Refusal(Exception):
-    """A request the executor does not serve; ``code`` names why."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-class Conn:
-    """A socket with what :func:`read_line` read past the end of its line kept for the next read."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock, self.pending = sock, b""
-
-    def __getattr__(self, name):          # settimeout, recv, sendall, close ...
-        return getattr(self.sock, name)
-
-
-def read_line(sock: Conn, limit: int, timeout: float) -> bytes:
-    """One newline-terminated line, at most ``limit`` bytes, within ``timeout`` seconds."""
-    buf = sock.pending
-    deadline = time.monotonic() + timeout
-    while b"\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Refusal("timeout", f"no complete request line within {timeout:.0f} s")
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(4096)
-        except socket.timeout:
-            raise Refusal("timeout", f"no complete request line within {timeout:.0f} s") from None
-        if not chunk:
-            raise Refusal("malformed", "connection closed before the request line ended")
-        buf += chunk
-        if len(buf) > limit and b"\n" not in buf[:limit]:
-            raise Refusal("malformed", f"request line over {limit} bytes")
-    line, _, rest = buf.partition(b"\n")
-    sock.pending = rest                                    # data sent right after the line
-    return line
-
-
-def read_exact(sock: Conn, n: int, timeout: float) -> bytes:
-    """Exactly ``n`` bytes (after what :func:`read_line` over-read), within ``timeout``."""
-    parts = [sock.pending]
-    sock.pending = b""
-    have = len(parts[0])
-    deadline = time.monotonic() + timeout
-    while have < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Refusal("timeout", f"upload stalled: {have} of {n} bytes after {timeout:.0f} s")
-        sock.settimeout(min(left, 10.0))
-        try:
-            chunk = sock.recv(min(READ_CHUNK, n - have))
-        except socket.timeout:
-            continue
-        if not chunk:
-            raise Refusal("malformed", f"upload ended at {have} of {n} bytes")
-        parts.append(chunk)
-        have += len(chunk)
-    data = b"".join(parts)
-    if len(data) > n:
-        raise Refusal("oversized", f"upload longer than the {n} bytes paid for")
-    return data
-
-
-def send_line(sock: socket.socket, obj: dict) -> None:
-    sock.sendall(json.dumps(obj).encode() + b"\n")
-
-
-def request_digest(header: dict) -> bytes:
-    """The bytes a UE signs: the request header as canonical JSON."""
-    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+from nodes.wire import Conn, Refusal, read_exact, read_line, request_digest, send_line  # noqa: F401
 
 
 class Executor:
@@ -153,6 +92,18 @@ class Executor:
         self.reports = open(self.out / f"{name}.jsonl", "a", buffering=1)
         self.served = self.refused = 0
         self.ue_names = {e.address.lower(): n for n, e in self.info.ues.items()}
+        # the work kernel in its own process, alone in the host's CPU group: a task's cycles are
+        # the host's f_m (shared with its miner), the executor's own work is not
+        from nodes.work import Kernel
+        self.kernel = Kernel(sys.executable)
+        self.channel = cfg.payment == "channel"
+        self.lanes = None
+        self.stopped = threading.Event()
+        if self.channel:
+            from nodes.channels import PayeeLanes
+            self.lanes = PayeeLanes(self.trade, self.me.address, confirmations=cfg.confirmations,
+                                    log=self.out / f"{name}-vouchers.jsonl", chain_id=self.info.chain_id,
+                                    expiry_margin_s=cfg.redeem_every_s + 600)
 
     # ---- admission ----------------------------------------------------------------------
     def admit(self, raw: bytes) -> dict:
@@ -185,6 +136,8 @@ class Executor:
         with self.seen_lock:
             if (ue, task_id) in self.seen:
                 raise Refusal("replayed", f"task {task_id} of {ue} was already served here")
+        if self.channel:
+            return self._admit_voucher(req, header, ue, task_id, data_bytes)
         escrow = self.trade.escrow(ue, task_id)
         state = escrow.state.name
         if state == "NONE":
@@ -217,11 +170,39 @@ class Executor:
         return {"ue": ue, "ue_name": self.ue_names.get(ue, ue), "task_id": task_id,
                 "data_bytes": data_bytes, "demand": demand, "gcycles": gcycles,
                 "desired_s": float(header.get("desired_s", 0.0)),
-                "iterations": self.mapping.kernel_iterations(gcycles), "deadline": escrow.deadline}
+                "iterations": self.mapping.kernel_iterations(gcycles), "deadline": escrow.deadline,
+                "paid_wei": escrow.amount_wei}
+
+    def _admit_voucher(self, req: dict, header: dict, ue: str, task_id: int, data_bytes: int) -> dict:
+        """Channel mode: the voucher in the request pays this task (local checks only)."""
+        from nodes.channels import VoucherRefused
+        from nodes.wire import request_hash
+        from testbed import units
+        try:
+            demand = int(header["demand"])
+            if not 0 < demand < 2**64:
+                raise ValueError(f"demand {demand} cycles out of (0, 2^64)")
+        except (KeyError, TypeError, ValueError) as e:
+            raise Refusal("malformed", f"a channel request names the task's demand in cycles: {e}") from None
+        price = units.price_wei(self.lanes.unit_price, demand)
+        try:
+            v = self.lanes.check(ue, task_id, request_hash(header), req.get("voucher"), price)
+        except VoucherRefused as r:
+            raise Refusal(r.code, str(r), **r.detail) from None
+        with self.seen_lock:
+            if (ue, task_id) in self.seen:
+                self.lanes.abandoned(ue, task_id)
+                raise Refusal("replayed", f"task {task_id} of {ue} was already served here")
+            self.seen.add((ue, task_id))
+        gcycles = float(task_gcycles(self.scn.model, data_bytes / units.BYTES_PER_MB, demand / units.CYCLES_PER_GCYCLE))
+        return {"ue": ue, "ue_name": self.ue_names.get(ue, ue), "task_id": task_id, "data_bytes": data_bytes,
+                "demand": demand, "gcycles": gcycles, "desired_s": float(header.get("desired_s", 0.0)),
+                "iterations": self.mapping.kernel_iterations(gcycles), "paid_wei": price,
+                "cumulative_wei": v.cumulative}
 
     # ---- one connection -------------------------------------------------------------------
     def handle(self, raw_sock: socket.socket, peer) -> None:
-        from nodes.work import compute, fabricate
+        from nodes.work import fabricate
         sock = Conn(raw_sock)
         t_conn = time.monotonic()
         try:
@@ -231,7 +212,7 @@ class Executor:
             self.refused += 1
             self._log({"event": "refused", "code": r.code, "why": str(r), "peer": peer[0]})
             try:
-                send_line(sock, {"accepted": False, "code": r.code, "error": str(r)})
+                send_line(sock, {"accepted": False, "code": r.code, "error": str(r), **r.detail})
             except OSError:
                 pass
             return
@@ -252,7 +233,7 @@ class Executor:
             with self.cpu:
                 t_start = time.monotonic()
                 res = fabricate(task["iterations"], seed=task["task_id"]) if self.dishonest \
-                    else compute(data, task["iterations"])
+                    else self.kernel.compute(data, task["iterations"])
                 t_done = time.monotonic()
             blob = res.to_bytes()
             send_line(sock, {"ok": True, "queue_s": t_start - t_up, "compute_s": t_done - t_start,
@@ -261,13 +242,22 @@ class Executor:
             t_sent = time.monotonic()
         except (Refusal, OSError) as e:
             self._log({"event": "aborted", "task": task["task_id"], "ue": task["ue"], "why": str(e)})
-            return    # no result delivered: no completion claimed; the UE takes its refund
+            if self.channel:
+                self.lanes.abandoned(task["ue"], task["task_id"])
+            return    # no result delivered: no payment claimed (escrow: the UE takes its refund)
+        if self.channel:
+            self.lanes.earned(task["ue"], task["task_id"])
         self.served += 1
         rec = {"event": "served", "mec": self.name, "ue": task["ue"], "ue_name": task["ue_name"],
                "task_id": task["task_id"], "desired_s": task["desired_s"], "gcycles": task["gcycles"],
                "iterations": task["iterations"], "admit_s": t_admit - t_conn, "upload_s": t_up - t_admit,
                "queue_s": t_start - t_up, "compute_s": t_done - t_start, "send_s": t_sent - t_done,
-               "service_s": t_sent - t_admit, "dishonest": self.dishonest, "t": time.time()}
+               "service_s": t_sent - t_admit, "execution_s": t_done - t_up, "dishonest": self.dishonest,
+               "paid_wei": task.get("paid_wei"), "t": time.time()}
+        if self.channel:            # paid by the voucher: nothing to record on chain per task
+            self._log(rec)
+            self._report(rec)
+            return
         self.completions.put((task, res.digest(), rec))
 
     # ---- completion on chain and reports --------------------------------------------------
@@ -301,10 +291,13 @@ class Executor:
 
     def _report(self, rec: dict) -> None:
         from controller.api import sign_body
+        # T_u^m of eqs. (2), (3), (11): the execution time (queue + compute) of the task
+        paid = rec.get("paid_wei") if "complete_error" not in rec else 0
         body = json.dumps({"source": "executor", "mec": self.name, "ue": rec["ue_name"],
                            "task_id": rec["task_id"], "desired_s": rec["desired_s"] or 1e-9,
-                           "latency_s": rec["service_s"], "ok": "complete_error" not in rec,
-                           "detail": {k: rec[k] for k in ("queue_s", "compute_s", "upload_s", "gcycles")}}).encode()
+                           "latency_s": rec["execution_s"], "ok": "complete_error" not in rec,
+                           "detail": {**{k: rec[k] for k in ("queue_s", "compute_s", "upload_s", "service_s", "gcycles")},
+                                      "paid_wei": paid or 0}}).encode()
         req = urllib.request.Request(self.info.api_url + "/report", data=body, method="POST",
                                      headers={"Content-Type": "application/json", "X-Signer": self.name,
                                               "X-Signature": sign_body(self.account, body)})
@@ -329,17 +322,77 @@ class Executor:
             allow_reuse_address = True
 
         threading.Thread(target=self.complete_loop, daemon=True, name="complete").start()
+        if self.channel:
+            self.lanes.load([e.address for e in self.info.ues.values()])
+            threading.Thread(target=self.channel_loop, daemon=True, name="channels").start()
         with Server((self.me.ip, self.info.executor_port), Handler) as srv:
             signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown).start())
-            print(f"executor {self.name} serving on {self.me.ip}:{self.info.executor_port}"
-                  f"{' (DISHONEST)' if self.dishonest else ''}", flush=True)
+            print(f"executor {self.name} serving on {self.me.ip}:{self.info.executor_port} "
+                  f"({self.scn.contract.payment}){' (DISHONEST)' if self.dishonest else ''}", flush=True)
             srv.serve_forever(poll_interval=0.2)
+        self.stopped.set()
         # finish the completions already queued, so no served task is left unclaimed
         self.completions.put(None)
         deadline = time.monotonic() + 30
         while not self.completions.empty() and time.monotonic() < deadline:
             time.sleep(0.1)
+        if self.channel:                 # every earned voucher redeemed before leaving
+            self.redeem(final=True)
         print(f"executor {self.name} stopped: {self.served} served, {self.refused} refused", flush=True)
+
+    # ---- channels: what the chain says, and redemption -------------------------------------
+    def channel_loop(self) -> None:
+        """Every second: read the channel events that are deep enough; redeem every
+        ``contract.redeem_every_s``, and at once for a lane its UE is closing."""
+        last = time.monotonic()
+        while not self.stopped.wait(1.0):
+            try:
+                self.lanes.watch()
+                if self.lanes.closing() or time.monotonic() - last >= self.scn.contract.redeem_every_s:
+                    last = time.monotonic()
+                    self.redeem()
+            except Exception as e:          # the gateway unreachable for a while: try again
+                self._log({"event": "channel_error", "why": f"{type(e).__name__}: {e}"})
+
+    def redeem(self, final: bool = False) -> None:
+        """Redeem the latest earned voucher of every lane in one transaction. ``final``: keep
+        trying (the gateway may be cut for a while) for up to ``lab.drain_s``."""
+        deadline = time.monotonic() + (self.scn.lab.drain_s if final else 0)
+        while True:
+            vouchers = self.lanes.to_redeem()
+            if not vouchers:
+                return
+            try:
+                r = self.trade.redeem(self.account, vouchers)
+                self.lanes.redeemed(vouchers, r)
+                self._log({"event": "redeemed", "vouchers": len(vouchers), "gas": r.gas_used, "tx": r.tx_hash,
+                           "wei": sum(v.cumulative for v in vouchers), "block": r.block_number})
+                if not final:
+                    return
+            except ContractRevert as e:
+                # a voucher the chain will not pay (a lane already redeemed by an earlier run of
+                # this executor, closed, or expired): read what the chain holds, and go on
+                self._log({"event": "redeem_refused", "why": str(e)})
+                self._reconcile(vouchers)
+            except Exception as e:
+                self._log({"event": "redeem_failed", "why": f"{type(e).__name__}: {e}"})
+                if time.monotonic() > deadline:
+                    print(f"executor {self.name}: could not redeem {self.lanes.unredeemed_wei()} wei of vouchers: "
+                          f"{e}", file=sys.stderr, flush=True)
+                    return
+                time.sleep(2.0)
+
+    def _reconcile(self, vouchers) -> None:
+        """After a refused redemption: a lane the chain has paid up to the voucher counts as
+        redeemed; one it will never pay (closed, expired) is given up and logged as lost."""
+        for v in vouchers:
+            lane = self.trade.lane(v.ue, self.me.address)
+            if lane.redeemed_wei >= v.cumulative and lane.generation == v.generation:
+                self.lanes.redeemed([v])
+            elif lane.generation != v.generation or lane.state == "closed":
+                self._log({"event": "voucher_lost", "ue": v.ue, "cumulative": v.cumulative,
+                           "why": f"lane {lane.state}, generation {lane.generation}"})
+                self.lanes.redeemed([v])
 
 
 def main(argv: list[str] | None = None) -> int:

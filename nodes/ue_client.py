@@ -2,25 +2,30 @@
 
     python -m nodes.ue_client --lab /lab/lab.json --name ue3 --key /run/secrets/key --out /lab/out
 
-It registers once (``createTrade``: Id_u, PK_u, W_u) and then, task after task:
+It registers once (``createTrade``: Id_u, PK_u, W_u; with ``contract.payment = "channel"``
+``openChannel``, which also deposits ``contract.channel_deposit_wei`` into its payment channel)
+and then, task after task:
 
 1. draws a task R_u = (d_u, ξ_u, τ_u) from Table I's ranges (the scenario's ``[model]``, seeded
    by the scenario's seed and the UE's index) and announces it to the controller (POST /task);
 2. waits for the policy to give it a MEC server (GET /assignment/<ue>); after
    ``model.max_wait_slots`` slots without one it gives the task up, unpaid;
-3. pays φ_u = µ·ξ_u into escrow for that server (``trading``, through the RPC gateway) and
-   waits until the escrow is mined;
-4. uploads d_u bytes to the server's executor with a signed request naming the escrow, and
+3. pays φ_u = µ·ξ_u for that server: ``escrow``: into escrow (``trading``, through the RPC
+   gateway), waiting until the escrow is mined; ``channel``: a voucher signed on its lane to
+   that server (:class:`nodes.channels.PayerLanes`), sent with the request, no chain call;
+4. uploads d_u bytes to the server's executor with a signed request naming the payment, and
    receives the result;
-5. checks the result: against its own data (:func:`nodes.work.verify`, a random segment of the
-   work) and against the result hash the server committed on chain (``EscrowPaid``). The
-   contract pays a server on its own word, so this check is what catches a server that takes
-   payment without doing the work: a mismatch is a failed task, named with the server;
-6. if the server refused, vanished or never finished, waits for the escrow's deadline and takes
-   its refund (``refund``): no payment is ever left open;
+5. checks the result against its own data (:func:`nodes.work.verify`, a random segment of the
+   work) and, with an escrow, against the result hash the server committed on chain
+   (``EscrowPaid``). A server is paid on its own word, so this check is what catches one that
+   takes payment without doing the work: a mismatch is a failed task, named with the server;
+6. escrow: if the server refused, vanished or never finished, waits for the escrow's deadline
+   and takes its refund (``refund``): no payment is ever left open. Channel: a task lost before
+   its result was never earned (the next voucher pays on from the server's base);
 7. reports the task to the controller (POST /report, signed) and appends its record to
-   ``<out>/tasks.jsonl``: latency split into payment (until the escrow is mined), upload,
-   queue, compute, download and settlement (until the server's completion is mined), gas.
+   ``<out>/tasks.jsonl``: latency split into payment (escrow: until mined; channel: signing
+   the voucher until the executor accepted it), upload, queue, compute, download and
+   settlement (escrow: until the server's completion is mined), gas.
 
 SIGTERM ends the run: no new task; a task not yet paid is cancelled; a paid one is finished
 (or refunded) first.
@@ -46,7 +51,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from controller.api import sign_body
-from nodes.executor import Conn, read_exact, read_line, request_digest, send_line
+from nodes.wire import Conn, read_exact, read_line, request_digest, request_hash, send_line
 from nodes.work import WorkResult, verify
 
 
@@ -85,6 +90,8 @@ class UEClient:
         self.out.mkdir(parents=True, exist_ok=True)
         self.records = open(self.out / "tasks.jsonl", "a", buffering=1)
         self.stopping = False
+        self.channel = cfg.payment == "channel"
+        self.lanes = None                      # PayerLanes, once the channel is open
         signal.signal(signal.SIGTERM, self._stop)
 
     def _stop(self, *_):
@@ -121,32 +128,65 @@ class UEClient:
                 return a
         return None
 
-    def offload(self, task_id: int, task, mec: str, data: bytes, rec: dict) -> WorkResult:
-        """Steps 4-5 over TCP; returns the result or raises :class:`TaskFailed`."""
-        ip = self.info.service_ip or self.info.servers[mec].ip
+    def request(self, task_id: int, task, mec: str, data_bytes: int, price_wei: int | None) -> tuple[dict, object]:
+        """The signed request line of one task, with its voucher in channel mode."""
         header = {"ue": self.account.address, "task_id": task_id, "chain_id": self.info.chain_id,
-                  "contract": self.info.contract, "data_bytes": len(data), "desired_s": task.desired_s}
+                  "contract": self.info.contract, "data_bytes": data_bytes, "desired_s": task.desired_s}
+        voucher = None
+        if self.channel:
+            header.update(payment="channel", demand=task.service_demand)
+            voucher = self.lanes.voucher(mec, price_wei, task_id, request_hash(header))
         sig = self.account.sign_message(encode_defunct(primitive=request_digest(header))).signature.to_0x_hex()
+        line = {"header": header, "sig": sig}
+        if voucher is not None:
+            line["voucher"] = voucher.to_json()
+        return line, voucher
+
+    def offload(self, task_id: int, task, mec: str, data: bytes, rec: dict, price_wei: int | None = None) -> WorkResult:
+        """Steps 3 (channel: the voucher) to 5 over TCP; returns the result or raises :class:`TaskFailed`."""
+        ip = self.info.service_ip or self.info.servers[mec].ip
         t0 = time.monotonic()
         try:
-            with socket.create_connection((ip, self.info.executor_port), timeout=10) as raw:
+            for attempt in range(2):
+                raw = socket.create_connection((ip, self.info.executor_port), timeout=10)
                 s = Conn(raw)
-                send_line(s, {"header": header, "sig": sig})
+                line, voucher = self.request(task_id, task, mec, len(data), price_wei)
+                send_line(s, line)
                 reply = json.loads(read_line(s, 8192, 60))
-                if not reply.get("accepted"):
-                    raise TaskFailed(f"refused:{reply.get('code')}", reply.get("error", "refused"))
+                if reply.get("accepted"):
+                    break
+                raw.close()
+                # the server counts another base on the lane (a result it sent that never
+                # arrived, a voucher log lost): go on from it if it is a voucher we signed
+                if (attempt == 0 and self.channel and reply.get("code") in ("wrong_amount", "stale_voucher")
+                        and self.lanes.adopt(mec, int(reply.get("base", -1)))):
+                    rec["lane_adopted_base"] = int(reply["base"])
+                    continue
+                if attempt == 0 and self.channel and reply.get("code") == "wrong_generation":
+                    # the lane was settled and reopened since: sign on its new generation
+                    self.lanes.set_generation(mec, self.trade.lane(self.account.address,
+                                                                   self.info.servers[mec].address).generation)
+                    continue
+                raise TaskFailed(f"refused:{reply.get('code')}", reply.get("error", "refused"))
+            with raw:
                 t_acc = time.monotonic()
+                if voucher is not None:
+                    rec.update(payment_s=t_acc - t0, paid_wei=price_wei, voucher_cumulative=voucher.cumulative,
+                               voucher_nonce=voucher.nonce)
                 s.settimeout(60)
                 s.sendall(data)
                 got = json.loads(read_line(s, 8192, 120))
                 t_up = time.monotonic()
                 if not got.get("received"):
                     raise TaskFailed("protocol", f"no upload acknowledgement: {got}")
-                left = max(10.0, rec["deadline"] - time.time() - 5)
+                # escrow: until shortly before the escrow's deadline; channel: two minutes
+                left = max(10.0, rec["deadline"] - time.time() - 5) if "deadline" in rec else 120.0
                 res_hdr = json.loads(read_line(s, 8192, left))
                 t_hdr = time.monotonic()
                 blob = read_exact(s, int(res_hdr["result_bytes"]), 60)
                 t_down = time.monotonic()
+                if voucher is not None:         # the result is here: the server has earned it
+                    self.lanes.earned(mec, voucher)
         except TaskFailed:
             raise
         except Exception as e:     # connection refused or reset, timeouts, a server gone
@@ -228,6 +268,8 @@ class UEClient:
             return rec
         mec = a["mec"]
         rec.update(mec=mec, slot=a.get("slot"))
+        if self.channel:
+            return self._run_channel_task(task_id, task, mec, rec, t0)
         t_pay = time.monotonic()
         pay = self.trade.trading(self.account, mec=a["mec_address"], task_id=task_id,
                                  data_size_bits=task.data_bits, service_demand_cycles=task.service_demand,
@@ -249,19 +291,89 @@ class UEClient:
                 elif rec.get("payment_undone"):
                     rec["outcome"] = "payment_undone"
         rec["e2e_s"] = time.monotonic() - t0
-        ok = rec["outcome"] == "completed"
         if rec["outcome"] == "payment_undone":
             return rec                 # the chain's doing, not the server's: nothing to report
+        return self._report(task_id, task, mec, rec)
+
+    def _run_channel_task(self, task_id: int, task, mec: str, rec: dict, t0: float) -> dict:
+        """Steps 3-5 with a payment channel: the voucher travels with the request."""
+        from testbed import units
+        price = units.price_wei(self.unit_price, task.service_demand)
+        if self.lanes.headroom(mec) < price:
+            self.top_up()
+        data = self.rng.bytes(task.data_bytes)
+        try:
+            res = self.offload(task_id, task, mec, data, rec, price_wei=price)
+            ok, why = verify(data, res, res.iterations, self.check_rng)
+            if not ok:
+                raise TaskFailed("wrong_result", f"{mec} returned a result that does not verify: {why}")
+            rec["outcome"] = "completed"
+        except TaskFailed as f:
+            rec.update(outcome=f.outcome, error=str(f))
+        rec["e2e_s"] = time.monotonic() - t0
+        if rec["outcome"] != "completed" and "voucher_cumulative" in rec and rec["outcome"] != "wrong_result":
+            rec["paid_wei"] = 0                 # accepted but never earned: not paid
+        self.maybe_top_up()
+        return self._report(task_id, task, mec, rec)
+
+    def _report(self, task_id: int, task, mec: str, rec: dict) -> dict:
         try:
             self.api("POST", "/report", {"source": "ue", "mec": mec, "ue": self.name, "task_id": task_id,
                                          "desired_s": task.desired_s, "latency_s": rec.get("service_s", 0.0),
-                                         "ok": ok, "detail": {"outcome": rec["outcome"]}})
+                                         "ok": rec["outcome"] == "completed", "detail": {"outcome": rec["outcome"]}})
         except Exception as e:
             rec["report_error"] = str(e)
         return rec
 
+    # ---- the payment channel ------------------------------------------------------------------
+    def open_channel(self) -> None:
+        """Register and deposit in one transaction (``openChannel``), or pick up a channel this
+        UE opened before (a restarted client); then its lanes (:class:`PayerLanes`)."""
+        from nodes.channels import PayerLanes
+        cfg = self.scn.contract
+        self.unit_price = self.trade.unit_price()
+        ch = self.trade.channel(self.account.address)
+        if ch is None or ch.reclaimed:
+            r = self.trade.open_channel(self.account, deposit_wei=cfg.channel_deposit_wei,
+                                        cap_per_lane_wei=cfg.channel_deposit_wei // len(self.info.servers),
+                                        expiry=int(time.time()) + cfg.channel_lifetime_s, register=True)
+            self.records.write(json.dumps({"ue": self.name, "event": "openChannel", "gas": r.gas_used,
+                                           "fee_wei": r.fee_wei, "deposit_wei": cfg.channel_deposit_wei,
+                                           "block": r.block_number, "t": time.time()}) + "\n")
+            ch = self.trade.channel(self.account.address)
+        # lanes start at generation 0; one settled and reopened since is told by its server
+        # (wrong_generation) and read from the chain then
+        servers = {m: e.address for m, e in self.info.servers.items()}
+        self.lanes = PayerLanes(self.out / "lanes.json", self.account, chain_id=self.info.chain_id,
+                                contract=self.info.contract, servers=servers, cap_wei=ch.cap_per_lane_wei)
+        self.expiry = ch.expiry
+
+    def maybe_top_up(self) -> None:
+        """Top up before a lane runs out: when any lane has less than a quarter of its cap left
+        (or the channel less than half its lifetime): a chain transaction off the task's path
+        while the lanes still have room."""
+        cap = self.lanes.cap_wei
+        low = min(self.lanes.headroom(m) for m in self.lanes.servers) < cap // 4
+        if low or self.expiry - time.time() < self.scn.contract.channel_lifetime_s / 2:
+            self.top_up()
+
+    def top_up(self) -> None:
+        cfg = self.scn.contract
+        add = cfg.channel_deposit_wei
+        cap = self.lanes.cap_wei + add // len(self.info.servers)
+        expiry = max(self.expiry, int(time.time()) + cfg.channel_lifetime_s)
+        r = self.trade.top_up(self.account, amount_wei=add, cap_per_lane_wei=cap, expiry=expiry)
+        self.records.write(json.dumps({"ue": self.name, "event": "topUp", "gas": r.gas_used, "fee_wei": r.fee_wei,
+                                       "deposit_wei": add, "block": r.block_number, "t": time.time()}) + "\n")
+        self.expiry = expiry
+        # the servers use the new cap once it is contract.confirmations deep: the transaction
+        # has waited for exactly that
+        self.lanes.raise_cap(cap)
+
     def run(self) -> None:
-        if self.trade.ue_wallet(self.account.address) is None:
+        if self.channel:
+            self.open_channel()
+        elif self.trade.ue_wallet(self.account.address) is None:
             r = self.trade.create_trade(self.account)
             self.records.write(json.dumps({"ue": self.name, "event": "createTrade", "gas": r.gas_used,
                                            "fee_wei": r.fee_wei, "t": time.time()}) + "\n")

@@ -67,9 +67,15 @@ def _chain(h: bytes, steps: int) -> bytes:
 
 def compute(data: bytes, iterations: int, k: int = CHECKPOINTS) -> WorkResult:
     """Do the work: ``iterations`` SHA-256 steps over ``data``, with checkpoints."""
+    return compute_from(hashlib.sha256(data).digest(), iterations, k)
+
+
+def compute_from(h0: bytes, iterations: int, k: int = CHECKPOINTS) -> WorkResult:
+    """The chain from h_0 = SHA256(data): what the kernel process computes (the executor hashes
+    the data as it arrives, so the task's cycles are the chain's alone, as eq. (2) counts them)."""
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    h, done, cps = hashlib.sha256(data).digest(), 0, []
+    h, done, cps = h0, 0, []
     for end in segment_bounds(iterations, k):
         h = _chain(h, end - done)
         done = end
@@ -103,3 +109,63 @@ def fabricate(iterations: int, k: int = CHECKPOINTS, seed: int = 0) -> WorkResul
     rnd = random.Random(seed)
     cps = tuple(rnd.randbytes(32) for _ in segment_bounds(iterations, k))
     return WorkResult(iterations=iterations, result=cps[-1], checkpoints=cps)
+
+
+# ---------------------------------------------------------------------------- the kernel in its own process
+def serve(inp=None, out=None) -> None:
+    """``python -m nodes.work``: compute tasks read from stdin, one at a time, and write each
+    result to stdout. A request is ``iterations`` (8 bytes) + h_0 = SHA256(data) (32 bytes); a
+    reply is ``len(result)`` (8 bytes) + :meth:`WorkResult.to_bytes`. The MEC executor runs its
+    kernel so (:class:`Kernel`): only this process sits in the host's CPU quota (f_m), while the
+    executor's own work (the network, the data's hash, payment checks, reports) does not take a
+    task's cycles."""
+    import sys
+    inp = inp or sys.stdin.buffer
+    out = out or sys.stdout.buffer
+    while True:
+        head = inp.read(40)
+        if len(head) < 40:
+            return                                   # the executor is gone: so are we
+        blob = compute_from(head[8:], int.from_bytes(head[:8], "big")).to_bytes()
+        out.write(len(blob).to_bytes(8, "big") + blob)
+        out.flush()
+
+
+class Kernel:
+    """The work kernel in a child process (``python -m nodes.work``) that dies with its parent.
+    The lab moves it into the MEC host's executor CPU group (:meth:`testbed.lab.Lab.attach_kernel`:
+    a Mininet host does not see the cgroup file system)."""
+
+    def __init__(self, python: str):
+        import ctypes
+        import subprocess
+        import threading
+
+        def die_with_parent():                       # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)
+        self.proc = subprocess.Popen([python, "-m", "nodes.work"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     preexec_fn=die_with_parent)
+        self.lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def compute(self, data: bytes, iterations: int) -> WorkResult:
+        h0 = hashlib.sha256(data).digest()
+        with self.lock:
+            self.proc.stdin.write(iterations.to_bytes(8, "big") + h0)
+            self.proc.stdin.flush()
+            size = int.from_bytes(self.proc.stdout.read(8), "big")
+            return WorkResult.from_bytes(self.proc.stdout.read(size))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except Exception:
+            self.proc.kill()
+
+
+if __name__ == "__main__":
+    serve()

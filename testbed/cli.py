@@ -7,6 +7,7 @@ then the ``--set`` overrides); the Makefile targets call these verbs. ``python -
     doctor            what this machine can emulate; exit 1 if a required part is missing
     run               the live lab: paid offloading, mining, the policy every slot
     demo              the live lab with the DDQN (trained in simulation if needed) beside greedy
+    compare           two policies on the live lab over repeated runs: a verdict with its interval
     fidelity          the simulator against a live run, before and after fitting its constants
     smoke             the toolchain on the emulated network (ping, TCP, controller flows)
     paper             the paper's figures under every reading (Figs. 4-7, Table II)
@@ -105,16 +106,40 @@ def cmd_demo(scn: Scenario, args) -> int:
     return 0 if all("error" not in p and p["books_close"] for p in rep["policies"].values()) else 1
 
 
+def cmd_compare(scn: Scenario, args) -> int:
+    import dataclasses
+    from testbed.config import CompareConfig
+    c = scn.compare
+    # --policies/--runs are the [compare] fields, checked as such before anything starts
+    scn = dataclasses.replace(scn, compare=CompareConfig(
+        policies=args.policies.split(",") if args.policies else c.policies,
+        runs=args.runs if args.runs is not None else c.runs, slots=c.slots))
+    _need_root("compare")
+    from testbed.experiments import compare
+    rep = compare.run(scn, _out(scn, args, "compare", time.strftime("%Y%m%d-%H%M%S")))
+    a, b = rep["policies"]
+    for key, label, _ in compare.TERMS:
+        d = rep["difference"][key]
+        print(f"[compare] {label:<20} {a} − {b} = {d['difference']:+.3f} ± {d['ci95']:.3f} "
+              f"({'beyond chance' if d['beyond_chance'] else 'within chance'}, {d['pairs']} pairs)")
+    print(f"[compare] report: {rep['out_dir']}/compare.md")
+    ok = not rep["failed_runs"] and all(p["books_close"] for p in rep["per_policy"].values())
+    return 0 if ok else 1
+
+
 def cmd_fidelity(scn: Scenario, args) -> int:
     from testbed.experiments import fidelity
     if args.run is None:
         _need_root("fidelity (it makes a live run first; or give --run RUN_DIR)")
-    res = fidelity.run(scn, _out(scn, args, "fidelity"), Path(args.run) if args.run else None)
+    res = fidelity.run(scn, _out(scn, args, "fidelity"), Path(args.run) if args.run else None, slots=args.slots)
     for name in ("before", "after"):
         L = res[name]
         print(f"[fidelity] {name:<6} mean latency measured/simulated {L['latency']['ratio_of_means']:.2f}, "
-              f"block share max error {L['block_share_max_error']:.2f}, "
-              f"utility measured/simulated {L['utility']['ratio_of_means'] or float('nan'):.2f}")
+              f"utility simulated/measured {L['utility']['simulated_over_measured'] or float('nan'):.3f} "
+              f"(H = {res['network_hash_mhs']:g}, not fitted)")
+    mc = res["mining"]
+    print(f"[fidelity] MEC blocks {mc['mec_blocks']} / expected {mc['expected_mec_blocks']:.1f}; per-miner share "
+          f"max error {mc['max_share_error'] or float('nan'):.2f}")
     print(f"[fidelity] report: {res['out_dir']}/fidelity.md")
     return 0
 
@@ -204,9 +229,16 @@ VERBS: dict[str, Verb] = {
                lambda p: p.add_argument("--json", action="store_true", help="machine-readable output")),
     "smoke": (cmd_smoke, "smoke", "the toolchain on the emulated network: ping, TCP, controller flows", None),
     "demo": (cmd_demo, "lab", "the DDQN on the live lab beside greedy, same seed -> demo.md, demo.png", None),
-    "fidelity": (cmd_fidelity, "lab", "the simulator against a live run; fit κ, work scale, link rate -> "
-                 "results/fidelity/", lambda p: p.add_argument("--run", default=None,
-                                                              help="a live run's folder (default: make one)")),
+    "compare": (cmd_compare, "lab", "two policies on the live lab over repeated runs (ABBA, same seeds per pair): "
+                "a verdict per utility term over run means -> results/compare/",
+                lambda p: (p.add_argument("--policies", default=None, help="A,B (default compare.policies)"),
+                           p.add_argument("--runs", type=int, default=None, help="runs per policy (default compare.runs)"))),
+    "fidelity": (cmd_fidelity, "lab", "the simulator against a live run, with the model's own constants, then "
+                 "fitted (κ, work scale, link rate) -> results/fidelity/",
+                 lambda p: (p.add_argument("--run", default=None, help="a live run's folder (default: make one)"),
+                            p.add_argument("--slots", type=int, default=None,
+                                           help="slots of the new live run (default lab.slots; >= 300 blocks "
+                                                "resolve per-miner block shares)"))),
     "run": (cmd_run, "lab", "the live lab: UEs pay and offload, executors compute, miners mine, for lab.slots slots",
             lambda p: p.add_argument("--cli", action="store_true",
                                      help="open the Mininet CLI with everything running (the slots run meanwhile)")),

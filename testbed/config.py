@@ -151,8 +151,14 @@ class LabConfig:
     dishonest: tuple[str, ...] = ()      # MEC servers whose executor fakes results (fault injection)
     calibration: str = "results/calibration.json"
     drain_s: float = 150.0               # after the last slot: wait this long for tasks to settle
-    block_interval_s: float = 2.5        # the chain's starting difficulty is set for this mean
-                                         # block interval at the initial hash budgets (calibrated)
+    block_interval_s: float = 2.5        # chain.outside = "none" only: the starting difficulty is set
+                                         # for this mean block interval at the initial budgets (calibrated)
+    genesis_setup: bool = True           # deploy, registrations and the UEs' channels run on a scratch
+                                         # chain and start the lab's chain as its genesis (testbed.chain_setup);
+                                         # false: sent on the lab's chain and waited for, block by block
+    max_mining_share: float = 0.7        # all miners (MEC + chain.outside = "miner") together at most
+                                         # this share of the machine's cores: the switches, the
+                                         # controller and the executors need the rest
     host_cores_by_server: dict = field(default_factory=dict)   # e.g. {mec2 = 0.08}: a slower host
 
     def __post_init__(self):
@@ -163,6 +169,9 @@ class LabConfig:
             v = getattr(self, name)
             require(is_number(v) and v > 0, f"lab.{name}", "> 0", v)
         require(self.coupling in ("shared", "separate"), "lab.coupling", "shared or separate", self.coupling)
+        require(isinstance(self.genesis_setup, bool), "lab.genesis_setup", "true or false", self.genesis_setup)
+        require(is_number(self.max_mining_share) and 0 < self.max_mining_share <= 1, "lab.max_mining_share",
+                "in (0, 1]", self.max_mining_share)
         for name in ("executor_port", "api_port"):
             v = getattr(self, name)
             require(is_int(v) and 1024 <= v <= 65535, f"lab.{name}", "a TCP port >= 1024", v)
@@ -181,6 +190,8 @@ class DemoConfig:
     # there is none; or any lab.policy (round_robin, greedy, agent:NAME, file:PATH)
     model: str = ""                      # a saved DDQN; "" = results/models/ddqn-<model digest>.pt
     train_slots: int = 3000              # simulated training slots when no saved DDQN exists
+    slots: int = 0                       # slots per policy; 0 = lab.slots (the demo stays one screen
+                                         # and ~10 minutes: `compare` gives verdicts over runs)
 
     def __post_init__(self):
         require(isinstance(self.policies, list) and self.policies and all(isinstance(p, str) and p
@@ -188,6 +199,26 @@ class DemoConfig:
                 "demo.policies", "a non-empty list of policy names", self.policies)
         require(is_int(self.train_slots) and self.train_slots >= 1, "demo.train_slots", "an integer >= 1",
                 self.train_slots)
+        require(is_int(self.slots) and self.slots >= 0, "demo.slots", "an integer >= 0 (0 = lab.slots)", self.slots)
+
+
+@dataclass(kw_only=True)
+class CompareConfig:
+    """``python -m testbed compare``: each policy ``runs`` times on the live lab, in ABBA order,
+    pair i on seed ``seed + i`` for both policies (the same task streams), and a verdict per
+    utility term over the run means."""
+    policies: list[str] = field(default_factory=lambda: ["ddqn", "greedy"])   # exactly two, as demo.policies
+    runs: int = 3                        # runs per policy (>= 2: an interval needs two)
+    slots: int = 0                       # slots per run; 0 = lab.slots
+
+    def __post_init__(self):
+        require(isinstance(self.policies, list) and len(self.policies) == 2 and all(
+            isinstance(p, str) and p for p in self.policies) and self.policies[0] != self.policies[1],
+            "compare.policies", "two different policy names", self.policies)
+        require(is_int(self.runs) and self.runs >= 2, "compare.runs",
+                "an integer >= 2 (an interval over run means needs two runs of each policy)", self.runs)
+        require(is_int(self.slots) and self.slots >= 0, "compare.slots", "an integer >= 0 (0 = lab.slots)",
+                self.slots)
 
 
 @dataclass(kw_only=True)
@@ -253,7 +284,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig, "topology": TopologyConfig, "network": NetworkConfig, "chain": ChainConfig,
     "contract": ContractConfig, "learner": LearnerConfig, "paper": PaperConfig,
     "mining": MiningCheckConfig, "bench_chain": BenchChainConfig, "calibrate": CalibrateConfig,
-    "lab": LabConfig, "demo": DemoConfig, "sweep": SweepConfig,
+    "lab": LabConfig, "demo": DemoConfig, "compare": CompareConfig, "sweep": SweepConfig,
 }
 
 
@@ -274,6 +305,7 @@ class Scenario:
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     lab: LabConfig = field(default_factory=LabConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)          # `make demo`
+    compare: CompareConfig = field(default_factory=CompareConfig)  # `testbed compare`
     sweep: SweepConfig = field(default_factory=SweepConfig)       # `testbed sweep`
 
     def __post_init__(self):

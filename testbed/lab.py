@@ -5,9 +5,10 @@
 1. the **network** of the scenario's topology (``[topology]``, M = ``model.n_servers`` MEC hosts,
    U = ``model.n_users`` UE containers), with the os-ken controller running the L2 switch and
    the lab app (the HTTP API on lab0, hash budgets);
-2. one **cgroup per MEC host** holding its miner and its executor: with ``lab.coupling =
-   "shared"`` the host's CPU quota (``lab.host_cores``, which stands for f_m) is shared, so
-   mining takes CPU from tasks as κ·p_m does in the model;
+2. one **cgroup per MEC host** holding its miner and its executor's work kernel: with
+   ``lab.coupling = "shared"`` the host's CPU (``lab.host_cores``, which stands for f_m) is
+   split between them, the miner's quota following its hash level and the kernel's the rest,
+   so mining takes CPU from tasks as κ·p_m does in the model;
 3. the **chain**: one geth miner per MEC host (devp2p on the data network, its RPC with
    ``miner``/``admin`` only on the management network) and a non-mining **RPC gateway** on gw1
    that serves wallets (eth, net, web3) on the data network; UEs and executors use only it, so
@@ -36,7 +37,7 @@ from pathlib import Path
 from contracts.binding import TradingContract
 from contracts.txsender import TxSender
 from nodes.accounts import DEV_MNEMONIC, ChainAccounts
-from nodes.cgroup import CpuQuota
+from nodes.cgroup import CpuQuota, executor_cores
 from nodes.chain import Chain
 from testbed import units
 from testbed.errors import ConfigError
@@ -67,6 +68,14 @@ def check_lab_cpu(scn: Scenario) -> None:
                           f"model.n_servers = {m.n_servers} (mec1..mec{m.n_servers})")
     if lab.coupling != "shared":
         return
+    # κ, the CPU one MHash/s of mining takes from a host's tasks, is the model's cpu_per_mhs and
+    # follows from the lab's quotas: the two must be one number
+    kappa = lab.mining_cores / m.hash_budget_mhs * m.cpu_ghz / lab.host_cores
+    if abs(m.cpu_per_mhs - kappa) > 0.02 * kappa:
+        raise ConfigError(
+            f"model.cpu_per_mhs = {m.cpu_per_mhs:g} GHz per MHash/s is not the lab's κ = lab.mining_cores / "
+            f"model.hash_budget_mhs x model.cpu_ghz / lab.host_cores = {lab.mining_cores:g} / {m.hash_budget_mhs:g} x "
+            f"{m.cpu_ghz:g} / {lab.host_cores:g} = {kappa:.4f} (docs/units.md): set one to match the other")
     top = max(m.hash_levels_mhs) / m.hash_budget_mhs * lab.mining_cores
     for name, cores in [("lab.host_cores", lab.host_cores)] + [
             (f"lab.host_cores_by_server.{k}", v) for k, v in sorted(lab.host_cores_by_server.items())]:
@@ -76,6 +85,50 @@ def check_lab_cpu(scn: Scenario) -> None:
                 f"{max(m.hash_levels_mhs):g} MHash/s is {top:.3f} cores (model.hash_levels_mhs / "
                 f"model.hash_budget_mhs x lab.mining_cores = {lab.mining_cores:g}); give the host more, "
                 f"lower lab.mining_cores, or set lab.coupling = \"separate\"")
+
+
+def plan_chain(scn: Scenario, mapping: units.LiveMapping, cores: int | None = None) -> dict:
+    """The chain the scenario asks for on this machine (``chain.outside``), or a
+    :class:`ConfigError` naming the field and the limit before anything starts.
+
+    ``virtual`` and ``miner``: the difficulty at which the whole network of H =
+    ``model.network_hash_mhs`` finds one block per slot (the paper's one block race per slot),
+    so the MEC servers' Σp find Σp/H blocks per slot; ``miner`` adds one real miner hashing
+    H − P at that difficulty, where the machine has the cores for it. ``none``: the MEC servers
+    are the whole chain, one block per ``lab.block_interval_s`` at the starting budgets."""
+    import psutil
+    from nodes.config import MIN_DIFFICULTY
+    m, lab, outside = scn.model, scn.lab, scn.chain.outside
+    plan: dict = {"outside": outside, "hps_per_mhs": mapping.hps_per_mhs}
+    if outside == "none":
+        start = float(mapping.real_hashrate(m.hash_levels_mhs[m.equal_hash_level])) * m.n_servers
+        plan.update(difficulty=int(start * lab.block_interval_s), block_interval_s=lab.block_interval_s,
+                    field="lab.block_interval_s")
+    else:
+        plan.update(difficulty=mapping.difficulty(m.network_hash_mhs, m.slot_s), block_interval_s=m.slot_s,
+                    mec_block_interval_s=m.slot_s * m.network_hash_mhs / m.hash_budget_mhs,
+                    field="model.network_hash_mhs x model.slot_s")
+    if plan["difficulty"] < MIN_DIFFICULTY:
+        raise ConfigError(
+            f"{plan['field']}: a block every {plan['block_interval_s']:g} s takes difficulty {plan['difficulty']:,}, "
+            f"below ethash's minimum {MIN_DIFFICULTY:,}: this machine's miners (calibrated "
+            f"{mapping.hps_per_mhs:.1f} H/s per MHash/s) cannot be that slow; raise it at least "
+            f"{MIN_DIFFICULTY / plan['difficulty']:.2f}x")
+    if outside == "miner":
+        rest = m.network_hash_mhs - m.hash_budget_mhs
+        if rest <= 0:
+            raise ConfigError(f"chain.outside = \"miner\" needs model.network_hash_mhs = {m.network_hash_mhs:g} "
+                              f"above model.hash_budget_mhs = {m.hash_budget_mhs:g}: nothing is left to mine")
+        need = mapping.outside_cores(rest)
+        have = lab.max_mining_share * (cores or psutil.cpu_count() or 1)
+        if lab.mining_cores + need > have:
+            raise ConfigError(
+                f"chain.outside = \"miner\": an outside miner of H - P = {rest:g} MHash/s needs {need:.2f} cores, "
+                f"and with the MEC servers' lab.mining_cores = {lab.mining_cores:g} that is "
+                f"{lab.mining_cores + need:.2f}, over lab.max_mining_share x {cores or psutil.cpu_count()} cores = "
+                f"{have:.2f} on this machine: use chain.outside = \"virtual\" or a bigger machine")
+        plan.update(outside_mhs=rest, outside_cores=need)
+    return plan
 
 
 def sweep_dead_runs() -> list[str]:
@@ -168,6 +221,11 @@ class Lab:
     # ---- bring-up ---------------------------------------------------------------------------
     def start(self) -> "Lab":
         check_lab_cpu(self.scn)
+        cal_path = self.scn.path(self.scn.lab.calibration)
+        self.calibration = units.Calibration.load(cal_path)
+        self.mapping = units.LiveMapping(self.scn.model, self.scn.lab.mining_cores, self.scn.lab.host_cores,
+                                         self.calibration)
+        self.chain_plan = plan_chain(self.scn, self.mapping)
         sweep_dead_runs()
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             # a run's chain data, keys and results belong to that run: never mixed with another's
@@ -186,10 +244,7 @@ class Lab:
         t0 = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lab_dir.mkdir(exist_ok=True)
-        cal_path = scn.path(scn.lab.calibration)
-        self.calibration = units.Calibration.load(cal_path)
-        shutil.copy(cal_path, self.lab_dir / "calibration.json")
-        self.mapping = units.LiveMapping(scn.model, scn.lab.mining_cores, scn.lab.host_cores, self.calibration)
+        shutil.copy(scn.path(scn.lab.calibration), self.lab_dir / "calibration.json")
         self.platform = detect()
         self._make_secrets()
 
@@ -212,6 +267,13 @@ class Lab:
             self._start_executors()
             if self.start_ues:
                 self._start_ue_clients()
+        self.setup = None
+        if scn.lab.genesis_setup:
+            with _step("trading contract + registrations on a scratch chain, into the genesis", self.timings):
+                from testbed.chain_setup import setup_state
+                self.setup = setup_state(self.chain_cfg, scn.contract, self.accounts, n_servers=self.M)
+                (self.lab_dir / "setup.json").write_text(json.dumps(
+                    {k: v for k, v in self.setup.items() if k != "alloc"}, indent=1))
         with _step("chain (miners + RPC gateway)", self.timings):
             self._start_chain()
         with _step("trading contract", self.timings):
@@ -220,9 +282,7 @@ class Lab:
         with _step("executors serving", self.timings):
             for m, p in self.executors.items():
                 p.wait_ready(log_ready(r"serving on"), 120, "serving")
-                # into its host's CPU quota (f_m) once it serves: its start-up (Python imports)
-                # does not count against the host, and under 0.2 cores it would take ~30 s
-                self.exec_quotas[m].attach(p.pid)
+                self.attach_kernel(m, p)
         if self.start_ues:
             with _step("UE clients registered (createTrade)", self.timings):
                 for p in self.ue_clients.values():
@@ -279,7 +339,9 @@ class Lab:
             "slot_s": self.scn.model.slot_s, "equal_level": self.scn.model.equal_hash_level,
             "monitor_period_s": 0.5,
             "miners": {m: {"host_group": f"{CGROUP_PARENT}/{self.run_id}/{m}",
-                           "period_us": self.chain_cfg.cpu_period_us} for m in names},
+                           "period_us": self.chain_cfg.cpu_period_us,
+                           "host_cores": float(self.scn.lab.host_cores_by_server.get(m, self.scn.lab.host_cores)),
+                           "coupling": self.scn.lab.coupling} for m in names},
             "miner_rpc": {m: f"http://{plan.mgmt_ip(m)}:{self.chain_cfg.http_port + i}"
                           for i, m in enumerate(names)},
         }
@@ -324,21 +386,32 @@ class Lab:
     def _make_cgroups(self) -> None:
         """mec-lab/<run>/<mec>/{executor, <miner>}: see the module docstring. Weights: the run's
         group as heavy as ten cores, so other work on the machine cannot starve the MEC hosts
-        below their quotas; inside a host the miner takes its quota first (the executor's
-        weight is minimal), so a task gets what mining leaves: f_m - κ·p_m as in the model."""
+        below their quotas. Inside a host the miner has its quota (p_m's cores) and, with
+        ``lab.coupling = "shared"``, the executor's work kernel the rest of the host's,
+        ``host_cores`` − the miner's, rewritten with every budget change (the controller's
+        BudgetApplier): a task gets what mining leaves, f_m − κ·p_m as in the model. Two
+        sibling quotas, not one host quota over both: measured here, a host quota shared by
+        weight gave the kernel half of what it left when ten hosts computed at once."""
         lab = self.scn.lab
         run = CpuQuota(self.run_id, parent=CGROUP_PARENT)
         run.set(None, weight=10.0)
         self.quotas.append(run)
+        # the executors' own processes (network, payment checks, reports): latency-bound, light,
+        # beside the hosts and ahead of them when the machine is busy; no quota
+        self.services = CpuQuota("services", parent=f"{CGROUP_PARENT}/{self.run_id}")
+        self.services.set(None, weight=2.0)
+        self.quotas.append(self.services)
+        start = float(self.mapping.miner_cores(self.scn.model.hash_levels_mhs[self.scn.model.equal_hash_level]))
         for i in range(1, self.M + 1):
             m = f"mec{i}"
             cores = float(lab.host_cores_by_server.get(m, lab.host_cores))
             host = CpuQuota(m, parent=f"{CGROUP_PARENT}/{self.run_id}")
             self.quotas.append(host)
-            host.set(cores if lab.coupling == "shared" else None, weight=cores)
+            host.set(None, weight=cores)
             self.host_groups[m] = f"{CGROUP_PARENT}/{self.run_id}/{m}"
             ex = CpuQuota("executor", parent=self.host_groups[m])
-            ex.set(None if lab.coupling == "shared" else cores, weight=0.002 if lab.coupling == "shared" else cores)
+            left = executor_cores(cores, start, lab.coupling)
+            ex.set(left, weight=left)
             self.quotas.append(ex)
             self.exec_quotas[m] = ex
 
@@ -348,18 +421,21 @@ class Lab:
         gw = self.net.get("gw1")
         level = self.scn.model.equal_hash_level
         q = float(self.mapping.miner_cores(self.scn.model.hash_levels_mhs[level]))
-        # Difficulty = expected hashes per block: the calibrated rate of the starting budgets
-        # times the wanted interval (ethash's floor is 131072).
-        from nodes.config import MIN_DIFFICULTY
-        total_hps = self.M * float(self.calibration.hashrate_at(q))
-        self.chain_cfg = dataclasses.replace(
-            self.chain_cfg, genesis_difficulty=max(MIN_DIFFICULTY, int(total_hps * self.scn.lab.block_interval_s)))
+        # Difficulty = expected hashes per block, from the calibration (plan_chain)
+        self.chain_cfg = dataclasses.replace(self.chain_cfg, genesis_difficulty=self.chain_plan["difficulty"])
+        outside = None
+        if self.chain_plan["outside"] == "miner":
+            # on the gateway's host (not a MEC host, not on the UEs' path), its own quota in the run's group
+            outside = {"ip": plan.data_ip("gw1"), "launcher": in_mininet_host(gw),
+                       "etherbase": self.accounts.outside_miner.address,
+                       "cores": self.chain_plan["outside_cores"], "quota_parent": f"{CGROUP_PARENT}/{self.run_id}"}
         self.chain = Chain(self.chain_cfg, ips=[plan.data_ip(h.name) for h in mecs],
                            rpc_ips=[plan.mgmt_ip(h.name) for h in mecs],
                            launchers=[in_mininet_host(h) for h in mecs],
                            quota_parents=[self.host_groups[h.name] for h in mecs],
                            gateway_ip=plan.data_ip("gw1"), gateway_launcher=in_mininet_host(gw),
-                           budgets=[1] * self.M, cpu_quotas=[q] * self.M)
+                           budgets=[1] * self.M, cpu_quotas=[q] * self.M, outside=outside,
+                           alloc=self.setup["alloc"] if self.setup else None)
         self.chain.__enter__()
 
     def _deploy(self) -> None:
@@ -367,11 +443,18 @@ class Lab:
         w3 = gw.w3
         cfg = self.scn.contract
         self.sender = TxSender(w3, cfg)
+        if self.setup is not None:          # in the genesis already (testbed.chain_setup)
+            self.trade = TradingContract(w3, self.setup["contract"], cfg, sender=self.sender)
+            self.deploy_block = 0
+            return
         self.trade, self.deploy_report = TradingContract.deploy(w3, self.accounts.esp, cfg, sender=self.sender)
-        # The registrations wait 3 blocks (they follow the deploy in the ESP's nonce order, so
-        # the deploy is deeper still): on a young PoW chain short forks are common, and a
-        # registration undone by a re-organisation would make the first payments revert.
-        deep = TradingContract(w3, self.trade.address, dataclasses.replace(cfg, confirmations=max(3, cfg.confirmations)),
+        self.deploy_block = self.deploy_report.block_number
+        # On the MEC servers' own fast chain (chain.outside = "none") the registrations wait 3
+        # blocks (they follow the deploy in the ESP's nonce order, so the deploy is deeper still):
+        # short forks are common there, and a registration undone by a re-organisation would make
+        # the first payments revert. At the paper's block rate uncles are rare: contract.confirmations.
+        depth = max(3, cfg.confirmations) if self.scn.chain.outside == "none" else cfg.confirmations
+        deep = TradingContract(w3, self.trade.address, dataclasses.replace(cfg, confirmations=depth),
                                sender=self.sender)
 
         def register(i: int):
@@ -387,7 +470,7 @@ class Lab:
         public["chain"]["workdir"] = None
         self.info = LabInfo(
             run=self.run_id, chain_id=self.chain_cfg.chain_id, contract=self.trade.address,
-            deploy_block=self.deploy_report.block_number, gateway_url=self.chain.gateway.http_url,
+            deploy_block=self.deploy_block, gateway_url=self.chain.gateway.http_url,
             api_url=self.api_url, executor_port=self.scn.lab.executor_port, scenario=public,
             service_ip=SERVICE_IP,
             calibration=str(self.lab_dir / "calibration.json"),
@@ -411,6 +494,19 @@ class Lab:
                                launcher=in_mininet_host(host), cwd=ROOT, ready_timeout_s=60)
             self.procs.start(p)
             self.executors[m] = p
+
+    def attach_kernel(self, mec: str, executor: ManagedProcess) -> None:
+        """Put the executor's work kernel (its child ``python -m nodes.work``) into its host's
+        CPU quota (f_m): a task's cycles are the host's, shared with its miner; the executor's
+        own network and payment checks go to the run's services group (no quota, ahead of
+        the hosts when the machine is busy)."""
+        import psutil
+        kernels = [c for c in psutil.Process(executor.pid).children(recursive=True)
+                   if "nodes.work" in " ".join(c.cmdline())]
+        if len(kernels) != 1:
+            raise LabError(f"executor {mec}: expected one work kernel process, found {len(kernels)}")
+        self.services.attach(executor.pid)
+        self.exec_quotas[mec].attach(kernels[0].pid)
 
     def _start_ue_clients(self) -> None:
         for j in range(1, self.U + 1):

@@ -4,12 +4,21 @@
 assignment and the hash budgets of action (10) in force (``PUT /assignment``; the controller
 applies the budgets to the miners, its switches steer the UEs' traffic), waits for the slot to
 end, and returns the **measured** state (9) and the utility (11) **computed from measured
-values** over the slot's window:
+values** over the slot's window, by the one eq. (11) function :func:`agent.model.utility_terms`:
 
-    R_m      = R × the canonical blocks miner m mined in the window (not uncles; R = model.mining_reward)
-    φ_u      = the escrows actually paid to server m in the window (EscrowPaid, wei -> tokens)
-    T_u^m    = the service latency its executor measured for each task it finished in the window
+    p̂_m      = the hash miner m really did in the window, model MHash/s: its cgroup's CPU time
+               over the window × the calibrated hashes per core-second, over X
+               (:meth:`testbed.units.LiveMapping.measured_hash_mhs`)
+    R_m      = the expected mining reward of eqs. (4)-(6) at p̂_m: (R + r·b)·e^(−ηφ(b))·p̂_m / H
+    φ_u      = what server m was paid for the tasks it delivered in the window: the escrows paid
+               to it (EscrowPaid, ``contract.payment = "escrow"``) or the voucher increments its
+               executor accepted and delivered (``"channel"``), wei -> tokens
+    T_u^m    = the execution time of eq. (2) its executor measured (queue + compute) for each task
+               it finished in the window
     r_t      = Σ_m (R_m + φ_m − w · T_m)          (w = model.latency_weight)
+
+The blocks each miner really mined in the window (canonical, not uncles) are counted too, in
+``info["blocks"]``: the check of eq. (4) (block share against hash share), not the reward.
 
 Same spaces and ``info`` keys as the simulation (``server_utility``, ``mining_reward``,
 ``revenue``, ``latency_s``, ``n_served``, ...), so the same training loop runs on both.
@@ -86,6 +95,9 @@ class LiveEnv(gym.Env):
         self.trade = TradingContract(self.w3, self.lab.contract, self.scn.contract)
         self.servers = list(self.lab.servers)
         self.miner_of = {e.address.lower(): m for m, e in self.lab.servers.items()}
+        from testbed.units import Calibration, LiveMapping
+        self.mapping = LiveMapping(c, self.scn.lab.mining_cores, self.scn.lab.host_cores,
+                                   Calibration.load(Path(self.lab.calibration)))
         self.action_space = spaces.MultiDiscrete([c.n_users + 1] * c.n_servers + [c.n_levels] * c.n_servers)
         # the simulation's bounds; measured values may exceed them (Box is advisory here)
         from agent.env import MecChainEnv
@@ -145,8 +157,9 @@ class LiveEnv(gym.Env):
         # the slot lasts model.slot_s from its start
         time.sleep(max(0.0, t0 + self.cfg.slot_s - time.time()))
         t1 = time.time()
-        terms = self.measure(t0, t1)
-        obs, snap = self._observe()
+        obs, snap_end = self._observe()
+        terms = self.measure(t0, t1, snap, snap_end)
+        snap = snap_end
         self.last_snapshot = snap
         info = {**terms, "slot": self.slot, "status": status, "error": resp.get("error"),
                 "serve": serve, "levels": levels, "projected": projected,
@@ -159,19 +172,23 @@ class LiveEnv(gym.Env):
         self.t_slot = t1
         return obs, float(info["server_utility"].sum()), False, False, info
 
-    def measure(self, t0: float, t1: float) -> dict:
-        """The terms of eq. (11) per server over [t0, t1), from the chain and the reports."""
+    def measure(self, t0: float, t1: float, snap0: dict, snap1: dict) -> dict:
+        """The terms of eq. (11) per server over [t0, t1), from the chain, the reports and the
+        miners' CPU time between the snapshots ``snap0`` (slot start) and ``snap1`` (slot end)."""
         c = self.cfg
         M = len(self.servers)
         idx = {m: i for i, m in enumerate(self.servers)}
         blocks, revenue_wei = np.zeros(M), np.zeros(M)
+        outside_blocks = 0
         head = self.w3.eth.block_number
         for n in range(self.block + 1, head + 1):      # the blocks that arrived in the slot
             b = self.w3.eth.get_block(n)
             m = self.miner_of.get(b["miner"].lower())
             if m is not None:
                 blocks[idx[m]] += 1
-        if head > self.block:
+            else:
+                outside_blocks += 1
+        if head > self.block and self.scn.contract.payment == "escrow":
             for ev in self.trade.paid_escrows(from_block=self.block + 1, to_block=head):
                 m = self.miner_of.get(str(ev["mec"]).lower())
                 if m is not None:
@@ -183,12 +200,18 @@ class LiveEnv(gym.Env):
             if r["source"] == "executor" and r["t"] < t1 and r["mec"] in idx:
                 latency[idx[r["mec"]]] += r["latency_s"]
                 served[idx[r["mec"]]] += 1
-        mining = c.mining_reward * blocks
-        revenue = revenue_wei / 1e18
-        utility = mining + revenue - c.latency_weight * latency
-        return {"server_utility": utility, "mining_reward": float(mining.sum()), "revenue": float(revenue.sum()),
-                "latency_s": float(latency.sum()), "n_served": int(served.sum()),
-                "blocks": blocks.tolist(), "t0": t0, "t1": t1}
+                if self.scn.contract.payment == "channel" and r["ok"]:
+                    revenue_wei[idx[r["mec"]]] += int((r.get("detail") or {}).get("paid_wei", 0))
+        cores = miner_cores(snap0, snap1, self.servers)
+        terms, hash_mhs = measured_terms(c, self.mapping, cores, revenue_wei, latency)
+        geth = [float((snap1.get("miners") or {}).get(m, {}).get("hashrate_hps") or 0.0) for m in self.servers]
+        slot_share = (t1 - t0) / c.slot_s
+        return {"server_utility": terms.utility, "mining_reward": float(terms.mining.sum()),
+                "revenue": float(terms.revenue.sum()), "latency_s": float(terms.latency.sum()),
+                "n_served": int(served.sum()), "blocks": blocks.tolist(), "outside_blocks": outside_blocks,
+                "hash_mhs": hash_mhs.tolist(), "miner_cores": cores.tolist(), "geth_hashrate_hps": geth,
+                "expected_mec_blocks": float(hash_mhs.sum() / c.network_hash_mhs * slot_share),
+                "t0": t0, "t1": t1}
 
     def close(self) -> None:
         """Detach; a lab this environment started (:meth:`start`) is torn down."""
@@ -196,3 +219,30 @@ class LiveEnv(gym.Env):
         if lab is not None:
             self.owned_lab = None
             lab.stop()
+
+
+def measured_terms(cfg, mapping, cores, revenue_wei, latency_s):
+    """Eq. (11) from what the lab measured in a slot (:func:`agent.model.utility_terms`): the
+    miners' CPU (cores) as hash p̂_m (MHash/s), what each server was paid (wei) and the execution
+    times of its tasks (s). Returns (the terms, p̂)."""
+    from agent.model import utility_terms
+    from testbed.units import wei_to_token
+    hash_mhs = np.asarray(mapping.measured_hash_mhs(cores), dtype=float)
+    revenue = np.array([wei_to_token(int(w)) for w in np.asarray(revenue_wei).ravel()]).reshape(np.shape(revenue_wei))
+    return utility_terms(cfg, hash_mhs, revenue, latency_s), hash_mhs
+
+
+def miner_cores(snap0: dict, snap1: dict, servers: list[str]) -> np.ndarray:
+    """CPU (cores) each miner used between two snapshots, from their ``miner_cpu`` readings
+    (the miner's cgroup CPU time); 0 for a miner without two readings or whose counter went
+    back (a restarted miner starts from 0: its slot is not counted as mining)."""
+    a, b = snap0.get("miner_cpu") or {}, snap1.get("miner_cpu") or {}
+    dt = float(b.get("t", 0.0)) - float(a.get("t", 0.0))
+    sa, sb = a.get("seconds") or {}, b.get("seconds") or {}
+    out = np.zeros(len(servers))
+    if dt <= 0:
+        return out
+    for i, m in enumerate(servers):
+        if m in sa and m in sb and sb[m] >= sa[m]:
+            out[i] = (sb[m] - sa[m]) / dt
+    return out

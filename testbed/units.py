@@ -14,6 +14,9 @@ Money and data (fixed):
 Machine (measured by ``testbed calibrate`` into ``results/calibration.json``, mapped by
 :class:`LiveMapping` with the scenario's ``[lab]`` budget):
     p_m MHash/s  -> CPU quota of the miner   = p_m / P · mining_cores        (cores)
+    1 MHash/s    =  X real H/s, X = the calibrated rate at P/M over P/M   (hps_per_mhs)
+    p̂_m          =  calibrated H/s at the CPU the miner really used / X  (measured_hash_mhs)
+    difficulty   =  H · X · interval: the network H finds one block per interval
     f_m GHz      -> CPU quota of the executor = executor_cores               (cores)
     a task of C Gcycles (eq. (2)'s d_u·ξ_u or ξ_u) -> C · work_scale · 10^9 real cycles
                     = that / cycles_per_iteration iterations of the work kernel,
@@ -203,6 +206,37 @@ class LiveMapping:
         at its quota: geth's fixed work makes the rate per core smaller at small quotas)."""
         return self.cal.hashrate_at(self.miner_cores(p_mhs))
 
+    @property
+    def hps_per_mhs(self) -> float:
+        """X, real hashes per second that one model MHash/s stands for: the calibrated rate of
+        one miner at an equal split of the budget (P/M each, ``mining_cores``/M cores) over P/M.
+        The exchange rate of hash power between the model and the lab, set once here."""
+        m = self.model
+        share = m.hash_budget_mhs / m.n_servers
+        return float(self.real_hashrate(share)) / share
+
+    def measured_hash_mhs(self, cores) -> np.ndarray | float:
+        """p̂_m: the hash power a miner really did, in the model's MHash/s, from the CPU it
+        really used (cores, averaged over a slot from its cgroup's CPU time): the calibrated
+        rate at that CPU (hashes per core-second, interpolated) over X (:attr:`hps_per_mhs`)."""
+        return np.asarray(self.cal.hashrate_at(np.asarray(cores, dtype=float)), dtype=float) / self.hps_per_mhs
+
+    def difficulty(self, network_hash_mhs: float, block_interval_s: float) -> int:
+        """ethash difficulty (expected hashes per block) at which a network of
+        ``network_hash_mhs`` model MHash/s finds one block per ``block_interval_s`` seconds."""
+        return int(round(network_hash_mhs * self.hps_per_mhs * block_interval_s))
+
+    def outside_cores(self, hash_mhs: float) -> float:
+        """CPU quota (cores) at which one geth miner hashes ``hash_mhs`` model MHash/s: the
+        calibration's rate curve inverted (linear between its points, proportional beyond)."""
+        target = hash_mhs * self.hps_per_mhs
+        pts = sorted((p["quota_cores"], p["hashrate_hps"]) for p in self.cal.hashrate_points
+                     if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
+        xs, ys = [0.0] + [q for q, _ in pts], [0.0] + [h for _, h in pts]
+        if target <= ys[-1]:
+            return float(np.interp(target, ys, xs))
+        return float(target * xs[-1] / ys[-1])
+
     # computation
     @property
     def work_scale(self) -> float:
@@ -225,5 +259,6 @@ class LiveMapping:
                 "levels_mhs": levels,
                 "levels_cores": [float(x) for x in self.miner_cores(levels)],
                 "levels_real_hps": [float(x) for x in np.atleast_1d(self.real_hashrate(levels))],
+                "hps_per_mhs": self.hps_per_mhs,
                 "work_scale": self.work_scale, "cpu_ghz": self.model.cpu_ghz,
                 "core_hz": self.cal.core_hz, "cycles_per_iteration": self.cal.cycles_per_iteration}

@@ -1,7 +1,10 @@
 """Shared fixtures: root/OVS/Docker checks, the leftover snapshot, a small running lab."""
 import contextlib
+import json
 import os
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -58,3 +61,54 @@ def running_lab(workdir, overrides: list[str], ues: tuple[str, ...]):
         lab.stop()
         leaked = leftovers.leaks(before, leftovers.snapshot())
         assert not leaked, f"teardown left behind: {leaked}"
+
+
+def drive(lab, api, client, task_id, mec, task=None, slot=[1000]):
+    """Run one task of ``client`` with the test as the policy: announce, assign to ``mec``."""
+    box = {}
+    th = threading.Thread(target=lambda: box.update(rec=client.run_task(task_id, task)), daemon=True)
+    th.start()
+    deadline = time.monotonic() + 30
+    while client.name not in api.state()["pending"]:
+        assert time.monotonic() < deadline, "the task was never announced"
+        time.sleep(0.1)
+    slot[0] += 1
+    levels = {m: 2 for m in lab.info.servers}
+    status, resp = api.call("PUT", "/assignment", {"slot": slot[0], "serve": {mec: client.name}, "levels": levels})
+    assert status == 200, resp
+    th.join(timeout=180)
+    assert "rec" in box, "the task did not finish"
+    return box["rec"]
+
+
+def served(lab, mec, ue="ue3"):
+    """Tasks of ``ue`` that ``mec``'s executor served (the UE clients keep being served in the
+    background by the controller's fallback policy)."""
+    path = lab.run_dir / "lab" / "executors" / f"{mec}.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return sum(r.get("event") == "served" and r.get("ue_name") == ue for r in rows)
+
+
+#: A small live lab with the full lab's hosts: 2 MEC servers, P = 2 x 60 MHash/s on 2 x 0.06 cores (κ as the lab's)
+SMALL_LAB = ["model.n_servers=2", "model.hash_budget_mhs=120", "lab.mining_cores=0.12"]
+
+
+def chain_overrides(overrides: list[str], outside: str, *, interval_s: float = 2.0,
+                    network_over_budget: float = 5 / 3) -> list[str]:
+    """``overrides`` plus the chain of a small test lab, fitted to this machine's calibration
+    (the lab refuses a chain its miners cannot make): ``outside = "none"``: the MEC servers'
+    own chain at the shortest interval ethash's minimum difficulty allows, at least
+    ``interval_s``; ``"virtual"``: H = ``network_over_budget`` x P (the paper's 0.6 of the
+    network), raised until the difficulty reaches ethash's minimum on this machine."""
+    from nodes.config import MIN_DIFFICULTY
+    from testbed.config import load_scenario
+    from testbed.units import Calibration, LiveMapping
+    scn = load_scenario("lab", overrides)
+    m = LiveMapping(scn.model, scn.lab.mining_cores, scn.lab.host_cores,
+                    Calibration.load(scn.path(scn.lab.calibration)))
+    if outside == "none":
+        hps = float(m.real_hashrate(scn.model.hash_levels_mhs[scn.model.equal_hash_level])) * scn.model.n_servers
+        return overrides + ["chain.outside=none", f"lab.block_interval_s={max(interval_s, 1.2 * MIN_DIFFICULTY / hps):.2f}"]
+    h = max(network_over_budget * scn.model.hash_budget_mhs,
+            1.2 * MIN_DIFFICULTY / (m.hps_per_mhs * scn.model.slot_s))
+    return overrides + [f"chain.outside={outside}", f"model.network_hash_mhs={h:.1f}"]

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMALL_LAB, chain_overrides
+
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["model.n_servers=2", "model.n_users=3", "model.slot_s=6", "lab.slots=8", "lab.drain_s=60",
-         "contract.confirmations=1",
-         "lab.block_interval_s=2.0", "contract.settlement_grace_s=60", "demo.train_slots=200"]
+# the defaults users run (payment channels on the paper's chain, chain.outside = "virtual"), small
+SMALL = chain_overrides(SMALL_LAB + ["model.n_users=3", "model.slot_s=6", "lab.slots=8", "demo.slots=8",
+                                     "lab.drain_s=60", "contract.confirmations=1", "demo.train_slots=200"], "virtual")
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
 
@@ -58,6 +60,12 @@ def test_demo_then_fidelity(network_ready, no_leftovers, tmp_path):
         assert set(res[fit]["block_share"]) == {"mec1", "mec2"}
     # the fitted simulator is at least as close on the mean latency as the unfitted one
     assert abs(res["after"]["latency"]["ratio_of_means"] - 1) <= abs(res["before"]["latency"]["ratio_of_means"] - 1)
+    # no constant of the utility is fitted: H is the scenario's, and the mining check is reported
+    h = float(next(x for x in SMALL if x.startswith("model.network_hash_mhs=")).split("=")[1])
+    assert res["network_hash_mhs"] == h and res["constants"]["after"].keys() == res["constants"]["before"].keys()
+    u = res["before"]["utility"]
+    assert u["simulated_over_measured"] == pytest.approx(u["simulated_mean"] / u["measured_mean"])
+    assert res["mining"]["mec_blocks"] == sum(v["blocks"] for v in res["mining"]["per_miner"].values())
     rows = list(csv.DictReader(open(folder / "quantities.csv")))
     assert {r["quantity"] for r in rows} >= {"latency per task (mean, s)", "reputation per server",
                                             "block share per miner", "utility per slot"}

@@ -511,15 +511,17 @@ def test_page_shows_the_state_and_follows_it(fake_api, tmp_path):
 
 
 # ------------------------------------------------------------------------------ the live run
-OVERRIDES = ["model.n_servers=2", "model.n_users=2", "model.slot_s=6", "lab.slots=8",
-             "lab.block_interval_s=2.0", "lab.header_timeout_s=2", "contract.settlement_grace_s=40", "contract.confirmations=1"]
+def _overrides():
+    from conftest import SMALL_LAB, chain_overrides
+    return chain_overrides(SMALL_LAB + ["model.n_users=2", "model.slot_s=6", "lab.slots=8", "lab.header_timeout_s=2",
+                                        "contract.confirmations=1"], "none")
 POLICY_SLOTS = 8
 
 
 @pytest.fixture(scope="module")
 def live_lab(tmp_path_factory, network_ready):
     from conftest import running_lab
-    with running_lab(tmp_path_factory.mktemp("live-view") / "run", OVERRIDES, ("ue1", "ue2")) as lab:
+    with running_lab(tmp_path_factory.mktemp("live-view") / "run", _overrides(), ("ue1", "ue2")) as lab:
         yield lab
 
 

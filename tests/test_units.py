@@ -146,7 +146,7 @@ def test_programs_on_the_hosts_do_not_load_torch():
 
 @pytest.mark.parametrize("overrides, names", [
     (["lab.host_cores_by_server.mec3=0.04"], ("lab.host_cores_by_server.mec3", "lab.mining_cores")),
-    (["lab.host_cores=0.1"], ("lab.host_cores", "model.hash_levels_mhs")),
+    (["lab.host_cores=0.2"], ("model.cpu_per_mhs", "lab.host_cores", "lab.mining_cores")),   # κ twice
     (["lab.host_cores_by_server.mec11=0.5"], ("lab.host_cores_by_server", "model.n_servers")),
 ])
 def test_a_host_that_cannot_hold_its_miner_is_refused(overrides, names):
@@ -159,3 +159,101 @@ def test_a_host_that_cannot_hold_its_miner_is_refused(overrides, names):
     assert all(n in str(e.value) for n in names), str(e.value)
     check_lab_cpu(load_scenario("lab", ["lab.host_cores_by_server.mec3=0.04", "lab.coupling=separate"]))
     check_lab_cpu(load_scenario("lab"))
+
+
+# ---- issue 17: the mining term from the hash really done, and the chain as the paper's network
+CURVE = [{"quota_cores": 0.04, "hashrate_hps": 5600.0}, {"quota_cores": 0.08, "hashrate_hps": 13100.0},
+         {"quota_cores": 0.16, "hashrate_hps": 26200.0}, {"quota_cores": 0.3, "hashrate_hps": 51500.0}]
+
+
+def test_measured_hash_is_the_models_hash_at_an_equal_split_and_follows_the_curve():
+    cfg = load_scenario("lab").model                  # M = 10, P = 600: 60 MHash/s each
+    m = LiveMapping(cfg, mining_cores=0.8, executor_cores=0.2, cal=_calibration(hashrate_points=CURVE))
+    assert m.hps_per_mhs == pytest.approx(13100.0 / 60)        # X: the calibrated rate at P/M over P/M
+    assert m.measured_hash_mhs(m.miner_cores(60.0)) == pytest.approx(60.0)
+    # a miner given 0.04 cores hashes 5600 H/s: 25.6 MHash/s of the model, not the linear 30
+    assert m.measured_hash_mhs(0.04) == pytest.approx(5600.0 / m.hps_per_mhs)
+    assert m.measured_hash_mhs(0.0) == 0.0
+    # the inverse of the curve: the CPU at which one miner hashes a given model MHash/s
+    for mhs in (25.0, 60.0, 150.0, 400.0):
+        assert m.measured_hash_mhs(m.outside_cores(mhs)) == pytest.approx(mhs)
+    # the network of H finds one block per slot at this difficulty
+    assert m.difficulty(1000.0, 10.0) == round(1000.0 * m.hps_per_mhs * 10.0)
+
+
+def _plan(overrides, cores=2):
+    from testbed.lab import plan_chain
+    scn = load_scenario("lab", overrides)
+    m = LiveMapping(scn.model, scn.lab.mining_cores, scn.lab.host_cores, _calibration(hashrate_points=CURVE))
+    return plan_chain(scn, m, cores=cores), m, scn
+
+
+def test_the_chain_plan_sets_one_block_race_per_slot():
+    plan, m, scn = _plan([])
+    assert plan["outside"] == "virtual" == scn.chain.outside
+    assert plan["difficulty"] == m.difficulty(scn.model.network_hash_mhs, scn.model.slot_s)
+    # the MEC servers' 600 of 1000 MHash/s find a block every slot_s x H / P
+    assert plan["mec_block_interval_s"] == pytest.approx(scn.model.slot_s * 1000 / 600)
+    plan, m, _ = _plan(["chain.outside=miner"])
+    assert plan["outside_mhs"] == 400 and m.measured_hash_mhs(plan["outside_cores"]) == pytest.approx(400)
+    plan, m, scn = _plan(["chain.outside=none", "lab.block_interval_s=3.0"])
+    assert plan["difficulty"] == int(10 * float(m.real_hashrate(60.0)) * 3.0)
+
+
+@pytest.mark.parametrize("overrides, cores, names", [
+    (["chain.outside=miner"], 1, ("chain.outside", "cores", "lab.max_mining_share")),     # no room for it
+    (["chain.outside=miner", "model.network_hash_mhs=600"], 2, ("model.network_hash_mhs", "model.hash_budget_mhs")),
+    (["model.slot_s=1.2", "model.network_hash_mhs=600"], 2, ("model.network_hash_mhs x model.slot_s", "131,072")),
+    (["chain.outside=none", "lab.block_interval_s=0.5"], 2, ("lab.block_interval_s", "131,072")),
+    (["chain.outside=elsewhere"], 2, ("chain.outside",)),
+    (["model.network_hash_mhs=500"], 2, ("model.network_hash_mhs", "hash_budget_mhs")),        # H below P
+])
+def test_a_chain_the_machine_cannot_give_is_refused_before_anything_starts(overrides, cores, names):
+    with pytest.raises(ConfigError) as e:
+        _plan(overrides, cores=cores)
+    assert all(n in str(e.value) for n in names), str(e.value)
+
+
+def test_compare_with_one_run_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"compare\.runs.*>= 2"):
+        load_scenario("lab", ["compare.runs=1"])
+    with pytest.raises(ConfigError, match=r"compare\.policies"):
+        load_scenario("lab", ["compare.policies=['greedy', 'greedy']"])
+    from testbed.experiments.compare import order
+    assert order(3) == [(0, 0), (0, 1), (1, 1), (1, 0), (2, 0), (2, 1)]      # A B B A A B
+
+
+def test_one_eq11_for_the_simulator_the_live_lab_and_fidelity():
+    """The same slot, the same actions, tasks, latencies and hash: the simulator's env, the live
+    lab's measured terms and fidelity's replay give the same utility (11), server by server."""
+    from agent.env import MecChainEnv
+    from testbed.experiments import fidelity
+    from testbed.live_env import measured_terms
+    scn = load_scenario("lab")
+    cfg = scn.model
+    env = MecChainEnv(cfg)
+    env.reset(seed=3)
+    servers = [f"mec{i}" for i in range(1, cfg.n_servers + 1)]
+    users = np.array([0, 1, 2, 3, 10, 5, 6, 7, 8, 9])
+    levels = np.array([0, 4, 2, 2, 1, 3, 2, 2, 2, 2])
+    data, demand = env.data_mb.copy(), env.demand.copy()
+    _, reward, *_, info = env.step(np.stack([users, levels]))
+    # what the live lab would measure for the same slot: each miner's CPU at exactly its level's
+    # hash, each server paid φ_u of its UE, the execution times of eq. (2)
+    p = np.asarray(cfg.hash_levels_mhs)[levels]
+    mapping = LiveMapping(cfg, scn.lab.mining_cores, scn.lab.host_cores, _calibration(hashrate_points=CURVE))
+    cores = [mapping.outside_cores(x) for x in p]
+    served = users < cfg.n_users
+    xi = np.where(served, demand[np.minimum(users, cfg.n_users - 1)], 0.0)
+    d = np.where(served, data[np.minimum(users, cfg.n_users - 1)], 0.0)
+    lat = np.where(served, model.execution_latency(model.task_gcycles(cfg, d, xi),
+                                                   model.task_capacity(cfg.cpu_ghz, p, cfg.cpu_per_mhs)), 0.0)
+    wei = [units.price_wei(units.token_to_wei(cfg.unit_price), int(round(x * 1e9))) for x in xi]
+    live, hash_hat = measured_terms(cfg, mapping, cores, wei, lat)
+    assert hash_hat == pytest.approx(p)
+    assert live.utility == pytest.approx(info["server_utility"], rel=1e-9, abs=1e-9)
+    tasks = [{"mec": servers[i], "slot": 0, "demand": xi[i]} for i in range(cfg.n_servers) if served[i]]
+    slot = {"slot": 0, "levels": {m: int(k) for m, k in zip(servers, levels)}}
+    replay = fidelity.slot_utility(cfg, servers, [slot], tasks, lat[served])
+    assert replay[0] == pytest.approx(reward, rel=1e-9)
+    assert reward == pytest.approx(float(live.total), rel=1e-9)

@@ -4,12 +4,16 @@
    ``results/models/ddqn-<digest of [model]>.pt``); when there is none it is trained in
    simulation first (``demo.train_slots`` slots of :class:`agent.env.MecChainEnv`, the loop of
    :mod:`agent.train`) and saved there, so the next demo starts at once.
-2. The lab is brought up, run for ``lab.slots`` slots with one policy, torn down; then again
-   with the next (``demo.policies``; the UE clients draw the same tasks: same seed).
+2. The lab is brought up, run for ``demo.slots`` slots (0: ``lab.slots``) with one policy, torn
+   down; then again with the next (``demo.policies``; the UE clients draw the same tasks: same
+   seed).
 3. One report a researcher reads in one screen (``demo.md``, ``demo.png``, ``demo.json``):
    utility over time per policy, latency distribution, gas per call, blocks per miner, hash
    budgets and reputation over time, and whether the DDQN did at least as well as greedy
-   (with the per-term numbers saying why when it did not).
+   (with the per-term numbers saying why when it did not). One run per policy cannot tell a
+   policy from its run: the verdict states the smallest difference this length resolves (the
+   95 % interval of the difference of the slot means) and points to ``python -m testbed
+   compare``, which decides over repeated runs.
 
 Each policy's full live report (tasks.csv, slots.csv, summary.json, ...) is in its subfolder.
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.experiments.live_report import read_jsonl
+from testbed.experiments.stats import ci95
 
 
 def model_path(scn) -> Path:
@@ -70,10 +75,12 @@ def run(scn, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     trained: dict = {}
     runs: dict[str, dict] = {}
+    slots = scn.demo.slots or scn.lab.slots
+    scn = dataclasses.replace(scn, lab=dataclasses.replace(scn.lab, slots=slots))
     for name in scn.demo.policies:
         policy = resolve(scn, name, trained)
         scn_p = dataclasses.replace(scn, lab=dataclasses.replace(scn.lab, policy=policy))
-        print(f"[demo] {name}: the live lab for {scn.lab.slots} slots of {scn.model.slot_s} s", flush=True)
+        print(f"[demo] {name}: the live lab for {slots} slots of {scn.model.slot_s} s", flush=True)
         t0 = time.monotonic()
         try:
             runs[name] = live.run(scn_p, out_dir / name.replace(":", "_").replace("/", "_"))
@@ -81,7 +88,7 @@ def run(scn, out_dir: Path) -> dict:
             runs[name] = {"error": f"{type(e).__name__}: {e}", "run_dir": None}
             print(f"[demo] {name} failed: {e}", flush=True)
         runs[name]["wall_s"] = round(time.monotonic() - t0, 1)
-    report = compare(scn, runs, trained)
+    report = summarize(scn, runs, trained)
     (out_dir / "demo.json").write_text(json.dumps(report, indent=1, default=float))
     plots(runs, out_dir / "demo.png")
     (out_dir / "demo.md").write_text(markdown(report))
@@ -100,15 +107,15 @@ def _tasks(summary: dict) -> list[dict]:
             if t.get("outcome") == "completed"]
 
 
-def compare(scn, runs: dict, trained: dict) -> dict:
+def summarize(scn, runs: dict, trained: dict) -> dict:
     per = {}
     for name, s in runs.items():
         if "error" in s:
             per[name] = {"error": s["error"]}
             continue
         u = np.array(s["utility"]["per_slot"], dtype=float)
-        half = 1.96 * u.std(ddof=1) / np.sqrt(len(u)) if len(u) > 1 else float("nan")
-        per[name] = {"utility_mean": float(u.mean()), "utility_ci95": float(half), "slots": len(u),
+        mean, half = ci95(u)
+        per[name] = {"utility_mean": mean, "utility_ci95": half, "slots": len(u),
                      "mining_reward_mean": s["utility"]["mining_reward_mean"],
                      "revenue_mean": s["utility"]["revenue_mean"],
                      "latency_mean_s": s["utility"]["latency_mean_s"],
@@ -128,6 +135,9 @@ def compare(scn, runs: dict, trained: dict) -> dict:
         noise = float(np.hypot(d["utility_ci95"], g["utility_ci95"]))
         verdict = {"ddqn_at_least_greedy": ok, "difference": diff, "difference_ci95": noise,
                    "significant": bool(abs(diff) > noise),
+                   # the smallest difference of slot means this length resolves; slots of one run
+                   # are not independent runs, so this is a floor: `compare` decides over runs
+                   "resolution": noise,
                    "term_differences": terms,
                    "why": None if ok else (
                        "the DDQN's utility per slot is below greedy's: mining reward "
@@ -136,6 +146,7 @@ def compare(scn, runs: dict, trained: dict) -> dict:
                        "simulator, whose constants differ from the testbed's (see `python -m testbed fidelity`), "
                        "and greedy reads the measured reputation directly")}
     return {"scenario": scn.name, "M": scn.model.n_servers, "U": scn.model.n_users, "slots": scn.lab.slots,
+            "outside": scn.chain.outside, "payment": scn.contract.payment,
             "slot_s": scn.model.slot_s, "seed": scn.seed, "trained": trained or None,
             "ddqn_model": str(model_path(scn)), "policies": per, "verdict": verdict}
 
@@ -165,7 +176,8 @@ def plots(runs: dict, path: Path) -> None:
         ax.boxplot([d or [0] for d in data], tick_labels=list(ok), showfliers=True)
     ax.set_title("end-to-end latency per task (s)")
     ax = axes[0][2]
-    calls = ["createTrade", "trading", "complete", "refund"]
+    calls = [c for c in ("createTrade", "trading", "complete", "refund", "openChannel", "topUp", "redeem")
+             if any((s["gas"].get(c) or {}).get("n") for s in ok.values())]
     xs = np.arange(len(calls))
     for i, (n, s) in enumerate(ok.items()):
         ax.bar(xs + i * 0.8 / max(1, len(ok)), [s["gas"][c].get("p50") or 0 for c in calls], 0.8 / max(1, len(ok)),
@@ -200,7 +212,7 @@ def plots(runs: dict, path: Path) -> None:
 
 def markdown(r: dict) -> str:
     L = [f"# Demo: {', '.join(r['policies'])} on the live lab (M = {r['M']}, U = {r['U']}, {r['slots']} slots of "
-         f"{r['slot_s']} s, seed {r['seed']})", ""]
+         f"{r['slot_s']} s, seed {r['seed']}; chain.outside = {r['outside']}, contract.payment = {r['payment']})", ""]
     if r["trained"]:
         t = r["trained"]
         L += [f"DDQN trained in simulation for this run: {t['slots']} slots in {t['seconds']:.0f} s "
@@ -220,9 +232,13 @@ def markdown(r: dict) -> str:
     v = r["verdict"]
     if v:
         sig = ("" if v["significant"] else
-               f" The difference is within chance (±{v['difference_ci95']:.2f}, 95 %): more slots would tell.")
+               f" The difference is within chance (±{v['difference_ci95']:.2f}, 95 %).")
         L += ["", (f"**DDQN ≥ greedy: yes** (+{v['difference']:.2f} per slot)." if v["ddqn_at_least_greedy"]
-                   else f"**DDQN ≥ greedy: no** ({v['difference']:.2f} per slot). {v['why']}.") + sig]
+                   else f"**DDQN ≥ greedy: no** ({v['difference']:.2f} per slot). {v['why']}.") + sig,
+              "", f"Resolution: one run of {r['slots']} slots per policy resolves a difference of slot means of "
+                  f"about ±{v['resolution']:.2f} per slot at best (slots of one run are not independent, and one "
+                  "run cannot tell a policy from its run). For a verdict over repeated runs (ABBA, the same task "
+                  "streams per pair): `python -m testbed compare --policies ddqn,greedy --runs 3`."]
     L += ["", "Gas per call (median): " + "; ".join(
         f"{n}: " + ", ".join(f"{c} {g:,.0f}" for c, g in p["gas_median"].items() if g)
         for n, p in r["policies"].items() if "error" not in p), "",

@@ -31,6 +31,16 @@ from testbed.live_env import ApiClient
 from testbed.policy import make_policy
 
 
+def _children(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            out += [c.pid for c in psutil.Process(pid).children()]
+        except psutil.Error:
+            continue
+    return out
+
+
 class ResourceSampler:
     """CPU (cores) and memory (RSS, MiB) of each part of the lab, sampled every ``period_s``."""
 
@@ -46,6 +56,7 @@ class ResourceSampler:
         g = {"miners": [n.pid for n in lab.chain.nodes if n.alive],
              "rpc gateway": [lab.chain.gateway.pid] if lab.chain.gateway and lab.chain.gateway.alive else [],
              "executors": [p.pid for p in lab.executors.values() if p.alive],
+             "work kernels": _children([p.pid for p in lab.executors.values() if p.alive]),
              "UE clients": [p.pid for p in lab.ue_clients.values() if p.alive],
              "controller": [lab.network.controller.pid] if lab.network.controller else [],
              "policy loop": [lab.policy_proc.pid] if lab.policy_proc is not None and lab.policy_proc.alive else [],
@@ -106,19 +117,99 @@ def wait_slots(lab: Lab, slots: int, stop: threading.Event, progress: bool = Tru
                            f"{lab.policy_proc.log_path}:\n{lab.policy_proc.log_tail()}")
 
 
+def _terminate_all(procs: dict, timeout_s: float) -> tuple[float, list[str]]:
+    """SIGTERM every process of ``procs`` (name -> ManagedProcess), then wait for all of them
+    within ``timeout_s`` together; (seconds taken, names still running)."""
+    t0 = time.monotonic()
+    for p in procs.values():
+        p.signal(15)
+    for p in procs.values():
+        p.handle.wait(max(0.5, timeout_s - (time.monotonic() - t0)))
+    return round(time.monotonic() - t0, 2), [n for n, p in procs.items() if p.alive]
+
+
 def drain(lab: Lab, timeout_s: float) -> dict:
     """Tell every UE client to stop and wait for them: paid tasks finish or are refunded."""
-    t0 = time.monotonic()
-    for p in lab.ue_clients.values():
-        p.signal(15)
-    for p in lab.ue_clients.values():
-        p.handle.wait(max(0.5, timeout_s - (time.monotonic() - t0)))
-    left = [n for n, p in lab.ue_clients.items() if p.alive]
-    return {"drain_s": round(time.monotonic() - t0, 2), "ue_clients_still_running": left}
+    took, left = _terminate_all(lab.ue_clients, timeout_s)
+    return {"drain_s": took, "ue_clients_still_running": left}
+
+
+def finish_executors(lab: Lab, timeout_s: float) -> dict:
+    """Stop the executors (SIGTERM) and wait: each records its last completions (escrow) or
+    redeems its earned vouchers in one transaction (channel) before it exits."""
+    took, left = _terminate_all(lab.executors, timeout_s)
+    return {"executors_s": took, "executors_still_running": left}
+
+
+def books_start(lab: Lab) -> int:
+    """The block the books open at: the one before the deploy, or the genesis when the set-up is
+    in it (its balances and channels are then the opening balances)."""
+    return max(0, lab.info.deploy_block - 1)
+
+
+def channel_books(lab: Lab) -> dict:
+    """The channels' books on chain, per UE: what its channel held when the books opened plus
+    its deposits since = redeemed + withdrawn + still locked; per MEC wallet: what it redeemed;
+    and every lane's latest earned voucher (the executor's log) against what the chain paid on
+    it: a voucher earned and never redeemed is a lost payment."""
+    trade = lab.trade
+    start = books_start(lab)
+    ue_name = {e.address.lower(): n for n, e in lab.info.ues.items()}
+    mec_name = {e.address.lower(): n for n, e in lab.info.servers.items()}
+    def held(ue: str, block) -> int:
+        ch = trade.channel(ue, block=block)
+        return ch.balance_wei if ch is not None else 0
+    per_ue = {n: {"opening_wei": held(e.address, start), "deposited_wei": 0, "redeemed_wei": 0, "withdrawn_wei": 0}
+              for n, e in lab.info.ues.items()}
+    to_mec = {m: 0 for m in lab.info.servers}
+    lane_paid: dict[tuple[str, str], int] = {}
+    for ev in trade.channel_events(from_block=start + 1):
+        ue = ue_name.get(str(ev["ue"]).lower())
+        if ue is None:
+            continue
+        name, u = ev["event"], per_ue[ue]
+        if name == "ChannelOpened":
+            u["deposited_wei"] += int(ev["deposit"])
+        elif name == "ChannelToppedUp":
+            u["deposited_wei"] += int(ev["amount"])
+        elif name == "VoucherRedeemed":
+            m = mec_name[str(ev["mec"]).lower()]
+            u["redeemed_wei"] += int(ev["amount"])
+            to_mec[m] += int(ev["amount"])
+            lane_paid[(ue, m)] = lane_paid.get((ue, m), 0) + int(ev["amount"])
+        elif name == "LaneSettled" and not ev["byMec"]:
+            u["withdrawn_wei"] += int(ev["released"])
+        elif name in ("FreeWithdrawn", "ChannelReclaimed"):
+            u["withdrawn_wei"] += int(ev["amount"])
+    locked_total = 0
+    for ue, u in per_ue.items():
+        u["locked_wei"] = held(lab.info.ues[ue].address, "latest")
+        locked_total += u["locked_wei"]
+        u["adds_up"] = (u["opening_wei"] + u["deposited_wei"]
+                        == u["redeemed_wei"] + u["withdrawn_wei"] + u["locked_wei"])
+    # what each executor earned (its voucher log), lane by lane, against the chain
+    earned: dict[tuple[str, str], int] = {}
+    for m in lab.info.servers:
+        log = lab.lab_dir / "executors" / f"{m}-vouchers.jsonl"
+        for line in (log.read_text().splitlines() if log.exists() else []):
+            rec = json.loads(line)
+            if rec.get("event") == "earned":
+                ue = ue_name.get(rec["ue"])
+                earned[(ue, m)] = max(earned.get((ue, m), 0), int(rec["voucher"]["cumulative"]))
+    unredeemed = [{"ue": ue, "mec": m, "earned_wei": w, "redeemed_wei": lane_paid.get((ue, m), 0)}
+                  for (ue, m), w in sorted(earned.items()) if lane_paid.get((ue, m), 0) != w]
+    ok = all(u["adds_up"] for u in per_ue.values()) and not unredeemed
+    return {"ues": per_ue, "redeemed_to_mec_wei": to_mec, "locked_wei": locked_total, "opened_at_block": start,
+            "opening_wei": sum(u["opening_wei"] for u in per_ue.values()),
+            "deposited_wei": sum(u["deposited_wei"] for u in per_ue.values()),
+            "redeemed_wei": sum(u["redeemed_wei"] for u in per_ue.values()),
+            "withdrawn_wei": sum(u["withdrawn_wei"] for u in per_ue.values()),
+            "lanes_used": len(earned), "unredeemed_lanes": unredeemed, "books_close": ok}
 
 
 def audit(lab: Lab) -> dict:
-    """Close the books on chain: every escrow paid or refunded, balances that add up."""
+    """Close the books on chain: every escrow paid or refunded, every channel's deposits
+    redeemed, withdrawn or still locked, every earned voucher redeemed, balances that add up."""
     from contracts.binding import EscrowState
     trade, w3 = lab.trade, lab.chain.gateway.w3
     acc = lab.accounts
@@ -147,34 +238,42 @@ def audit(lab: Lab) -> dict:
             states["OPEN"] += 1
             sums["open_wei"] += e.amount_wei
             open_escrows.append({"ue": ue, "task_id": ev["taskId"], "deadline": e.deadline})
-    # every UE's fees, from the receipts of the transactions it sent since the deploy
+    # every UE's fees, from the receipts of the transactions it sent since the books opened
     fees = {n: 0 for n in per_ue}
     head = w3.eth.block_number
-    for n in range(lab.info.deploy_block, head + 1):
+    start = books_start(lab)
+    for n in range(start + 1, head + 1):
         block = w3.eth.get_block(n, full_transactions=True)
         for tx in block["transactions"]:
             who = ue_addr.get(tx["from"].lower())
             if who is not None:
                 r = w3.eth.get_transaction_receipt(tx["hash"])
                 fees[who] += r["gasUsed"] * r["effectiveGasPrice"]
-    prefund = lab.chain_cfg.prefund_wei
+    channels = channel_books(lab) if lab.scn.contract.payment == "channel" else None
     ues = {}
     for addr, n in ue_addr.items():
+        opening = w3.eth.get_balance(w3.to_checksum_address(addr), block_identifier=start)
         bal = w3.eth.get_balance(w3.to_checksum_address(addr))
-        expect = prefund - per_ue[n]["opened_wei"] + per_ue[n]["refunded_wei"] - fees[n]
-        ues[n] = {"balance_delta_wei": bal - prefund, "expected_delta_wei": expect - prefund,
+        ch = channels["ues"][n] if channels else {"deposited_wei": 0, "withdrawn_wei": 0}
+        expect = (opening - per_ue[n]["opened_wei"] + per_ue[n]["refunded_wei"] - fees[n]
+                  - ch["deposited_wei"] + ch["withdrawn_wei"])
+        ues[n] = {"balance_delta_wei": bal - opening, "expected_delta_wei": expect - opening,
                   "adds_up": bal == expect, "fees_wei": fees[n], **per_ue[n]}
     wallets = {}
     for m, e in lab.info.servers.items():
         bal = w3.eth.get_balance(e.wallet)
-        wallets[m] = {"balance_wei": bal, "paid_wei": paid_to[m], "adds_up": bal == paid_to[m]}
+        redeemed = channels["redeemed_to_mec_wei"][m] if channels else 0
+        wallets[m] = {"balance_wei": bal, "paid_wei": paid_to[m], "redeemed_wei": redeemed,
+                      "adds_up": bal == paid_to[m] + redeemed}
     contract_balance = trade.balance()
-    ok = (states["OPEN"] == 0 and contract_balance == 0
+    locked = channels["locked_wei"] if channels else 0
+    ok = (states["OPEN"] == 0 and contract_balance == locked
           and sums["opened_wei"] == sums["paid_wei"] + sums["refunded_wei"]
-          and all(u["adds_up"] for u in ues.values()) and all(w["adds_up"] for w in wallets.values()))
+          and all(u["adds_up"] for u in ues.values()) and all(w["adds_up"] for w in wallets.values())
+          and (channels is None or channels["books_close"]))
     return {"escrows": len(opened), "states": states, **sums, "contract_balance_wei": contract_balance,
-            "open_escrows": open_escrows, "ues": ues, "mec_wallets": wallets, "books_close": ok,
-            "blocks_scanned": head - lab.info.deploy_block + 1}
+            "open_escrows": open_escrows, "ues": ues, "mec_wallets": wallets, "channels": channels,
+            "books_close": ok, "books_opened_at_block": start, "blocks_scanned": head - start}
 
 
 def chain_record(lab: Lab) -> dict:
@@ -191,7 +290,7 @@ def chain_record(lab: Lab) -> dict:
         for u in b["uncles"]:
             if u["miner"] in names:
                 per[names[u["miner"]]]["uncles"] += 1
-    return {"head": head, "blocks": blocks, "per_miner": per}
+    return {"head": head, "blocks": blocks, "per_miner": per, "mec_addresses": list(names)}
 
 
 def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dict:
@@ -219,6 +318,7 @@ def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dic
             wait_slots(lab, scn.lab.slots, stop)
         t_slots_end = time.time()
         result["drain"] = drain(lab, scn.lab.drain_s)
+        result["drain"].update(finish_executors(lab, scn.lab.drain_s))
         sampler.stop()
         result["audit"] = audit(lab)
         result["chain"] = chain_record(lab)

@@ -48,6 +48,12 @@ def read_jsonl(paths) -> list[dict]:
     return out
 
 
+def executor_logs(run_dir: Path) -> list[Path]:
+    """Each executor's own log (``lab/executors/<mec>.jsonl``; not its voucher log)."""
+    return sorted(p for p in (Path(run_dir) / "lab" / "executors").glob("*.jsonl")
+                  if not p.name.endswith("-vouchers.jsonl"))
+
+
 def level_at(slots: list[dict], mec: str, t: float) -> int | None:
     """The hash level of ``mec`` in force at time ``t``: that of the last accepted slot decided
     before ``t`` (``slots`` in time order)."""
@@ -89,10 +95,50 @@ def coupling(executor_recs: list[dict], slots: list[dict], mapping: dict, calibr
     return out
 
 
+def chain_stats(scn, blocks: list[dict], slots: list[dict], mec_addresses: set[str], t_window,
+                hps_per_mhs: float | None = None) -> dict:
+    """The chain over the policy's slots: blocks, MEC and outside blocks, the block interval, the
+    difficulty at the start and the end (and its drift), the uncle rate, the realised MEC blocks
+    against the expected Σ p̂_m / H per slot (eq. (4), from the measured hash), and the miners'
+    own hash rate (geth's meter) against the calibrated rate at the CPU they used."""
+    if not blocks or not t_window:
+        return {}
+    t0, t1 = t_window
+    inside = [b for b in blocks if t0 <= b["timestamp"] <= t1 + 1]
+    if not inside:
+        return {"blocks": 0, "note": "no block was mined during the slots"}
+    mec = sum(b["miner"] in mec_addresses for b in inside)
+    uncles = sum(len(b["uncles"]) for b in inside)
+    times = [b["timestamp"] for b in inside]
+    d0, d1 = inside[0]["difficulty"], inside[-1]["difficulty"]
+    expected = sum(float(s.get("expected_mec_blocks") or 0.0) for s in slots)
+    realised = sum(sum(s.get("blocks") or []) for s in slots)
+    n = len(slots) or 1
+    hash_mean = np.mean([s["hash_mhs"] for s in slots if s.get("hash_mhs")], axis=0) if any(
+        s.get("hash_mhs") for s in slots) else None
+    geth = [sum(s.get("geth_hashrate_hps") or []) for s in slots if s.get("geth_hashrate_hps")]
+    out = {"blocks": len(inside), "mec_blocks": mec, "outside_blocks": len(inside) - mec,
+           "uncles": uncles, "uncle_rate": uncles / (len(inside) + uncles),
+           "block_interval_s": float(np.mean(np.diff(times))) if len(times) > 1 else None,
+           "difficulty_start": d0, "difficulty_end": d1, "difficulty_drift": d1 / d0 - 1,
+           "genesis_difficulty": blocks[0]["difficulty"] if blocks[0]["number"] == 1 else None,
+           "mec_blocks_per_slot": realised / n, "expected_mec_blocks_per_slot": expected / n,
+           "realised_over_expected": realised / expected if expected > 0 else None,
+           "hash_mhs_mean": hash_mean.tolist() if hash_mean is not None else None,
+           "hash_mhs_total_mean": float(hash_mean.sum()) if hash_mean is not None else None,
+           "network_hash_mhs": scn.model.network_hash_mhs, "outside": scn.chain.outside}
+    if geth and hash_mean is not None and hps_per_mhs:
+        # geth's own meter (a 1-minute EWMA) against the calibrated rate at the CPU really used
+        calibrated = float(np.mean([sum(s["hash_mhs"]) for s in slots if s.get("geth_hashrate_hps")])) * hps_per_mhs
+        out.update(geth_hashrate_hps_mean=float(np.mean(geth)), calibrated_hashrate_hps_mean=calibrated,
+                   geth_over_calibrated=float(np.mean(geth)) / calibrated if calibrated > 0 else None)
+    return out
+
+
 def summarize(scn, run_dir: Path, res: dict) -> dict:
     tasks = [r for r in read_jsonl(sorted((run_dir / "ues").glob("*/tasks.jsonl"))) if "task_id" in r]
     regs = [r for r in read_jsonl(sorted((run_dir / "ues").glob("*/tasks.jsonl"))) if r.get("event") == "createTrade"]
-    execs = read_jsonl(sorted((run_dir / "lab" / "executors").glob("*.jsonl")))
+    execs = read_jsonl(executor_logs(run_dir))
     outcomes: dict[str, int] = {}
     for t in tasks:
         outcomes[t.get("outcome", "?")] = outcomes.get(t.get("outcome", "?"), 0) + 1
@@ -103,10 +149,25 @@ def summarize(scn, run_dir: Path, res: dict) -> dict:
     misses = [t for t in done if t.get("service_s", 0) > t["desired_s"]]
     slots = res.get("slots", [])
     span = (res["t_slots"][1] - res["t_slots"][0]) if res.get("t_slots") else float("nan")
+    opens = [r for r in read_jsonl(sorted((run_dir / "ues").glob("*/tasks.jsonl"))) if r.get("event") in
+             ("openChannel", "topUp")]
+    redeems = [r for r in execs if r.get("event") == "redeemed" and "gas" in r]
     gas = {"createTrade": _pct([r["gas"] for r in regs]),
            "trading": _pct([t.get("trading_gas") for t in tasks]),
            "complete": _pct([r.get("complete_gas") for r in execs if r.get("event") == "served"]),
-           "refund": _pct([t.get("refund_gas") for t in tasks])}
+           "refund": _pct([t.get("refund_gas") for t in tasks]),
+           "openChannel": _pct([r["gas"] for r in opens if r["event"] == "openChannel"]),
+           "topUp": _pct([r["gas"] for r in opens if r["event"] == "topUp"]),
+           "redeem": _pct([r["gas"] for r in redeems])}
+    # every payment transaction of the run over the tasks it paid for (registration included)
+    payment_gas = (sum(r["gas"] for r in regs) + sum(t.get("trading_gas") or 0 for t in tasks)
+                   + sum(r.get("complete_gas") or 0 for r in execs if r.get("event") == "served")
+                   + sum(t.get("refund_gas") or 0 for t in tasks) + sum(r["gas"] for r in opens)
+                   + sum(r["gas"] for r in redeems))
+    gas["per_paid_task"] = {"payment_gas": payment_gas, "tasks": len(done),
+                            "gas_per_task": payment_gas / len(done) if done else None,
+                            "redeem_transactions": len(redeems),
+                            "vouchers_redeemed": sum(r.get("vouchers", 0) for r in redeems)}
     resources = {}
     for name in (res.get("resources") or [{}])[0]:
         if name == "t":
@@ -138,6 +199,9 @@ def summarize(scn, run_dir: Path, res: dict) -> dict:
                                                                "contract_balance_wei")},
         "blocks_per_miner": res.get("chain", {}).get("per_miner"),
         "blocks": res.get("chain", {}).get("head"),
+        "chain": chain_stats(scn, res.get("chain", {}).get("blocks") or [], slots,
+                             {a.lower() for a in res.get("chain", {}).get("mec_addresses", [])},
+                             res.get("t_slots"), (res.get("mapping") or {}).get("hps_per_mhs")),
         "coupling": coupling(execs, slots, res.get("mapping", {}), res.get("calibration_rate", 0.0) or
                              json.loads((run_dir / "lab" / "calibration.json").read_text())["kernel_iterations_per_core_s"])
         if (run_dir / "lab" / "calibration.json").exists() else {},
@@ -246,6 +310,10 @@ def markdown(summary: dict) -> str:
     for c, v in gas.items():
         if v.get("n"):
             L.append(f"| {c} | {v['n']} | {v['p50']:,.0f} |")
+    pt = gas.get("per_paid_task") or {}
+    if pt.get("gas_per_task"):
+        L += ["", f"All payment transactions of the run: {pt['payment_gas']:,} gas for {pt['tasks']} paid tasks, "
+                  f"{pt['gas_per_task']:,.0f} gas per task (the paper: 815,155 per user)."]
     L += ["", "## Servers", "", "| server | UEs assigned | mean hash level | reputation at the end | blocks | uncles |",
           "|---|---|---|---|---|---|"]
     per = summary.get("blocks_per_miner") or {}
@@ -254,6 +322,17 @@ def markdown(summary: dict) -> str:
         rep = v["reputation_last"]
         L.append(f"| {m} | {v['assigned']} | {v['mean_level']:.2f} | {'' if rep is None else f'{rep:.3f}'} | "
                  f"{b.get('blocks', '')} | {b.get('uncles', '')} |")
+    ch = summary.get("chain") or {}
+    if ch.get("blocks"):
+        L += ["", f"## The chain (chain.outside = {ch['outside']}, H = {ch['network_hash_mhs']:g} MHash/s)", "",
+              f"{ch['blocks']} blocks during the slots ({ch['mec_blocks']} by the MEC servers, {ch['outside_blocks']} "
+              f"by an outside miner), {ch['uncles']} uncles (rate {ch['uncle_rate']:.3f}); block interval "
+              f"{(ch['block_interval_s'] or float('nan')):.1f} s; difficulty {ch['difficulty_start']:,} -> "
+              f"{ch['difficulty_end']:,} ({ch['difficulty_drift']:+.1%}). MEC blocks per slot: realised "
+              f"{ch['mec_blocks_per_slot']:.3f}, expected Σ p̂_m / H {ch['expected_mec_blocks_per_slot']:.3f} "
+              f"(ratio {(ch['realised_over_expected'] or float('nan')):.2f}). Hash really done Σ p̂_m "
+              f"{(ch.get('hash_mhs_total_mean') or float('nan')):.1f} MHash/s; geth's own meter over the calibrated "
+              f"rate at the CPU used: {(ch.get('geth_over_calibrated') or float('nan')):.2f}."]
     c = summary.get("coupling") or {}
     L += ["", "## CPU coupling of mining and computing (κ)", "", f"```\n{json.dumps(c, indent=1)}\n```", "",
           "## Resources", "", "| part | mean cores | max cores | max RSS MiB |", "|---|---|---|---|"]

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from testbed.experiments.stats import ci95  # noqa: F401  (re-exported: the paper runner and tests use it here)
+
 ALGOS = ("ddqn", "dqn", "qlearning", "ga", "greedy", "random", "oracle")
 LEARNERS = ("ddqn", "dqn", "qlearning")
 FIG7_SERIES = ("full", "no_ra_equal", "no_ra_random", "no_us", "oracle")
@@ -46,18 +48,7 @@ PAPER_TABLE2 = {
 }
 
 
-# --- statistics ------------------------------------------------------------------------------
-
-def ci95(values) -> tuple[float, float]:
-    """Mean and half-width of the 95 % Student-t interval (None values are left out)."""
-    from scipy import stats
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    if len(v) == 1:
-        return float(v[0]), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-
+# --- statistics (the one interval: testbed.experiments.stats.ci95) ---------------------------
 
 def by_seed(rows: list[dict], reading: str, figure: str, series: str, x=None, key: str = "avg_utility") -> dict:
     """{x: {seed: value}} (or {seed: value} when ``x`` is given) of one series."""
