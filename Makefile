@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.tools/bin:$(CURDIR)/node_modules/.
 
 CALIBRATION := results/calibration.json
 
-.PHONY: setup doctor demo smoke test clean help contracts gas paper bench-agent mining-check bench-chain \
+.PHONY: setup doctor demo smoke test clean help contracts gas paper bench-agent bench-lab mining-check bench-chain \
         calibrate dag images bare-debian-check
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make gas     gas of every contract call beside the paper's Table III -> results/gas.{json,md}"
 	@echo "make paper   the paper's Figs. 4-7 and Table II, every reading -> results/paper/"
 	@echo "make bench-agent  agent speed and quality as JSON"
+	@echo "make bench-lab    one live run measured: bring-up, memory, applied latency -> results/bench/lab-MxU/bench.json"
 	@echo "make mining-check  3 geth miners, budgets 1:2:4, 150 blocks -> results/mining.{json,png} (~9 min)"
 	@echo "make bench-chain   10-node start-up + memory, hash-budget change latency, as JSON"
 	@echo "make dag     full ethash DAGs (epochs 0+1, ~25 CPU-min, 2 GiB) for chain.pow_mode=full"
@@ -69,6 +70,9 @@ paper: setup
 
 bench-agent: setup
 	$(TB) bench-agent $(SET)
+
+bench-lab: setup $(CALIBRATION)
+	$(TB) bench-lab $(SET)
 
 mining-check: setup
 	$(TB) mining-check $(SET)

@@ -16,8 +16,13 @@ Who may speak: the API is reachable from UE containers (they announce tasks and 
 trusts none of them. Changing the assignment or a budget needs the policy's bearer token, which
 only the lab's root-namespace processes hold. A task or a report counts only if it is signed
 (EIP-191 ``personal_sign`` over the request body, ``X-Signer``/``X-Signature`` headers) by the
-chain key of the UE or MEC server it names, and a UE may report only on a task the policy gave
-to the server it names. Anything else is refused with a JSON error and changes nothing.
+chain key of the UE or MEC server it names, and is about a (UE, task) the policy gave to the
+server it names; its τ_u is the one the UE announced, never the reporter's figure. A UE's report
+of a failure names its kind (:data:`FAILURE_KINDS`), counted per kind in ``GET /reputation``.
+Every number is finite and within its range (a task's within Table I's ranges of the
+scenario). Anything else is refused with a JSON error naming the field and changes nothing.
+The server it runs on (:mod:`controller.api_server`) bounds the time, size and number of
+requests.
 
 ``on_assignment(a)`` is called after an assignment is in force (the controller applies hash
 budgets and steering flows there).
@@ -26,12 +31,40 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 from typing import Any, Callable
 
 from controller.state import Assignment, LabState, Refused, Report
 
 MAX_BODY = 64 * 1024
+MAX_LATENCY_S = 86_400.0          # a report's measured latency: a day at most
+# A UE's failure report: the outcome it names (nodes.ue_client) -> the kind counted
+FAILURE_KINDS = {"wrong_result": "wrong_result", "hash_mismatch": "hash_mismatch",
+                 "lost": "no_result", "protocol": "no_result", "not_completed": "no_result",
+                 "refused": "refused", "refunded": "refunded"}
+
+
+def number(value: Any, field: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """``value`` as a finite float in [lo, hi], or :class:`Refused` naming ``field``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        x = float(value)
+    except (TypeError, ValueError):
+        raise Refused(f"{field} must be a number, got {str(value)[:40]!r}") from None
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise Refused(f"{field} must be a finite number in [{lo:g}, {hi:g}], got {str(value)[:40]}")
+    return x
+
+
+def failure_kind(outcome: Any) -> str:
+    """The kind of a UE's failure outcome (``refunded:lost`` -> ``refunded``), or Refused."""
+    base = str(outcome).split(":", 1)[0]
+    if base not in FAILURE_KINDS:
+        raise Refused(f"detail.outcome of a failure must be one of {', '.join(sorted(FAILURE_KINDS))} "
+                      f"(optionally refunded:<why>), got {str(outcome)[:40]!r}")
+    return FAILURE_KINDS[base]
 
 
 def recover_signer(body: bytes, signature: str) -> str:
@@ -53,8 +86,10 @@ class Api:
     def __init__(self, state: LabState, accounts: dict[str, str], token: str,
                  on_assignment: Callable[[Assignment], dict] | None = None,
                  long_poll_max_s: float = 30.0, page: Callable[[], bytes] | None = None,
-                 extra: dict[str, Callable[[dict], dict]] | None = None):
-        """``extra``: more policy-only endpoints, ``"PUT name" -> handler(json body)``."""
+                 extra: dict[str, Callable[[dict], dict]] | None = None, work: dict | None = None):
+        """``extra``: more policy-only endpoints, ``"PUT name" -> handler(json body)``. ``work``:
+        ``{"iterations_per_gcycle", "demand_reading"}``, to check a UE's wrong_result claim."""
+        self.work = work
         self.state = state
         self.extra = extra or {}
         self.accounts = {k: v.lower() for k, v in accounts.items()}
@@ -91,10 +126,7 @@ class Api:
             return 200, self.state.reputation()
         if method == "GET" and parts == ["reports"]:
             from urllib.parse import parse_qs
-            try:
-                since = float(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["0"])[0])
-            except ValueError:
-                raise Refused("give ?since=<unix time>") from None
+            since = number(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["0"])[0], "since", 0)
             return 200, self.state.reports_since(since)
         if method == "GET" and parts == [] and self.page is not None:
             return 200, self.page()
@@ -114,10 +146,10 @@ class Api:
     # ---- helpers ---------------------------------------------------------------------------
     @staticmethod
     def _body(environ) -> bytes:
-        try:
-            n = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise Refused("bad Content-Length") from None
+        raw = str(environ.get("CONTENT_LENGTH") or "0").strip()
+        if not (raw.isascii() and raw.isdigit()):      # "-1", "+5", " 1e3": never a length
+            raise Refused(f"bad Content-Length {raw[:20]!r}: digits only")
+        n = int(raw)
         if n > MAX_BODY:
             raise Refused(f"body of {n} bytes is over the {MAX_BODY}-byte limit", status=413)
         return environ["wsgi.input"].read(n) if n else b""
@@ -176,34 +208,75 @@ class Api:
         q = parse_qs(environ.get("QUERY_STRING", ""))
         try:
             task_id = int(q["task"][0])
-            wait = min(float(q.get("wait", ["10"])[0]), self.long_poll_max_s)
         except (KeyError, ValueError):
             raise Refused("give ?task=<id>[&wait=<seconds>]") from None
+        wait = number(q.get("wait", ["10"])[0], "wait", 0.0, self.long_poll_max_s)
         t = self.state.wait_assigned(ue, task_id, wait)
         if t is None:
             return 200, {"ue": ue, "task_id": task_id, "mec": None}
         return 200, {"ue": ue, "task_id": task_id, "mec": t.mec, "slot": t.assigned_slot,
                      "mec_address": self.accounts.get(t.mec)}
 
+    def prove_wrong_result(self, r: Report, task: dict, evidence: Any) -> str:
+        """A UE's claim that ``r.mec`` returned a wrong result, checked here: the server's receipt
+        (its signature over the UE, the task, h_0 and the result's digest), then the result
+        against the iteration count of the announced task and the segment the UE names (with
+        segment 0 from h_0). The claim counts only if the result fails; else Refused."""
+        from nodes.wire import receipt_bytes
+        from nodes.work import WorkResult, verify_from
+        if self.work is None:
+            raise Refused("this controller cannot check a wrong_result claim (no work conversion configured)",
+                          status=403)
+        if not isinstance(evidence, dict):
+            raise Refused("a wrong_result report carries detail.evidence: the server's receipt, the result, "
+                          "h0 and the failing segment")
+        try:
+            res = WorkResult.from_bytes(bytes.fromhex(str(evidence["result"])))
+            h0 = bytes.fromhex(str(evidence["h0"]))
+            segment = int(evidence.get("segment", 0))
+            if len(h0) != 32:
+                raise ValueError("h0 is 32 bytes")
+            signer = recover_signer(receipt_bytes(self.accounts[r.ue], r.task_id, h0, res.digest()),
+                                    str(evidence["receipt"]))
+        except Refused:
+            raise
+        except Exception as e:
+            raise Refused(f"malformed wrong_result evidence: {type(e).__name__}: {e}") from None
+        if signer != self.accounts[r.mec]:
+            raise Refused(f"the receipt is not {r.mec}'s: no proof that it returned this result", status=403)
+        gcycles = task["demand"] * (task["data_mb"] if self.work["demand_reading"] == "per_mb" else 1.0)
+        from testbed.units import kernel_iterations
+        need = kernel_iterations(gcycles, self.work["iterations_per_gcycle"])
+        ok, why = verify_from(h0, res, need, picks={segment})
+        if ok:
+            raise Refused(f"{r.mec}'s result for {r.ue}'s task {r.task_id} verifies (segment {segment}): "
+                          "the claim is refused", status=403)
+        return why
+
     def post_report(self, environ) -> tuple[int, Any]:
         name, d = self._signed(environ)
         try:
             r = Report(source=str(d["source"]), mec=str(d["mec"]), ue=str(d["ue"]), task_id=int(d["task_id"]),
-                       desired_s=float(d["desired_s"]), latency_s=float(d["latency_s"]), ok=bool(d["ok"]),
-                       t=time.time(), detail=dict(d.get("detail") or {}))
+                       desired_s=0.0, latency_s=number(d["latency_s"], "latency_s", 0.0, MAX_LATENCY_S),
+                       ok=d["ok"], t=time.time(), detail=dict(d.get("detail") or {}))
         except (KeyError, TypeError, ValueError) as e:
-            raise Refused(f"a report needs source, mec, ue, task_id, desired_s, latency_s, ok: {e}") from None
-        if r.source == "executor" and name != r.mec:
-            raise Refused(f"{name} may report only as itself, not for {r.mec}", status=403)
-        if r.source == "ue":
-            if name != r.ue:
-                raise Refused(f"{name} may report only on its own tasks, not {r.ue}'s", status=403)
-            if not self.state.was_assigned(r.ue, r.mec, r.task_id):
-                raise Refused(f"{r.ue}'s task {r.task_id} was never given to {r.mec}", status=403)
+            raise Refused(f"a report needs source, mec, ue, task_id, latency_s, ok: {e}") from None
+        if not isinstance(r.ok, bool):
+            raise Refused(f"ok must be true or false, got {r.ok!r}")
         if r.source not in ("executor", "ue"):
             raise Refused(f"source must be executor or ue, got {r.source!r}")
-        if not (r.desired_s > 0 and r.latency_s >= 0):
-            raise Refused("desired_s must be > 0 and latency_s >= 0")
+        if r.source == "executor" and name != r.mec:
+            raise Refused(f"{name} may report only as itself, not for {r.mec}", status=403)
+        if r.source == "ue" and name != r.ue:
+            raise Refused(f"{name} may report only on its own tasks, not {r.ue}'s", status=403)
+        task = self.state.announced(r.ue, r.mec, r.task_id)
+        if task is None:               # only a task the policy gave to that server counts
+            raise Refused(f"{r.ue}'s task {r.task_id} was never given to {r.mec}", status=403)
+        r.desired_s = task["desired_s"]    # τ_u as announced (and checked against Table I's range)
+        if r.source == "ue" and not r.ok:
+            r.detail["kind"] = failure_kind(r.detail.get("outcome"))
+            if r.detail["kind"] == "wrong_result":
+                r.detail["proof"] = self.prove_wrong_result(r, task, r.detail.pop("evidence", None))
         self.state.add_report(r)
         if r.source == "ue":
             self.state.drop_task(r.ue, r.task_id)

@@ -22,8 +22,6 @@ import json
 import threading
 import time
 from pathlib import Path
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from os_ken.base import app_manager
 from os_ken.lib import hub
@@ -31,21 +29,10 @@ from os_ken.ofproto import ofproto_v1_3
 
 from controller import settings, shared
 from controller.api import Api
+from controller.api_server import make_api_server
 from controller.state import Assignment, Refused
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    """One thread per request: long-polling UEs must not hold up the policy (os-ken 4 runs
-    its apps on native threads, so blocking here is fine)."""
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, fmt, *args):   # one line per request would flood the log
-        pass
 
 
 class BudgetApplier:
@@ -121,7 +108,8 @@ class LabApp(app_manager.OSKenApp):
         token = Path(cfg["token_file"]).read_text().strip()
         from controller.live_view import page as live_page      # GET /: the live view
         self.api = Api(self.state, cfg["accounts"], token, on_assignment=self.apply, page=live_page,
-                       extra={"PUT topology": self.put_topology, "PUT slot": self.put_slot})
+                       extra={"PUT topology": self.put_topology, "PUT slot": self.put_slot},
+                       work=cfg.get("work"))
         self.log = open(cfg["budget_log"], "a", buffering=1) if cfg.get("budget_log") else None
         self.apply_lock = threading.Lock()
         self._restore()
@@ -136,8 +124,10 @@ class LabApp(app_manager.OSKenApp):
         deadline = time.monotonic() + 60
         while True:
             try:
-                server = make_server(host, port, self.api, server_class=_ThreadingServer,
-                                     handler_class=_QuietHandler)
+                server = make_api_server(host, port, self.api, trusted=(host, "127.0.0.1"),
+                                         read_deadline_s=self.cfg.get("api_read_deadline_s"),
+                                         max_connections=self.cfg.get("api_max_connections"),
+                                         per_client=self.cfg.get("api_per_client"))
                 break
             except OSError as e:
                 if time.monotonic() > deadline:

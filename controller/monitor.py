@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import urllib.request
 
@@ -152,7 +153,7 @@ class Monitor(app_manager.OSKenApp):
             dp = self.datapaths.get(h.get("dpid"))
             if dp is None or (h["dpid"], h["port"]) in self.port_down:
                 continue
-            self.seq = (self.seq + 1) % 65536
+            self.seq = secrets.randbelow(65536)        # unpredictable: a forger cannot guess it
             self._send_probe(dp, h, topo["probe"], self.seq)
             self.probe_sent[name] = (self.seq, time.time())
 
@@ -178,11 +179,17 @@ class Monitor(app_manager.OSKenApp):
         probe = shared.topology.get("probe", {})
         if ip is None or ic is None or ip.dst != probe.get("ip") or ic.type != icmp.ICMP_ECHO_REPLY:
             return
+        in_port = msg.match.get("in_port")
         for name, h in shared.topology.get("hosts", {}).items():
             if h.get("ip") == ip.src and name in self.probe_sent:
-                seq, t0 = self.probe_sent.pop(name)
-                if seq != ic.data.seq:
+                seq, t0 = self.probe_sent[name]
+                # Only the answer to the probe in flight, on the server's own switch port: a
+                # forged or replayed reply (another host, an old sequence number) is dropped and
+                # leaves the probe pending, so a dead server cannot be kept "up".
+                if (seq != getattr(ic.data, "seq", None) or msg.datapath.id != h.get("dpid")
+                        or in_port != h.get("port")):
                     return
+                del self.probe_sent[name]
                 rtt = max(0.0, t - t0 - self.echo_rtt.get(msg.datapath.id, 0.0))
                 self.misses[name] = 0
                 st = shared.state()

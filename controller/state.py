@@ -13,6 +13,7 @@ refused with a :class:`Refused` error that says why, and the previous assignment
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -76,11 +77,14 @@ class LabState:
         levels_mhs: the model's hash levels p (MHash/s); a budget is an index into them.
         budget_mhs: Σ_m p_m may not exceed this (the model's P).
         window_s: reports older than this leave the reputation window (eq. (3)).
+        task_ranges: ``{"data_mb": (lo, hi), "demand": ..., "desired_s": ...}``, Table I's
+            ranges of the scenario: an announced task outside them is refused.
     """
 
     def __init__(self, servers: list[str], ues: list[str], levels_mhs: list[float],
-                 budget_mhs: float, window_s: float = 60.0):
+                 budget_mhs: float, window_s: float = 60.0, task_ranges: dict | None = None):
         self.servers, self.ues = list(servers), list(ues)
+        self.task_ranges = {k: (float(v[0]), float(v[1])) for k, v in (task_ranges or {}).items()}
         self.levels_mhs, self.budget_mhs, self.window_s = list(levels_mhs), budget_mhs, window_s
         self.lock = threading.Condition()
         self.pending: dict[str, PendingTask] = {}          # ue -> its waiting task
@@ -91,7 +95,9 @@ class LabState:
         self.links: dict[str, Any] = {}                    # monitor's measurements
         self.miners: dict[str, Any] = {}                   # hash rates, budgets in force
         self.counters = {"tasks": 0, "reports": 0, "assignments": 0, "refused": 0}
-        self._assigned: dict[str, set[tuple[str, int]]] = {m: set() for m in self.servers}
+        # mec -> {(ue, task id): the task as announced (desired_s, data_mb, demand)}: the only
+        # tasks a report may be about, and the τ_u a report counts with (never the reporter's)
+        self._assigned: dict[str, dict[tuple[str, int], dict]] = {m: {} for m in self.servers}
         self.slots: deque[dict] = deque(maxlen=500)         # the policy's measured slots
         # read at every snapshot, outside the lock: the miners' CPU time so far (lab_app)
         self.probe: Callable[[], dict] | None = None
@@ -100,9 +106,14 @@ class LabState:
     def add_task(self, ue: str, task_id: int, data_mb: float, demand: float, desired_s: float) -> PendingTask:
         if ue not in self.ues:
             raise Refused(f"unknown UE {ue!r}")
+        if not isinstance(task_id, int) or isinstance(task_id, bool) or not 0 <= task_id < 2 ** 63:
+            raise Refused(f"task_id must be an integer in [0, 2^63), got {task_id!r}")
         for name, v in (("data_mb", data_mb), ("demand", demand), ("desired_s", desired_s)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise Refused(f"{name} must be a number > 0, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not v > 0:
+                raise Refused(f"{name} must be a finite number > 0, got {v!r}")
+            lo, hi = self.task_ranges.get(name, (0.0, math.inf))
+            if not lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9):
+                raise Refused(f"{name} = {v!r} is outside the scenario's range [{lo:g}, {hi:g}]")
         with self.lock:
             old = self.pending.get(ue)
             if old is not None and old.task_id == task_id:
@@ -186,7 +197,8 @@ class LabState:
                 if u is not None:
                     t = self.pending[u]
                     t.assigned_slot, t.mec = slot, m
-                    self._assigned[m].add((u, t.task_id))
+                    self._assigned[m][(u, t.task_id)] = {"desired_s": t.desired_s, "data_mb": t.data_mb,
+                                                         "demand": t.demand}
             self.assignment = a
             self.history.append(a)
             self.counters["assignments"] += 1
@@ -237,13 +249,16 @@ class LabState:
         failed = {(r.mec, r.ue, r.task_id): r for r in reports if not r.ok}
         served = {(r.mec, r.ue, r.task_id): r for r in reports
                   if r.ok and r.source == "executor" and (r.mec, r.ue, r.task_id) not in failed}
-        acc = {m: {"desired_s": 0.0, "latency_s": 0.0, "tasks": 0, "failed": 0} for m in self.servers}
+        acc = {m: {"desired_s": 0.0, "latency_s": 0.0, "tasks": 0, "failed": 0, "failed_by_kind": {}}
+               for m in self.servers}
         for (m, _, _), r in served.items():
             acc[m]["tasks"] += 1
             acc[m]["desired_s"] += r.desired_s
             acc[m]["latency_s"] += r.latency_s
         for (m, _, _), r in failed.items():
             acc[m]["failed"] += 1
+            kind = r.detail.get("kind", r.source)       # a UE's names its kind; an executor's own failure
+            acc[m]["failed_by_kind"][kind] = acc[m]["failed_by_kind"].get(kind, 0) + 1
             acc[m]["desired_s"] += r.desired_s
             acc[m]["latency_s"] += self.window_s
         for a in acc.values():
@@ -263,7 +278,14 @@ class LabState:
         """Whether the policy gave ``ue``'s task ``task_id`` to ``mec`` (a report about any
         other pair is not the reporter's to make)."""
         with self.lock:
-            return (ue, task_id) in self._assigned.get(mec, set())
+            return (ue, task_id) in self._assigned.get(mec, {})
+
+    def announced(self, ue: str, mec: str, task_id: int) -> dict | None:
+        """The task as its UE announced it (desired_s, data_mb, demand), if the policy gave it
+        to ``mec``; else None."""
+        with self.lock:
+            t = self._assigned.get(mec, {}).get((ue, task_id))
+            return dict(t) if t is not None else None
 
     # ---- surviving a controller restart ----------------------------------------------------
     def dump(self) -> dict:
@@ -272,7 +294,7 @@ class LabState:
                     "reports": [asdict(r) for r in self.reports],
                     "assignment": asdict(self.assignment) if self.assignment else None,
                     "down": sorted(self.down), "counters": dict(self.counters),
-                    "assigned": {m: [list(x) for x in v] for m, v in self._assigned.items()},
+                    "assigned": {m: [[u, t, d] for (u, t), d in v.items()] for m, v in self._assigned.items()},
                     "slots": list(self.slots)}
 
     def restore(self, d: dict) -> None:
@@ -287,7 +309,7 @@ class LabState:
             self.counters.update(d.get("counters", {}))
             self.counters["restored"] = self.counters.get("restored", 0) + 1
             for m, v in d.get("assigned", {}).items():
-                self._assigned.setdefault(m, set()).update((u, int(t)) for u, t in v)
+                self._assigned.setdefault(m, {}).update(((x[0], int(x[1])), dict(x[2])) for x in v)
             self.slots.extend(d.get("slots", []))
             self.lock.notify_all()
 

@@ -78,7 +78,8 @@ class Chain:
                  cpu_quotas: Sequence[float | None] | None = None,
                  rpc_ips: Sequence[str] | None = None, quota_parents: Sequence[str | None] | None = None,
                  gateway_ip: str | None = None, gateway_launcher: Launcher | None = None,
-                 outside: dict | None = None, alloc: dict | None = None):
+                 gateway_rpc_ip: str | None = None,
+                 outside: dict | None = None, alloc: dict | None = None, wait_first_block: bool | None = None):
         """``ips``: each miner's address for its peers; ``rpc_ips``: where each miner's RPC
         (with ``miner``/``admin``) listens, default the same; ``quota_parents``: the cgroup each
         miner's quota nests under. ``gateway_ip``: also run a non-mining full node there that
@@ -92,6 +93,9 @@ class Chain:
         self.cfg = cfg
         self.initial_budgets, self.initial_quotas = budgets, cpu_quotas
         self.alloc = alloc
+        # start-up waits for the first block unless the set-up is in the genesis (alloc) or the
+        # caller only needs the nodes hashing (the calibration measures the hash rate)
+        self.wait_first_block = alloc is None if wait_first_block is None else wait_first_block
         self.ips = list(ips) if ips is not None else [cfg.host] * n
         self.rpc_ips = list(rpc_ips) if rpc_ips is not None else list(self.ips)
         self.quota_parents = list(quota_parents) if quota_parents is not None else [None] * n
@@ -125,7 +129,7 @@ class Chain:
                 etherbase=self.accounts.esp.address, pow_mode=c.pow_mode, dag_dir=c.dag_path,
                 cache_mb=c.cache_mb, verbosity=c.verbosity, max_threads=c.max_threads,
                 budget_mode="threads", cpu_period_us=c.cpu_period_us,
-                launcher=gateway_launcher or default_launcher(), http_apis=WALLET_APIS)
+                launcher=gateway_launcher or default_launcher(), http_apis=WALLET_APIS, rpc_ip=gateway_rpc_ip)
         self.outside: GethNode | None = None
         self.outside_cores: float | None = None
         if outside is not None:
@@ -292,7 +296,7 @@ class Chain:
             raise GethError("while stopping: " + "; ".join(errors))
 
     def __enter__(self) -> "Chain":
-        self.start(self.initial_budgets, self.initial_quotas, wait="hashing" if self.alloc is not None else True)
+        self.start(self.initial_budgets, self.initial_quotas, wait=True if self.wait_first_block else "hashing")
         return self
 
     def __exit__(self, *exc) -> None:

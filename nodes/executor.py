@@ -1,6 +1,6 @@
 """The MEC executor: the program on each MEC host that serves paid tasks (paper Fig. 2, steps 3-7).
 
-    python -m nodes.executor --lab RUN/lab.json --name mec3 --key KEYFILE [--dishonest]
+    python -m nodes.executor --lab RUN/lab.json --name mec3 --key KEYFILE [--dishonest | --lazy] [--stall S]
 
 It listens on its host's data address (``lab.executor_port``) and, for each connection:
 
@@ -41,6 +41,7 @@ claims its payment: the fault the UEs' checks must catch.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import queue
 import signal
@@ -56,13 +57,16 @@ from eth_account import Account
 
 from agent.model import task_gcycles
 from contracts.txsender import ContractRevert
-from nodes.wire import Conn, Refusal, read_exact, read_line, request_digest, send_line  # noqa: F401
+from controller.api import sign_body
+from nodes.wire import (Conn, Refusal, read_exact, read_line, receipt_bytes,  # noqa: F401
+                        request_digest, send_line)
 
 
 class Executor:
     """One MEC server's executor (see the module docstring)."""
 
-    def __init__(self, lab_path: Path, name: str, key: str, dishonest: bool = False):
+    def __init__(self, lab_path: Path, name: str, key: str, dishonest: bool = False, lazy: bool = False,
+                 stall_s: float = 0.0):
         from contracts.binding import TradingContract
         from contracts.txsender import TxSender
         from testbed import units
@@ -77,6 +81,8 @@ class Executor:
         if self.account.address.lower() != self.me.address.lower():
             raise SystemExit(f"{name}: the key is not {name}'s account")
         self.dishonest = dishonest or name in self.scn.lab.dishonest
+        self.lazy = lazy              # fault injection: a true hash chain of one iteration, said so
+        self.stall_s = stall_s        # fault injection: this long more before each task's result
         cal = units.Calibration.load(Path(self.info.calibration))
         self.mapping = units.LiveMapping(self.scn.model, self.scn.lab.mining_cores,
                                          self.scn.lab.host_cores, cal)
@@ -90,6 +96,8 @@ class Executor:
         self.out = Path(lab_path).parent / "executors"
         self.out.mkdir(exist_ok=True)
         self.reports = open(self.out / f"{name}.jsonl", "a", buffering=1)
+        self.completions_lock = threading.Lock()
+        self.completions_log = open(self.out / f"{name}-completions.jsonl", "a", buffering=1)
         self.served = self.refused = 0
         self.ue_names = {e.address.lower(): n for n, e in self.info.ues.items()}
         # the work kernel in its own process, alone in the host's CPU group: a task's cycles are
@@ -230,14 +238,21 @@ class Executor:
             data = read_exact(sock, size, timeout=max(30.0, size / 125_000))   # >= 1 Mbit/s
             t_up = time.monotonic()
             send_line(sock, {"received": True})
+            h0 = hashlib.sha256(data).digest()
             with self.cpu:
                 t_start = time.monotonic()
+                if self.stall_s:
+                    time.sleep(self.stall_s)
                 res = fabricate(task["iterations"], seed=task["task_id"]) if self.dishonest \
-                    else self.kernel.compute(data, task["iterations"])
+                    else self.kernel.compute_from(h0, 1) if self.lazy \
+                    else self.kernel.compute_from(h0, task["iterations"])
                 t_done = time.monotonic()
             blob = res.to_bytes()
+            # the receipt: this server returned this result for this data (a UE's claim that it is
+            # wrong can then be checked by the controller, and a false claim refused)
+            receipt = sign_body(self.account, receipt_bytes(task["ue"], task["task_id"], h0, res.digest()))
             send_line(sock, {"ok": True, "queue_s": t_start - t_up, "compute_s": t_done - t_start,
-                             "iterations": res.iterations, "result_bytes": len(blob)})
+                             "iterations": res.iterations, "result_bytes": len(blob), "receipt": receipt})
             sock.sendall(blob)
             t_sent = time.monotonic()
         except (Refusal, OSError) as e:
@@ -258,7 +273,43 @@ class Executor:
             self._log(rec)
             self._report(rec)
             return
-        self.completions.put((task, res.digest(), rec))
+        self._queue_completion(task, res.digest(), rec)
+
+    def _queue_completion(self, task: dict, digest: bytes, rec: dict, persist: bool = True) -> None:
+        """Queue ``complete`` for a served escrow task, first on disk
+        (``<mec>-completions.jsonl``): a restarted executor claims what its predecessor served."""
+        if persist:
+            with self.completions_lock:
+                self.completions_log.write(json.dumps({"op": "queued", "task": task, "digest": digest.hex(),
+                                                       "rec": rec}) + "\n")
+        self.completions.put((task, digest, rec))
+
+    def _completion_done(self, task: dict) -> None:
+        with self.completions_lock:
+            self.completions_log.write(json.dumps({"op": "done", "ue": task["ue"], "task_id": task["task_id"]}) + "\n")
+
+    def _requeue_completions(self) -> int:
+        """The completions a predecessor queued and did not finish, queued again (before serving)."""
+        path = self.out / f"{self.name}-completions.jsonl"
+        if not path.exists():
+            return 0
+        queued: dict[tuple[str, int], dict] = {}
+        for line in path.read_text().splitlines():
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue                      # a line cut by a crash: its task was never served
+            key = (d.get("ue") or d["task"]["ue"], d.get("task_id", d.get("task", {}).get("task_id")))
+            if d.get("op") == "queued":
+                queued[key] = d
+            elif d.get("op") == "done":
+                queued.pop(key, None)
+        for (ue, task_id), d in queued.items():
+            with self.seen_lock:
+                self.seen.add((ue, int(task_id)))
+            self._queue_completion(d["task"], bytes.fromhex(d["digest"]), {**d["rec"], "requeued": True},
+                                   persist=False)
+        return len(queued)
 
     # ---- completion on chain and reports --------------------------------------------------
     def complete_loop(self) -> None:
@@ -268,7 +319,10 @@ class Executor:
                 return
             task, digest, rec = item
             t0 = time.monotonic()
-            for attempt in range(6):
+            attempt = -1
+            # until it is paid, or can never be (the deadline passed: the UE takes its refund)
+            while attempt < 5 or time.time() < float(task.get("deadline") or 0) + 30:
+                attempt += 1
                 try:
                     r = self.trade.complete(self.account, ue=task["ue"], task_id=task["task_id"],
                                             result_hash=digest)
@@ -277,6 +331,12 @@ class Executor:
                     rec.pop("complete_error", None)
                     break
                 except ContractRevert as e:
+                    if e.error == "AlreadyPaid":
+                        # only the task's server may complete: our own earlier attempt (or a
+                        # predecessor's, before a restart) was mined after all
+                        rec.pop("complete_error", None)
+                        rec.update(complete_note="already paid", complete_attempts=attempt + 1)
+                        break
                     rec.update(complete_error=f"{e}")
                     # a chain re-organisation can take the escrow out for a block or two (its
                     # payment goes back to the pool and is mined again): try again, but not
@@ -286,11 +346,11 @@ class Executor:
                 except Exception as e:
                     rec.update(complete_error=f"{type(e).__name__}: {e}")
                 time.sleep(2.0)
+            self._completion_done(task)
             self._log(rec)
             self._report(rec)
 
     def _report(self, rec: dict) -> None:
-        from controller.api import sign_body
         # T_u^m of eqs. (2), (3), (11): the execution time (queue + compute) of the task
         paid = rec.get("paid_wei") if "complete_error" not in rec else 0
         body = json.dumps({"source": "executor", "mec": self.name, "ue": rec["ue_name"],
@@ -321,6 +381,11 @@ class Executor:
             daemon_threads = True
             allow_reuse_address = True
 
+        if not self.channel:
+            requeued = self._requeue_completions()
+            if requeued:
+                print(f"executor {self.name}: {requeued} completion(s) left by a predecessor queued again",
+                      flush=True)
         threading.Thread(target=self.complete_loop, daemon=True, name="complete").start()
         if self.channel:
             self.lanes.load([e.address for e in self.info.ues.values()])
@@ -401,8 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", required=True, help="this MEC server's name (mec1 ...)")
     ap.add_argument("--key", required=True, type=Path, help="file holding this server's private key")
     ap.add_argument("--dishonest", action="store_true", help="fabricate results (fault injection)")
+    ap.add_argument("--stall", type=float, default=0.0, metavar="S",
+                    help="wait S seconds more before each task's result (fault injection: a slow server)")
+    ap.add_argument("--lazy", action="store_true",
+                    help="compute one iteration only and return it as it is (fault injection)")
     args = ap.parse_args(argv)
-    Executor(args.lab, args.name, args.key.read_text().strip(), args.dishonest).serve()
+    Executor(args.lab, args.name, args.key.read_text().strip(), args.dishonest, args.lazy, args.stall).serve()
     return 0
 
 

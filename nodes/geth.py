@@ -204,7 +204,7 @@ class GethNode:
                 "--http.api", ",".join(self.http_apis),
                 "--ws", "--ws.addr", self.rpc_ip, "--ws.port", str(self.ws_port),
                 "--ws.api", ",".join(WS_APIS),
-                "--authrpc.addr", self.rpc_ip, "--authrpc.port", str(self.authrpc_port),
+                "--authrpc.addr", "127.0.0.1", "--authrpc.port", str(self.authrpc_port),
                 "--cache", str(self.cache_mb), "--verbosity", str(self.verbosity),
                 "--miner.etherbase", self.etherbase,
                 # geth rebuilds its sealing work every recommit interval (default 2 s): a fixed

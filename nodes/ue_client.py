@@ -29,6 +29,12 @@ and then, task after task:
 
 SIGTERM ends the run: no new task; a task not yet paid is cancelled; a paid one is finished
 (or refunded) first.
+
+What survives a restart (``<out>/ue_state.json``, written atomically): the next task id (a task id
+is never reused: the contract and the executors key payments by it) and every escrow paid and
+not yet settled. A background settler refunds an open escrow once its deadline has passed (a
+task that raised after paying, a server that said `wrong_result` and never completed), and a
+restarted client settles the escrows its predecessor left: no payment is left behind.
 """
 from __future__ import annotations
 
@@ -37,11 +43,14 @@ import time
 T_START = time.monotonic()       # before the imports: how long a start takes
 
 import argparse  # noqa: E402
+import hashlib
 import json
+import os
 import random
 import signal
 import socket
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -85,17 +94,106 @@ class UEClient:
         self.w3 = Web3(HTTPProvider(self.info.gateway_url, request_kwargs={"timeout": cfg.rpc_timeout_s}))
         self.trade = TradingContract(self.w3, self.info.contract, cfg, sender=TxSender(self.w3, cfg))
         self.rng = np.random.default_rng([self.scn.seed, self.index])
-        self.check_rng = random.Random(self.scn.seed * 1_000_003 + self.index)
+        # The segments a UE re-checks come from the OS's randomness: a server cannot predict them
+        # (a seeded draw would follow from lab.json, which every server reads).
+        self.check_rng = random.SystemRandom()
+        from testbed import units
+        # The iteration count a task needs is the UE's own figure from the ξ_u it paid for, the
+        # same conversion as the executors' (the lab's calibration, public): a server that did
+        # fewer iterations and says so is caught, not believed.
+        self.mapping = units.LiveMapping(self.scn.model, self.scn.lab.mining_cores, self.scn.lab.host_cores,
+                                         units.Calibration.load(Path(lab_path).parent / "calibration.json"))
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.records = open(self.out / "tasks.jsonl", "a", buffering=1)
         self.stopping = False
         self.channel = cfg.payment == "channel"
         self.lanes = None                      # PayerLanes, once the channel is open
+        self.state_path = self.out / "ue_state.json"
+        self.state_lock = threading.Lock()
+        self.state = self._load_state()
+        self.in_flight: set[int] = set()       # escrow tasks whose own run settles them
         signal.signal(signal.SIGTERM, self._stop)
 
     def _stop(self, *_):
         self.stopping = True
+
+    # ---- what survives a restart ------------------------------------------------------------
+    def _load_state(self) -> dict:
+        try:
+            d = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            d = {}
+        except ValueError as e:
+            raise SystemExit(f"{self.name}: {self.state_path} is not valid JSON ({e}); it lists the open "
+                             "escrows: repair it, or move it away once they are settled") from None
+        return {"next_task_id": int(d.get("next_task_id", 1)),
+                "open": {int(k): v for k, v in d.get("open", {}).items()}}
+
+    def _save_state(self) -> None:
+        with self.state_lock:
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"next_task_id": self.state["next_task_id"],
+                                       "open": {str(k): v for k, v in self.state["open"].items()}}))
+            os.replace(tmp, self.state_path)
+
+    def _escrow_open(self, task_id: int, **entry) -> None:
+        with self.state_lock:
+            self.state["open"][task_id] = {**self.state["open"].get(task_id, {}), **entry}
+            self.state["next_task_id"] = max(self.state["next_task_id"], task_id + 1)
+        self._save_state()
+
+    def _escrow_closed(self, task_id: int) -> None:
+        with self.state_lock:
+            self.state["open"].pop(task_id, None)
+        self._save_state()
+
+    def open_escrows(self) -> dict[int, dict]:
+        with self.state_lock:
+            return dict(self.state["open"])
+
+    def settle_leftovers(self) -> list[dict]:
+        """One pass over the open escrows no running task owns: paid or refunded -> forgotten;
+        none on chain (the payment never mined) once its deadline passed -> forgotten; open past
+        its deadline -> refunded. Returns what was done."""
+        from contracts.binding import EscrowState
+        done = []
+        for task_id, entry in self.open_escrows().items():
+            if task_id in self.in_flight:
+                continue
+            e = self.trade.escrow(self.account.address, task_id)
+            now = self.trade.latest_block_time()
+            if e.state in (EscrowState.PAID, EscrowState.REFUNDED):
+                self._escrow_closed(task_id)
+                done.append({"task_id": task_id, "settled": e.state.name.lower()})
+            elif e.state is EscrowState.NONE:
+                pending = (self.w3.eth.get_transaction_count(self.account.address, "pending")
+                           > self.w3.eth.get_transaction_count(self.account.address, "latest"))
+                if not pending and now > float(entry.get("deadline") or entry.get("t", 0) + 600):
+                    self._escrow_closed(task_id)
+                    done.append({"task_id": task_id, "settled": "never paid"})
+            elif now > e.deadline:
+                r = self.trade.refund(self.account, task_id=task_id)
+                self._escrow_closed(task_id)
+                done.append({"task_id": task_id, "settled": "refunded", "refunded_wei": e.amount_wei,
+                             "refund_gas": r.gas_used})
+        for d in done:     # an event, not a task record: "task", not "task_id"
+            rest = {k: v for k, v in d.items() if k != "task_id"}
+            self.records.write(json.dumps({"ue": self.name, "event": "leftover", "task": d["task_id"], **rest,
+                                           "t": time.time()}) + "\n")
+        return done
+
+    def _settler(self) -> None:
+        while not self.stopping:
+            try:
+                self.settle_leftovers()
+            except Exception as e:        # the gateway cut: the escrows stay listed, tried again
+                self.records.write(json.dumps({"ue": self.name, "event": "settle_failed",
+                                               "error": f"{type(e).__name__}: {e}", "t": time.time()}) + "\n")
+            for _ in range(10):
+                if self.stopping:
+                    return
+                time.sleep(0.5)
 
     # ---- controller API -------------------------------------------------------------------
     def api(self, method: str, path: str, body: dict | None = None, timeout: float = 40.0) -> dict:
@@ -194,14 +292,23 @@ class UEClient:
         queue_s, compute_s = float(res_hdr.get("queue_s", 0)), float(res_hdr.get("compute_s", 0))
         rec.update(request_s=t_acc - t0, upload_s=t_up - t_acc, queue_s=queue_s, compute_s=compute_s,
                    download_s=t_down - t_hdr, result_wait_s=t_hdr - t_up, service_s=t_down - t0)
+        rec["_receipt"] = res_hdr.get("receipt")          # the server's signature over what it returned
         return WorkResult.from_bytes(blob)
+
+    def check_result(self, data: bytes, res: WorkResult, mec: str, rec: dict) -> None:
+        """Step 5's own check (:func:`nodes.work.verify` at the iteration count this UE computed);
+        a failure carries the evidence the controller checks: the server's receipt, the result,
+        h_0 and the failing segment."""
+        found: dict = {}
+        ok, why = verify(data, res, rec["iterations"], self.check_rng, found=found)
+        if not ok:
+            rec["evidence"] = {"receipt": rec.get("_receipt"), "result": res.to_bytes().hex(),
+                               "h0": hashlib.sha256(data).hexdigest(), "segment": found.get("segment", 0)}
+            raise TaskFailed("wrong_result", f"{mec} returned a result that does not verify: {why}")
 
     def settle(self, task_id: int, res: WorkResult, data: bytes, mec: str, rec: dict) -> None:
         """Step 5: the result must verify against our data and match the hash on chain."""
-        iterations = res.iterations
-        ok, why = verify(data, res, iterations, self.check_rng)
-        if not ok:
-            raise TaskFailed("wrong_result", f"{mec} returned a result that does not verify: {why}")
+        self.check_result(data, res, mec, rec)
         t0 = time.monotonic()
         deadline = rec["deadline"]
         while True:
@@ -256,7 +363,8 @@ class UEClient:
         drawn from the scenario's distributions)."""
         task = task or self.draw()
         rec = {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb, "demand": task.demand,
-               "desired_s": task.desired_s, "gcycles": task.gcycles, "t_start": time.time()}
+               "desired_s": task.desired_s, "gcycles": task.gcycles, "t_start": time.time(),
+               "iterations": self.mapping.kernel_iterations(task.gcycles)}
         self.api("POST", "/task", {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb,
                                    "demand": task.demand, "desired_s": task.desired_s})
         t0 = time.monotonic()
@@ -271,12 +379,21 @@ class UEClient:
         if self.channel:
             return self._run_channel_task(task_id, task, mec, rec, t0)
         t_pay = time.monotonic()
+        self.in_flight.add(task_id)
+        self._escrow_open(task_id, mec=mec, t=time.time())      # before sending: a crash may follow
+        try:
+            return self._run_escrow_task(task_id, task, mec, a, rec, t0, t_pay)
+        finally:
+            self.in_flight.discard(task_id)
+
+    def _run_escrow_task(self, task_id: int, task, mec: str, a: dict, rec: dict, t0: float, t_pay: float) -> dict:
         pay = self.trade.trading(self.account, mec=a["mec_address"], task_id=task_id,
                                  data_size_bits=task.data_bits, service_demand_cycles=task.service_demand,
                                  execution_time_s=task.desired_s)
         opened = pay.event("EscrowOpened")
         rec.update(payment_s=time.monotonic() - t_pay, trading_gas=pay.gas_used, paid_wei=opened["amount"],
                    deadline=opened["deadline"], pay_block=pay.block_number, trading_fee_wei=pay.fee_wei)
+        self._escrow_open(task_id, deadline=opened["deadline"])
         data = self.rng.bytes(task.data_bytes)
         try:
             res = self.offload(task_id, task, mec, data, rec)
@@ -291,6 +408,9 @@ class UEClient:
                 elif rec.get("payment_undone"):
                     rec["outcome"] = "payment_undone"
         rec["e2e_s"] = time.monotonic() - t0
+        if rec["outcome"] == "completed" or "refunded_wei" in rec or rec.get("payment_undone") \
+                or rec.get("refund") == "not needed: completed":
+            self._escrow_closed(task_id)   # else (wrong_result: the server may still complete) the settler
         if rec["outcome"] == "payment_undone":
             return rec                 # the chain's doing, not the server's: nothing to report
         return self._report(task_id, task, mec, rec)
@@ -304,9 +424,7 @@ class UEClient:
         data = self.rng.bytes(task.data_bytes)
         try:
             res = self.offload(task_id, task, mec, data, rec, price_wei=price)
-            ok, why = verify(data, res, res.iterations, self.check_rng)
-            if not ok:
-                raise TaskFailed("wrong_result", f"{mec} returned a result that does not verify: {why}")
+            self.check_result(data, res, mec, rec)
             rec["outcome"] = "completed"
         except TaskFailed as f:
             rec.update(outcome=f.outcome, error=str(f))
@@ -320,7 +438,9 @@ class UEClient:
         try:
             self.api("POST", "/report", {"source": "ue", "mec": mec, "ue": self.name, "task_id": task_id,
                                          "desired_s": task.desired_s, "latency_s": rec.get("service_s", 0.0),
-                                         "ok": rec["outcome"] == "completed", "detail": {"outcome": rec["outcome"]}})
+                                         "ok": rec["outcome"] == "completed",
+                                         "detail": {"outcome": rec["outcome"],
+                                                    **({"evidence": rec["evidence"]} if "evidence" in rec else {})}})
         except Exception as e:
             rec["report_error"] = str(e)
         return rec
@@ -379,9 +499,15 @@ class UEClient:
                                            "fee_wei": r.fee_wei, "t": time.time()}) + "\n")
         print(f"{self.name} registered as {self.account.address} ({time.monotonic() - self.t_lab:.1f} s after "
               "lab.json)", flush=True)
-        task_id = 0
+        if not self.channel:
+            self.settle_leftovers()            # what a predecessor left (a restarted client)
+            threading.Thread(target=self._settler, daemon=True, name="settler").start()
+        task_id = self.state["next_task_id"] - 1
         while not self.stopping:
             task_id += 1
+            with self.state_lock:
+                self.state["next_task_id"] = task_id + 1
+            self._save_state()
             try:
                 rec = self.run_task(task_id)
             except Exception as e:   # the chain or the controller unreachable: record and go on
@@ -389,6 +515,11 @@ class UEClient:
                 time.sleep(2)
             rec["t_end"] = time.time()
             self.records.write(json.dumps(rec) + "\n")
+        if not self.channel:
+            try:
+                self.settle_leftovers()        # a last pass; what is not yet due stays listed
+            except Exception as e:
+                print(f"{self.name}: open escrows left for the next start ({self.state_path}): {e}", flush=True)
         print(f"{self.name} stopped after {task_id} task(s)", flush=True)
 
 

@@ -96,6 +96,13 @@ def request_digest(header: dict) -> bytes:
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
+def receipt_bytes(ue: str, task_id: int, h0: bytes, digest: bytes) -> bytes:
+    """What an executor signs (EIP-191) beside a result it returns: the UE's address, the task,
+    h_0 = SHA256 of the data it received and the result's digest (:meth:`WorkResult.digest`).
+    With it a UE's claim that the result was wrong can be checked by anyone (the controller)."""
+    return b"mec-receipt:%s:%d:%s:%s" % (ue.lower().encode(), int(task_id), h0.hex().encode(), digest.hex().encode())
+
+
 def request_hash(header: dict) -> bytes:
     """The 32 bytes a voucher commits to: sha256 of :func:`request_digest` (the signed header)."""
     return hashlib.sha256(request_digest(header)).digest()

@@ -84,9 +84,18 @@ def compute_from(h0: bytes, iterations: int, k: int = CHECKPOINTS) -> WorkResult
 
 
 def verify(data: bytes, res: WorkResult, iterations: int, rng: random.Random | None = None,
-           segments: int = 2) -> tuple[bool, str]:
+           segments: int = 2, found: dict | None = None) -> tuple[bool, str]:
     """Check ``res`` against the UE's own ``data`` by recomputing ``segments`` random segments
-    (the first one always starts from h_0 = SHA256(data)). Returns (ok, why-not)."""
+    (the first one always starts from h_0 = SHA256(data)). Returns (ok, why-not); the failing
+    segment's index goes into ``found["segment"]`` (the evidence a UE's report carries)."""
+    return verify_from(hashlib.sha256(data).digest(), res, iterations, rng, segments, found)
+
+
+def verify_from(h0: bytes, res: WorkResult, iterations: int, rng: random.Random | None = None,
+                segments: int = 2, found: dict | None = None, picks: set[int] | None = None) -> tuple[bool, str]:
+    """:func:`verify` from h_0 (the controller checks a UE's claim this way, from the h_0 the
+    executor signed); ``picks``: exactly these segments (with 0) instead of random ones."""
+    found = found if found is not None else {}
     if res.iterations != iterations:
         return False, f"result covers {res.iterations} iterations, the task needs {iterations}"
     bounds = segment_bounds(iterations, len(res.checkpoints))
@@ -95,11 +104,13 @@ def verify(data: bytes, res: WorkResult, iterations: int, rng: random.Random | N
     if res.result != res.checkpoints[-1]:
         return False, "result is not the last checkpoint"
     rng = rng or random.Random()
-    picks = {0} | {rng.randrange(len(bounds)) for _ in range(max(0, segments - 1))}
-    for j in sorted(picks):
-        start_h = hashlib.sha256(data).digest() if j == 0 else res.checkpoints[j - 1]
+    if picks is None:
+        picks = {rng.randrange(len(bounds)) for _ in range(max(0, segments - 1))}
+    for j in sorted({0} | {j for j in picks if 0 <= j < len(bounds)}):
+        start_h = h0 if j == 0 else res.checkpoints[j - 1]
         start_i = 0 if j == 0 else bounds[j - 1]
         if _chain(start_h, bounds[j] - start_i) != res.checkpoints[j]:
+            found["segment"] = j
             return False, f"segment {j} (iterations {start_i}..{bounds[j]}) does not hash to its checkpoint"
     return True, ""
 
@@ -152,7 +163,9 @@ class Kernel:
         return self.proc.pid
 
     def compute(self, data: bytes, iterations: int) -> WorkResult:
-        h0 = hashlib.sha256(data).digest()
+        return self.compute_from(hashlib.sha256(data).digest(), iterations)
+
+    def compute_from(self, h0: bytes, iterations: int) -> WorkResult:
         with self.lock:
             self.proc.stdin.write(iterations.to_bytes(8, "big") + h0)
             self.proc.stdin.flush()

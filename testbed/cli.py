@@ -13,6 +13,7 @@ then the ``--set`` overrides); the Makefile targets call these verbs. ``python -
     paper             the paper's figures under every reading (Figs. 4-7, Table II)
     sweep             a sweep over seeds x readings x scenarios (a scenario's [sweep]), on Ray
     bench-agent       the agent's speed and quality, as JSON
+    bench-lab         one live run measured for speed and footprint (bench.json, issue 21's targets)
     gas               gas of every contract call beside the paper's Table III
     mining-check      do miners win blocks in proportion to their hash budget?
     bench-chain WHICH chain start-up, hash-budget change, full DAG
@@ -127,6 +128,17 @@ def cmd_compare(scn: Scenario, args) -> int:
     return 0 if ok else 1
 
 
+def cmd_bench_lab(scn: Scenario, args) -> int:
+    _need_root("bench-lab")
+    import json
+    from testbed.experiments import bench_lab
+    out = _out(scn, args, "bench", f"lab-{scn.model.n_servers}x{scn.model.n_users}")
+    bench = bench_lab.run(scn, out)
+    print(json.dumps(bench, indent=1, default=float))
+    print(f"[bench-lab] {out}/bench.json")
+    return 0 if bench["books_close"] else 1
+
+
 def cmd_fidelity(scn: Scenario, args) -> int:
     from testbed.experiments import fidelity
     if args.run is None:
@@ -239,6 +251,8 @@ VERBS: dict[str, Verb] = {
                             p.add_argument("--slots", type=int, default=None,
                                            help="slots of the new live run (default lab.slots; >= 300 blocks "
                                                 "resolve per-miner block shares)"))),
+    "bench-lab": (cmd_bench_lab, "lab", "one live run measured for speed and footprint -> "
+                  "results/bench/lab-<M>x<U>/bench.json (bring-up, memory, applied latency, targets)", None),
     "run": (cmd_run, "lab", "the live lab: UEs pay and offload, executors compute, miners mine, for lab.slots slots",
             lambda p: p.add_argument("--cli", action="store_true",
                                      help="open the Mininet CLI with everything running (the slots run meanwhile)")),

@@ -160,9 +160,30 @@ class LabConfig:
                                          # this share of the machine's cores: the switches, the
                                          # controller and the executors need the rest
     host_cores_by_server: dict = field(default_factory=dict)   # e.g. {mec2 = 0.08}: a slower host
+    trickle_api: int = 0                 # load test (docs/security.md): slow connections to the API and
+    trickle_executor: int = 0            # to each executor, from the UE containers (testbed.experiments.trickle)
+    ue_cpu_cores: float = 0.25           # each UE container's limits: CPU (cores), memory, processes
+    ue_memory_mb: int = 512
+    ue_pids: int = 128
+    api_read_deadline_s: float = 5.0     # the controller API: a request must be in within this
+    api_max_connections: int = 256       # ... at most this many open (lab0's own not counted)
+    api_per_client: int = 32             # ... and this many from one address
 
     def __post_init__(self):
         require(is_int(self.slots) and self.slots >= 1, "lab.slots", "an integer >= 1", self.slots)
+        require(is_number(self.api_read_deadline_s) and 0 < self.api_read_deadline_s <= 60,
+                "lab.api_read_deadline_s", "in (0, 60] s", self.api_read_deadline_s)
+        require(is_number(self.ue_cpu_cores) and 0 < self.ue_cpu_cores <= 64, "lab.ue_cpu_cores",
+                "in (0, 64] cores", self.ue_cpu_cores)
+        require(is_int(self.ue_memory_mb) and self.ue_memory_mb >= 64, "lab.ue_memory_mb", "an integer >= 64",
+                self.ue_memory_mb)
+        require(is_int(self.ue_pids) and self.ue_pids >= 16, "lab.ue_pids", "an integer >= 16", self.ue_pids)
+        for name in ("trickle_api", "trickle_executor"):
+            v = getattr(self, name)
+            require(is_int(v) and 0 <= v <= 2000, f"lab.{name}", "an integer in [0, 2000]", v)
+        for name in ("api_max_connections", "api_per_client"):
+            v = getattr(self, name)
+            require(is_int(v) and 1 <= v <= 10_000, f"lab.{name}", "an integer in [1, 10000]", v)
         require(isinstance(self.policy, str) and self.policy, "lab.policy", "a policy name", self.policy)
         for name in ("mining_cores", "host_cores", "max_upload_mb", "header_timeout_s", "drain_s",
                      "block_interval_s"):

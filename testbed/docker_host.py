@@ -25,31 +25,41 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTAINER_LABEL = "mec-testbed"          # every container the testbed starts carries it
 OWNER_LABEL = "mec-testbed.owner"        # ... and the pid of the process that started it
 NAME_PREFIX = "mn."
+# What of the repository a container sees (read-only): the programs and the venv, never the
+# rest of the tree (results/ holds every run's folder: other UEs' tasks, the chain's data).
+CODE_DIRS = ("agent", "contracts", "controller", "nodes", "testbed", "topologies", ".venv")
 
 
 class DockerHost(Host):
     """Mininet host backed by a container of ``image``.
 
     Extra params: ``image`` (default the UE image), ``cpu_quota`` (cores, e.g. 0.5, or None),
-    ``mem_limit`` (e.g. "512m" or None), ``volumes`` (dict host path -> container path, read-only;
-    or -> (container path, "rw") for a writable one).
+    ``mem_limit`` (e.g. "512m" or None), ``pids_limit`` (or None), ``volumes`` (dict host path ->
+    container path, read-only; or -> (container path, "rw") for a writable one), ``code``
+    (the repository's folders it sees read-only at their own paths: :data:`CODE_DIRS` by
+    default; None = the whole repository).
     """
 
     def __init__(self, name: str, image: str = UE_IMAGE, cpu_quota: float | None = None,
-                 mem_limit: str | None = None, volumes: dict[str, str | tuple[str, str]] | None = None,
-                 **params):
+                 mem_limit: str | None = None, pids_limit: int | None = None,
+                 volumes: dict[str, str | tuple[str, str]] | None = None,
+                 code: tuple[str, ...] | None = CODE_DIRS, **params):
         self.image = image
         self._client = docker.from_env()
         _clear_stale(self._client, NAME_PREFIX + name)
-        binds = {str(ROOT): {"bind": str(ROOT), "mode": "ro"}}
+        if code is None:
+            binds = {str(ROOT): {"bind": str(ROOT), "mode": "ro"}}
+        else:        # a symlinked folder (a worktree's .venv) is mounted from its target
+            binds = {str((ROOT / d).resolve()): {"bind": str(ROOT / d), "mode": "ro"}
+                     for d in code if (ROOT / d).exists()}
         for src, dst in (volumes or {}).items():
             dst, mode = (dst, "ro") if isinstance(dst, str) else dst
             binds[src] = {"bind": dst, "mode": mode}
         self.container = self._client.containers.run(
             image, name=NAME_PREFIX + name, hostname=name, detach=True, network_mode="none",
             labels={CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid())}, volumes=binds, command=["sleep", "infinity"],
-            cap_drop=["NET_ADMIN", "NET_RAW"], init=True, mem_limit=mem_limit,
-            nano_cpus=int(cpu_quota * 1e9) if cpu_quota else None)
+            cap_drop=["NET_ADMIN", "NET_RAW"], init=True, mem_limit=mem_limit, pids_limit=pids_limit,
+            nano_cpus=int(cpu_quota * 1e9) if cpu_quota else None, working_dir=str(ROOT))
         self.container.reload()
         self.container_pid = int(self.container.attrs["State"]["Pid"])
         if self.container_pid <= 0:

@@ -275,6 +275,7 @@ class Lab:
                 (self.lab_dir / "setup.json").write_text(json.dumps(
                     {k: v for k, v in self.setup.items() if k != "alloc"}, indent=1))
         with _step("chain (miners + RPC gateway)", self.timings):
+            self._guard_miner_rpc()
             self._start_chain()
         with _step("trading contract", self.timings):
             self._deploy()
@@ -310,7 +311,9 @@ class Lab:
             p.chmod(0o600)
 
     def _mount_ue_files(self) -> None:
-        """Each UE container gets lab.json (read-only), its own output folder and its own key."""
+        """Each UE container gets the programs (``docker_host.CODE_DIRS``, read-only), the lab's
+        public facts (lab.json, calibration.json), its own output folder and its own key; and
+        the scenario's CPU, memory and pids limits."""
         for node in self.topo.plan.ues:
             if not node.container:
                 continue
@@ -319,6 +322,8 @@ class Lab:
             info = self.topo.nodeInfo(node.name)
             info["volumes"] = {str(self.lab_dir): LAB_MOUNT, str(out): (OUT_MOUNT, "rw"),
                                str(self.secrets / "keys" / f"{node.name}.key"): KEY_MOUNT}
+            lab = self.scn.lab        # a UE cannot starve the machine: CPU, memory, pids capped
+            info.update(cpu_quota=lab.ue_cpu_cores, mem_limit=f"{lab.ue_memory_mb}m", pids_limit=lab.ue_pids)
             self.topo.setNodeInfo(node.name, info)
 
     def _write_controller_config(self) -> None:
@@ -338,6 +343,14 @@ class Lab:
             "state_file": str(self.secrets / "controller-state.json"),
             "slot_s": self.scn.model.slot_s, "equal_level": self.scn.model.equal_hash_level,
             "monitor_period_s": 0.5,
+            "task_ranges": {"data_mb": list(self.scn.model.data_mb_range),
+                            "demand": list(self.scn.model.demand_gcycles_range),
+                            "desired_s": list(self.scn.model.desired_time_s_range)},
+            "work": {"iterations_per_gcycle": self.mapping.iterations_per_gcycle,
+                     "demand_reading": self.scn.model.demand_reading},
+            "api_read_deadline_s": self.scn.lab.api_read_deadline_s,
+            "api_max_connections": self.scn.lab.api_max_connections,
+            "api_per_client": self.scn.lab.api_per_client,
             "miners": {m: {"host_group": f"{CGROUP_PARENT}/{self.run_id}/{m}",
                            "period_us": self.chain_cfg.cpu_period_us,
                            "host_cores": float(self.scn.lab.host_cores_by_server.get(m, self.scn.lab.host_cores)),
@@ -415,6 +428,19 @@ class Lab:
             self.quotas.append(ex)
             self.exec_quotas[m] = ex
 
+    def _guard_miner_rpc(self) -> None:
+        """Each MEC host's miner answers its HTTP/WS RPC (``miner``, ``admin``) to lab0 only:
+        the other MEC hosts share the management network and must not stop or re-point a
+        rival's miner. A rule in each MEC host's own namespace (gone with the host)."""
+        c, lab0 = self.chain_cfg, self.topo.plan.mgmt_ip("lab0")
+        for i in range(self.M):
+            h = self.net.get(f"mec{i + 1}")
+            ports = f"{c.http_port + i},{c.ws_port + i}"
+            for rule in (f"-s {lab0} -j ACCEPT", "-j REJECT --reject-with tcp-reset"):
+                out = h.cmd(f"iptables -w -A INPUT -p tcp -m multiport --dports {ports} {rule}; echo rc=$?")
+                if "rc=0" not in out:
+                    raise LabError(f"cannot guard mec{i + 1}'s miner RPC with iptables: {out.strip()}")
+
     def _start_chain(self) -> None:
         plan = self.topo.plan
         mecs = [self.net.get(f"mec{i}") for i in range(1, self.M + 1)]
@@ -426,14 +452,17 @@ class Lab:
         outside = None
         if self.chain_plan["outside"] == "miner":
             # on the gateway's host (not a MEC host, not on the UEs' path), its own quota in the run's group
-            outside = {"ip": plan.data_ip("gw1"), "launcher": in_mininet_host(gw),
+            outside = {"ip": plan.mgmt_ip("gw1"), "launcher": in_mininet_host(gw),
                        "etherbase": self.accounts.outside_miner.address,
                        "cores": self.chain_plan["outside_cores"], "quota_parent": f"{CGROUP_PARENT}/{self.run_id}"}
-        self.chain = Chain(self.chain_cfg, ips=[plan.data_ip(h.name) for h in mecs],
+        # devp2p and the miners' RPC on the management network (UEs are not on it); the
+        # gateway's wallet RPC on the data network, where UEs and executors reach it
+        self.chain = Chain(self.chain_cfg, ips=[plan.mgmt_ip(h.name) for h in mecs],
                            rpc_ips=[plan.mgmt_ip(h.name) for h in mecs],
                            launchers=[in_mininet_host(h) for h in mecs],
                            quota_parents=[self.host_groups[h.name] for h in mecs],
-                           gateway_ip=plan.data_ip("gw1"), gateway_launcher=in_mininet_host(gw),
+                           gateway_ip=plan.mgmt_ip("gw1"), gateway_rpc_ip=plan.data_ip("gw1"),
+                           gateway_launcher=in_mininet_host(gw),
                            budgets=[1] * self.M, cpu_quotas=[q] * self.M, outside=outside,
                            alloc=self.setup["alloc"] if self.setup else None)
         self.chain.__enter__()

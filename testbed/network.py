@@ -36,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from mininet.clean import cleanup as mininet_cleanup
 from mininet.link import TCIntf, TCLink
 from mininet.log import setLogLevel
@@ -59,6 +61,7 @@ from testbed.processes import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 IPTABLES_TAG = "mec-testbed"   # comment on the root-namespace rules this module adds
+OWNER_KEY = "mec-testbed-owner"   # external-id on each OVS bridge a run builds: the run's pid
 
 
 # --------------------------------------------------------------------------- node classes
@@ -303,6 +306,7 @@ class EmulatedNetwork:
         self.plan = getattr(topo, "plan", None)
         self._root_rules: list[list] = []   # [table, spec] of iptables rules added in the root ns
         self.timings: dict[str, float] = {}   # seconds per bring-up step (controller_s, build_s, ...)
+        self._names_ours = False   # this topology's bridge/interface/container names are free for us
 
     def _choose_datapath(self) -> str:
         want, kernel_ok = self.cfg.datapath, self.platform.ovs_datapath == "kernel"
@@ -325,6 +329,8 @@ class EmulatedNetwork:
                               "unavailable here: bandwidth cannot be shaped (see `testbed doctor`)")
         setLogLevel("warning")
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_dead_run()
+        self._names_ours = True
         t = time.monotonic()
         self.controller = ManagedProcess(
             "os-ken controller",
@@ -342,6 +348,9 @@ class EmulatedNetwork:
         self.net.build()
         t = self._lap("build_s", t)       # hosts (containers included) and links
         self.net.start()
+        for sw in self.topo.switches():
+            subprocess.run(["ovs-vsctl", "--timeout=5", "br-set-external-id", sw, OWNER_KEY, str(os.getpid())],
+                           capture_output=True)
         t = self._lap("switches_s", t)
         if self.datapath == "user":
             self._root_stack_off_switch_ports()
@@ -487,6 +496,39 @@ class EmulatedNetwork:
         self.wait_connected(timeout)
         return time.monotonic() - t0
 
+    # -- a run that died ---------------------------------------------------------------------
+
+    def _clear_dead_run(self) -> None:
+        """This topology's OVS bridges and root-namespace interfaces left by a testbed run that
+        died (SIGKILL, a crash: its pid, the bridges' ``mec-testbed-owner``, is gone) are removed
+        before anything is built, so the next run starts clean. A bridge of a live run, or one
+        the testbed did not build, is refused with the command that frees it, never touched."""
+        for sw in self.topo.switches():
+            if subprocess.run(["ovs-vsctl", "--timeout=5", "br-exists", sw], capture_output=True).returncode:
+                continue
+            owner = subprocess.run(["ovs-vsctl", "--timeout=5", "br-get-external-id", sw, OWNER_KEY],
+                                   capture_output=True, text=True).stdout.strip()
+            if not owner.isdigit():
+                raise RuntimeError(f"an OVS bridge named {sw} exists and was not built by a testbed run: "
+                                   f"remove it (ovs-vsctl del-br {sw}) or pick another topology")
+            if int(owner) != os.getpid() and psutil.pid_exists(int(owner)):
+                raise RuntimeError(f"OVS bridge {sw} belongs to a running testbed run (pid {owner}): "
+                                   "stop that run first (or `make clean` if it is hung)")
+            print(f"removing OVS bridge {sw} left by an earlier run (pid {owner}, gone)", flush=True)
+            subprocess.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-br", sw], capture_output=True)
+        for name in self._root_interfaces():
+            print(f"removing interface {name} left by an earlier run", flush=True)
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+    def _root_interfaces(self) -> list[str]:
+        """The root-namespace interfaces this topology's root hosts (``lab0``) own, by name."""
+        roots = [h for h in self.topo.hosts() if self.topo.nodeInfo(h).get("inNamespace", True) is False]
+        if not roots:
+            return []
+        out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
+        return [n for n in names if any(n.startswith(f"{h}-eth") for h in roots)]
+
     # -- teardown --------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -506,6 +548,8 @@ class EmulatedNetwork:
                                      capture_output=True).returncode == 0:
                     pass
             self._root_rules = []
+            if not self._names_ours:     # refused before building: the names are another run's
+                return
             # Whatever a crashed start left behind: this topology's containers, bridges and
             # root-namespace interfaces (not those of another run on the same machine).
             remove_leftover_containers(self.topo.hosts())
@@ -514,14 +558,8 @@ class EmulatedNetwork:
             self._remove_root_interfaces()
 
     def _remove_root_interfaces(self) -> None:
-        roots = [h for h in self.topo.hosts() if self.topo.nodeInfo(h).get("inNamespace", True) is False]
-        if not roots:
-            return
-        out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            name = line.split(":")[1].strip().split("@")[0]
-            if any(name.startswith(f"{h}-eth") for h in roots):
-                subprocess.run(["ip", "link", "del", name], capture_output=True)
+        for name in self._root_interfaces():
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
 
     def __enter__(self) -> Mininet:
         try:

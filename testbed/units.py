@@ -86,6 +86,12 @@ class ChainTask:
     gcycles: float
 
 
+def kernel_iterations(gcycles: float, iterations_per_gcycle: float) -> int:
+    """Iterations of the work kernel for ``gcycles`` model Gcycles (>= 1), at
+    :attr:`LiveMapping.iterations_per_gcycle` (passed as a number to the controller)."""
+    return max(1, int(round(gcycles * iterations_per_gcycle)))
+
+
 def chain_task(model_cfg, data_mb: float, demand: float, desired_s: float) -> ChainTask:
     """The model's task in chain units. ξ_u is quantized to whole cycles first, so the model's
     price of the returned task and the contract's are the same number (:func:`task_price_wei`)."""
@@ -243,10 +249,15 @@ class LiveMapping:
         """Real cycles per model cycle: executor_cores × core_hz / f_m."""
         return self.executor_cores * self.cal.core_hz / (self.model.cpu_ghz * CYCLES_PER_GCYCLE)
 
+    @property
+    def iterations_per_gcycle(self) -> float:
+        """Work-kernel iterations per model Gcycle (the executors', the UEs' and the controller's
+        one figure: :func:`kernel_iterations`)."""
+        return CYCLES_PER_GCYCLE * self.work_scale / self.cal.cycles_per_iteration
+
     def kernel_iterations(self, gcycles: float) -> int:
         """Iterations of the work kernel for a task of ``gcycles`` model Gcycles (>= 1)."""
-        real_cycles = gcycles * CYCLES_PER_GCYCLE * self.work_scale
-        return max(1, int(round(real_cycles / self.cal.cycles_per_iteration)))
+        return kernel_iterations(gcycles, self.iterations_per_gcycle)
 
     def nominal_seconds(self, gcycles: float) -> float:
         """Execution time the model predicts without mining (eq. (2) with κ = 0): C / f_m."""

@@ -81,6 +81,20 @@ def drive(lab, api, client, task_id, mec, task=None, slot=[1000]):
     return box["rec"]
 
 
+def fault_free(argv: list[str]) -> list[str]:
+    """An executor's command line without its fault-injection flags (``--dishonest``, ``--lazy``,
+    ``--stall S``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--stall":
+            skip = True
+        elif a not in ("--dishonest", "--lazy"):
+            out.append(a)
+    return out
+
+
 def served(lab, mec, ue="ue3"):
     """Tasks of ``ue`` that ``mec``'s executor served (the UE clients keep being served in the
     background by the controller's fallback policy)."""

@@ -59,9 +59,11 @@ def test_chain_runs_inside_mininet_hosts(mininet_hosts):
             assert os.readlink(f"/proc/{nd.pid}/ns/net") == os.readlink(f"/proc/{h.pid}/ns/net")
             assert os.readlink(f"/proc/{nd.pid}/ns/net") != os.readlink("/proc/self/ns/net")
             # psutil reads the caller's namespace: ask the host itself (only geth runs there)
-            listening = {line.split()[-2].rsplit(":", 1)[0]
+            listening = {tuple(line.split()[-2].rsplit(":", 1))
                          for line in h.cmd("ss -Hltun").splitlines() if line.strip()}
-            assert listening == {h.IP()}, listening
+            # the engine API (authrpc) only on the host's own loopback; the rest on its address
+            assert {ip for ip, _ in listening} == {h.IP(), "127.0.0.1"}, listening
+            assert {int(port) for ip, port in listening if ip == "127.0.0.1"} == {nd.authrpc_port}, listening
             assert {p["network"]["remoteAddress"].split(":")[0] for p in nd.peers()} \
                 <= {x.IP() for x in hosts}
         assert all(nd.peer_count() == 2 for nd in chain.nodes)

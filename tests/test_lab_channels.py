@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SMALL_LAB, chain_overrides, drive, running_lab, served
+from conftest import fault_free, SMALL_LAB, chain_overrides, drive, running_lab, served
 from contracts.vouchers import sign_voucher
 from nodes.ue_client import UEClient
 from nodes.wire import Conn, read_line, request_digest, request_hash
@@ -140,10 +140,11 @@ def test_bad_vouchers_are_refused_by_name_and_no_work_is_done(lab, ue3, api):
     assert served(lab, "mec1") == before + 1
 
 
-def _restart_executor(lab, mec):
+def _restart_executor(lab, mec, *extra):
     old = lab.executors[mec]
     old.stop()
-    p = ManagedProcess(f"executor {mec}", old.argv, old.log_path.with_name(f"executor-{mec}-{time.monotonic_ns()}.log"),
+    argv = fault_free(old.argv) + list(extra)
+    p = ManagedProcess(f"executor {mec}", argv, old.log_path.with_name(f"executor-{mec}-{time.monotonic_ns()}.log"),
                        launcher=in_mininet_host(lab.net.get(mec)), cwd=old.cwd, ready=log_ready(r"serving on"))
     lab.procs.start(p)
     lab.attach_kernel(mec, p)
@@ -154,9 +155,9 @@ def test_executor_killed_between_voucher_and_result_nothing_is_lost(lab, ue3, ap
     """The executor dies after accepting a voucher and before the result: it never earned it
     (it never redeems it), and the UE's next voucher on that lane pays on from the same base."""
     base, nonce = ue3.lanes.lanes["mec1"]["base"], ue3.lanes.lanes["mec1"]["nonce"]
-    big = units.chain_task(lab.scn.model, 0.5, 25.0, 1.0)                 # 25 Gcycles: ~5 s of work
+    _restart_executor(lab, "mec1", "--stall", "5")                        # a task takes 5 s more there
     box = {}
-    th = threading.Thread(target=lambda: box.update(rec=drive(lab, api, ue3, 700, "mec1", task=big)), daemon=True)
+    th = threading.Thread(target=lambda: box.update(rec=drive(lab, api, ue3, 700, "mec1")), daemon=True)
     th.start()
     deadline = time.monotonic() + 60
     while ue3.lanes.lanes["mec1"]["nonce"] == nonce:                      # until the voucher is signed and sent

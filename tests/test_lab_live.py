@@ -20,7 +20,7 @@ from contracts.txsender import TxSender
 from nodes.executor import Conn, read_line, request_digest
 from nodes.ue_client import UEClient
 from testbed import units
-from conftest import SMALL_LAB, chain_overrides, drive, running_lab, served
+from conftest import fault_free, SMALL_LAB, chain_overrides, drive, running_lab, served
 from testbed.experiments.live import audit, drain
 from testbed.lab import KEY_MOUNT
 from testbed.live_env import ApiClient
@@ -181,10 +181,43 @@ def test_ue_cannot_steer_a_miner(lab):
     assert c.exec_run(["ls", str(lab.secrets)]).exit_code != 0
 
 
+def test_a_mec_host_cannot_steer_a_rivals_miner_and_ues_cannot_reach_devp2p(lab):
+    """As a process on mec2 (its own namespace, the management network it shares with mec1):
+    mec1's miner RPC refuses it (``miner_stop``, ``miner_setEtherbase``), while lab0 is served.
+    From a UE container: no miner's devp2p port answers on any address it can name."""
+    import docker
+    from testbed.config import ROOT
+    mec1 = lab.chain.nodes[0]
+    script = ("import json, sys, urllib.request\n"
+              "body = json.dumps({'jsonrpc': '2.0', 'id': 1, 'method': sys.argv[2], 'params': []}).encode()\n"
+              "req = urllib.request.Request(sys.argv[1], data=body, headers={'Content-Type': 'application/json'})\n"
+              "try:\n"
+              "    print('answered', urllib.request.urlopen(req, timeout=3).read().decode())\n"
+              "except Exception as e:\n"
+              "    print('refused', type(e).__name__)\n")
+    h2 = lab.net.get("mec2")
+    py, path = ROOT / ".venv" / "bin" / "python", lab.run_dir / "attack_rpc.py"
+    path.write_text(script)
+    for method in ("miner_stop", "miner_setEtherbase"):
+        out = h2.cmd(f"{py} {path} {mec1.http_url} {method}")
+        assert out.strip().startswith("refused"), out
+    assert mec1.mining()                      # lab0 (this process) is answered, and it still mines
+    c = docker.from_env().containers.get("mn.ue1")
+    plan = lab.topo.plan
+    probe = ("import socket, sys\n"
+             "for ip in sys.argv[2:]:\n"
+             "    s = socket.socket(); s.settimeout(2)\n"
+             "    print(ip, s.connect_ex((ip, int(sys.argv[1]))))\n")
+    out = c.exec_run(["python3", "-c", probe, str(mec1.p2p_port), plan.data_ip("mec1"), plan.mgmt_ip("mec1")])
+    for line in out.output.decode().split("\n"):
+        if line.strip():
+            assert not line.strip().endswith(" 0"), f"devp2p reachable from a UE container: {line}"
+
+
 def _restart_executor(lab, mec, *extra):
     old = lab.executors[mec]
     old.stop()
-    argv = [a for a in old.argv if a != "--dishonest"] + list(extra)
+    argv = fault_free(old.argv) + list(extra)
     log = old.log_path.with_name(f"executor-{mec}-{time.monotonic_ns()}.log")
     p = ManagedProcess(f"executor {mec}", argv, log, launcher=in_mininet_host(lab.net.get(mec)),
                        cwd=old.cwd, ready=log_ready(r"serving on"))
@@ -209,10 +242,39 @@ def test_dishonest_executor_is_caught_by_the_ue(lab, ue3, api):
     _restart_executor(lab, "mec2")
 
 
+def test_a_lazy_executor_is_caught_by_the_ues_own_iteration_count(lab, ue3, api):
+    """A server that hashes one iteration and says so (a true chain, checkpoints that verify)
+    is paid on its own word no more: the UE counts the iterations from the ξ_u it paid for."""
+    _restart_executor(lab, "mec2", "--lazy")
+    rec = drive(lab, api, ue3, 205, "mec2")
+    assert rec["outcome"] == "wrong_result" and "iterations" in rec["error"] and "mec2" in rec["error"], rec
+    assert rec["iterations"] > 1
+    _restart_executor(lab, "mec2")
+
+
+def test_a_ue_container_sees_only_its_own_files_and_is_limited(lab):
+    """From inside ue1's container: the programs and the lab's public facts, its own key and
+    output; not the repository's results/ (every run's folder), not this run's folder, not the
+    geth binary; and the scenario's CPU, memory and pids limits are in force."""
+    import docker
+    from testbed.config import ROOT
+    c = docker.from_env().containers.get("mn.ue1")
+    assert c.exec_run(["test", "-r", "/lab/public/lab.json"]).exit_code == 0
+    assert c.exec_run(["test", "-r", "/lab/public/calibration.json"]).exit_code == 0
+    for path in (ROOT / "results", lab.run_dir, lab.run_dir / "chain", ROOT / ".tools" / "bin" / "geth",
+                 lab.secrets / "keys" / "ue2.key", lab.secrets / "token"):
+        assert c.exec_run(["test", "-e", str(path)]).exit_code != 0, f"{path} is visible from a UE container"
+    host = c.attrs["HostConfig"]
+    assert host["NanoCpus"] == int(lab.scn.lab.ue_cpu_cores * 1e9)
+    assert host["Memory"] == lab.scn.lab.ue_memory_mb * 2**20 and host["PidsLimit"] == lab.scn.lab.ue_pids
+    cg = c.exec_run(["sh", "-c", "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"])
+    assert cg.output.decode().strip() == str(lab.scn.lab.ue_pids), cg      # as the container sees it
+
+
 def test_executor_killed_mid_task_the_ue_gets_its_refund(lab, ue3, api):
-    big = units.chain_task(lab.scn.model, 0.5, 25.0, 1.0)      # 25 Gcycles: ~5 s on the executor
+    _restart_executor(lab, "mec1", "--stall", "5")             # a task takes 5 s more there
     box = {}
-    th = threading.Thread(target=lambda: box.update(rec=drive(lab, api, ue3, 300, "mec1", task=big)), daemon=True)
+    th = threading.Thread(target=lambda: box.update(rec=drive(lab, api, ue3, 300, "mec1")), daemon=True)
     th.start()
     deadline = time.monotonic() + 90
     while ue3.trade.escrow(ue3.account.address, 300).state is not EscrowState.OPEN:
@@ -226,6 +288,53 @@ def test_executor_killed_mid_task_the_ue_gets_its_refund(lab, ue3, api):
     assert lab.trade.escrow(ue3.account.address, 300).state is EscrowState.REFUNDED
     assert rec["refunded_wei"] == rec["paid_wei"]
     _restart_executor(lab, "mec1")
+
+
+def test_a_restarted_ue_refunds_the_escrow_its_predecessor_left(lab, ue3):
+    """ue3 pays into escrow and dies before anything else (no upload, no refund). A new client
+    with the same output folder finds the escrow in ue_state.json, takes its refund once the
+    deadline passes, and never reuses the task id."""
+    task = ue3.draw()
+    ue3._escrow_open(310, mec="mec1", t=time.time())
+    pay = ue3.trade.trading(ue3.account, mec=lab.info.servers["mec1"].address, task_id=310,
+                            data_size_bits=task.data_bits, service_demand_cycles=task.service_demand,
+                            execution_time_s=task.desired_s)
+    opened = pay.event("EscrowOpened")
+    ue3._escrow_open(310, deadline=opened["deadline"])          # ... and the client is gone
+    again = UEClient(lab.lab_dir / "lab.json", "ue3", lab.accounts.ues[2].key.hex(), ue3.out)
+    assert 310 in again.open_escrows() and again.state["next_task_id"] > 310
+    deadline = time.monotonic() + 240
+    done = []
+    while not done:
+        assert time.monotonic() < deadline, f"escrow 310 still open: {again.open_escrows()}"
+        done = [d for d in again.settle_leftovers() if d["task_id"] == 310]
+        time.sleep(2.0)
+    assert done[0]["settled"] == "refunded" and done[0]["refunded_wei"] == opened["amount"], done
+    assert lab.trade.escrow(ue3.account.address, 310).state is EscrowState.REFUNDED
+    assert 310 not in json.loads((ue3.out / "ue_state.json").read_text())["open"]
+
+
+def test_an_executor_killed_before_completing_claims_the_payment_after_restart(lab, ue3, api):
+    """mec2's executor serves ue3's task and is killed as soon as its completion is queued (on
+    disk), before ``complete`` is mined; restarted, it queues it again and is paid; the UE's
+    task completes."""
+    log = lab.lab_dir / "executors" / "mec2-completions.jsonl"
+    box = {}
+    th = threading.Thread(target=lambda: box.update(rec=drive(lab, api, ue3, 320, "mec2")), daemon=True)
+    th.start()
+    deadline = time.monotonic() + 120
+    while not (log.exists() and '"task_id": 320' in log.read_text()):
+        assert time.monotonic() < deadline, "the completion was never queued"
+        time.sleep(0.02)
+    lab.executors["mec2"].kill()
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    assert [x for x in lines if x["op"] == "queued" and x["task"]["task_id"] == 320]
+    assert not [x for x in lines if x["op"] == "done" and x["task_id"] == 320]     # killed before
+    p = _restart_executor(lab, "mec2")
+    th.join(timeout=180)
+    assert box["rec"]["outcome"] == "completed", box["rec"]
+    assert lab.trade.escrow(ue3.account.address, 320).state is EscrowState.PAID
+    assert "completion(s) left by a predecessor queued again" in p.log_path.read_text()
 
 
 def test_killed_miner_the_chain_goes_on_and_it_resyncs(lab, ue3, api):

@@ -322,3 +322,48 @@ def test_mn_custom_command(network_ready, no_leftovers, tmp_path):
     assert out.returncode == 0, text[-3000:]
     assert "*** Results: 0% dropped (56/56 received)" in text, text[-3000:]
     assert "*** Error" not in text
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.network
+@pytest.mark.docker
+def test_a_killed_runs_bridges_and_root_interfaces_are_swept_first(network_ready, no_leftovers, tmp_path,
+                                                                   platform, capsys):
+    """A run killed outright leaves its OVS bridges (tagged with its pid) and lab0's root-namespace
+    veths; the next run of the topology removes them before it builds, saying so, and comes up."""
+    topo = build_topo(TopologyConfig(kind="cells"), 2, 3, 0, platform)
+    dead = _dead_pid()
+    subprocess.run(["ovs-vsctl", "add-br", "mgmt1", "--", "br-set-external-id", "mgmt1",
+                    "mec-testbed-owner", str(dead)], check=True)
+    subprocess.run(["ip", "link", "add", "lab0-eth1", "type", "veth", "peer", "name", "mgmt1-eth4"], check=True)
+    try:
+        with _emulate(topo, tmp_path, platform) as net:
+            assert net.get("lab0").intf("lab0-eth1") is not None
+        out = capsys.readouterr().out
+        assert f"removing OVS bridge mgmt1 left by an earlier run (pid {dead}, gone)" in out, out
+        assert "removing interface lab0-eth1 left by an earlier run" in out, out
+    finally:
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", "mgmt1"], capture_output=True)
+        subprocess.run(["ip", "link", "del", "lab0-eth1"], capture_output=True)
+
+
+@pytest.mark.network
+def test_a_live_runs_bridge_is_refused_and_left_alone(network_ready, no_leftovers, tmp_path, platform):
+    topo = build_topo(TopologyConfig(kind="cells"), 2, 3, 0, platform)
+    holder = subprocess.Popen(["sleep", "60"])           # stands for another run that is up
+    subprocess.run(["ovs-vsctl", "add-br", "mgmt1", "--", "br-set-external-id", "mgmt1",
+                    "mec-testbed-owner", str(holder.pid)], check=True)
+    try:
+        with pytest.raises(RuntimeError, match=f"mgmt1 belongs to a running testbed run \\(pid {holder.pid}\\)"):
+            with _emulate(topo, tmp_path, platform):
+                pass
+        assert subprocess.run(["ovs-vsctl", "br-exists", "mgmt1"]).returncode == 0     # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", "mgmt1"], capture_output=True)

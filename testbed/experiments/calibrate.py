@@ -104,7 +104,7 @@ def hashrate_per_core(scn: Scenario, quotas: tuple[float, ...], seconds: float) 
     cfg = dataclasses.replace(scn.chain, n_nodes=1, n_ues=0, threads=1, budget_mode="cpu_quota",
                               genesis_difficulty=2**19)
     points = []
-    with Chain(cfg, budgets=[1], cpu_quotas=[max(quotas)]) as chain:
+    with Chain(cfg, budgets=[1], cpu_quotas=[max(quotas)], wait_first_block=False) as chain:
         node = chain.nodes[0]
         for q in quotas:
             chain.set_hash_budget(0, 1, cpu_quota=q)

@@ -305,6 +305,10 @@ def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dic
                     "machine_used_before_mib": (vm.total - vm.available) / 2**20}
     try:
         lab.start()
+        if scn.lab.trickle_api or scn.lab.trickle_executor:       # the slow-client load test
+            from testbed.experiments import trickle
+            result["attack"] = {"api": scn.lab.trickle_api, "per_executor": scn.lab.trickle_executor,
+                                "from": trickle.start(lab)}
         sampler = ResourceSampler(lab).start()
         t_slots = time.time()
         lab.start_policy()
@@ -320,6 +324,9 @@ def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dic
         result["drain"] = drain(lab, scn.lab.drain_s)
         result["drain"].update(finish_executors(lab, scn.lab.drain_s))
         sampler.stop()
+        if "attack" in result:
+            from testbed.experiments import trickle
+            result["attack"]["counts"] = trickle.summary(run_dir)
         result["audit"] = audit(lab)
         result["chain"] = chain_record(lab)
         result["final_state"] = ApiClient(lab.api_url, lab.token).state()

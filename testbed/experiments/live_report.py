@@ -49,9 +49,9 @@ def read_jsonl(paths) -> list[dict]:
 
 
 def executor_logs(run_dir: Path) -> list[Path]:
-    """Each executor's own log (``lab/executors/<mec>.jsonl``; not its voucher log)."""
+    """Each executor's own log (``lab/executors/<mec>.jsonl``; not its voucher or completion log)."""
     return sorted(p for p in (Path(run_dir) / "lab" / "executors").glob("*.jsonl")
-                  if not p.name.endswith("-vouchers.jsonl"))
+                  if not p.name.endswith(("-vouchers.jsonl", "-completions.jsonl")))
 
 
 def level_at(slots: list[dict], mec: str, t: float) -> int | None:
@@ -233,6 +233,7 @@ def summarize(scn, run_dir: Path, res: dict) -> dict:
                                 - res.get("machine_used_before_mib", float("nan"))),
         "run_dir": res.get("run_dir"),
         "bring_up": res.get("bring_up"), "teardown_s": res.get("teardown_s"), "drain": res.get("drain"),
+        "attack": {k: v for k, v in (res.get("attack") or {}).items() if k != "from"} or None,
         "total_s": res.get("total_s"), "notes": res.get("notes"), "mapping": res.get("mapping"),
         "audit": res.get("audit"),
     }

@@ -1,0 +1,220 @@
+"""The controller's API on its real server (:mod:`controller.api_server`), attacked over real
+sockets as a UE container would: a body limit bypass, non-finite numbers, tasks outside
+Table I's ranges, trickling and piling connections, reports about tasks never given, τ_u from
+the reporter, failure reports without a kind. Each attack is refused and changes nothing."""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+from eth_account import Account
+
+from controller.api import Api, sign_body
+from controller.api_server import make_api_server
+from controller.state import LabState
+
+RANGES = {"data_mb": (1.0, 5.0), "demand": (0.6, 1.6), "desired_s": (0.5, 2.0)}
+TOKEN = "t0ken"
+ITERATIONS_PER_GCYCLE = 2000.0       # the announced tasks have ξ = 1.0 Gcycles: 2,000 iterations
+
+
+@pytest.fixture
+def api():
+    keys = {"mec1": Account.create(), "mec2": Account.create(), "ue1": Account.create(), "ue2": Account.create()}
+    state = LabState(["mec1", "mec2"], ["ue1", "ue2"], [20.0, 40.0], 80.0, window_s=60.0, task_ranges=RANGES)
+    app = Api(state, {k: a.address for k, a in keys.items()}, TOKEN, long_poll_max_s=5.0,
+              work={"iterations_per_gcycle": ITERATIONS_PER_GCYCLE, "demand_reading": "total"})
+    server = make_api_server("127.0.0.1", 0, app, trusted=("127.0.0.2",), read_deadline_s=1.0,
+                             max_connections=40, per_client=8)
+    th = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    th.start()
+
+    class Client:
+        port = server.server_address[1]
+
+        def __init__(self):
+            self.keys, self.state, self.server = keys, state, server
+
+        def call(self, method, path, body=None, signer=None, token=None, source="127.0.0.1", headers=None):
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10, source_address=(source, 0))
+            raw = json.dumps(body).encode() if body is not None else b""
+            h = dict(headers or {})
+            if signer:
+                h.update({"X-Signer": signer, "X-Signature": sign_body(keys[signer], raw)})
+            if token:
+                h["Authorization"] = f"Bearer {token}"
+            c.request(method, path, body=raw or None, headers=h)
+            r = c.getresponse()
+            out = r.status, json.loads(r.read() or b"{}")
+            c.close()
+            return out
+
+        def raw(self, data: bytes) -> bytes:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            s.sendall(data)
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+            s.close()
+            return got
+
+        def give(self, ue: str, mec: str, task_id: int, desired_s: float = 1.0, slot=[0]) -> None:
+            """Announce ``ue``'s task and assign it to ``mec`` as the policy would."""
+            st, _ = self.call("POST", "/task", {"ue": ue, "task_id": task_id, "data_mb": 2.0, "demand": 1.0,
+                                                "desired_s": desired_s}, signer=ue)
+            assert st == 200
+            slot[0] += 1
+            st, body = self.call("PUT", "/assignment", {"slot": slot[0], "serve": {mec: ue},
+                                                        "levels": {"mec1": 0, "mec2": 0}}, token=TOKEN)
+            assert st == 200, body
+
+    yield Client()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_negative_or_signed_content_length_is_refused_and_the_body_limit_holds(api):
+    for length in (b"-1", b"+5", b"1e3", b" 0x10"):
+        got = api.raw(b"POST /task HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n{}")
+        assert got.startswith(b"HTTP/1.0 400") and b"digits only" in got, got
+    got = api.raw(b"POST /task HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n")
+    assert got.startswith(b"HTTP/1.0 413"), got
+    assert api.call("GET", "/health")[0] == 200 and api.state.counters["tasks"] == 0
+
+
+@pytest.mark.parametrize("query,field", [("wait=nan", "wait"), ("wait=inf", "wait"), ("wait=-1", "wait"),
+                                         ("wait=1e308", "wait")])
+def test_a_long_poll_with_a_non_finite_or_out_of_range_wait_is_refused(api, query, field):
+    api.give("ue1", "mec1", 1)
+    t0 = time.monotonic()
+    st, body = api.call("GET", f"/assignment/ue1?task=1&{query}")
+    assert st == 400 and field in body["error"], body
+    assert time.monotonic() - t0 < 1.0                 # refused at once, no thread left spinning
+
+
+def test_reports_since_nan_is_refused(api):
+    st, body = api.call("GET", "/reports?since=nan")
+    assert st == 400 and "since" in body["error"]
+
+
+@pytest.mark.parametrize("field,value", [("demand", float("inf")), ("demand", 1e308), ("data_mb", float("nan")),
+                                         ("desired_s", 1e9), ("desired_s", 0.01), ("data_mb", 50.0)])
+def test_a_task_outside_table_i_is_refused_naming_the_field(api, field, value):
+    task = {"ue": "ue1", "task_id": 7, "data_mb": 2.0, "demand": 1.0, "desired_s": 1.0, field: value}
+    st, body = api.call("POST", "/task", task, signer="ue1")
+    assert st == 400 and field in body["error"], body
+    assert "ue1" not in api.state.pending and api.state.counters["tasks"] == 0
+
+
+def test_trickling_connections_are_capped_and_cut_while_the_policy_is_served(api):
+    """A UE opens connections and trickles headers byte by byte: past its per-client cap the
+    next is answered 503 at once; each is cut at the read deadline; lab0's own (trusted)
+    connections are answered throughout."""
+    socks = []
+    for _ in range(8):
+        s = socket.create_connection(("127.0.0.1", api.port), timeout=5)
+        s.sendall(b"GET /health HTTP/1.1\r\n")
+        socks.append(s)
+    time.sleep(0.2)
+    extra = socket.create_connection(("127.0.0.1", api.port), timeout=5)
+    assert extra.recv(100).startswith(b"HTTP/1.0 503")
+    extra.close()
+    t0 = time.monotonic()
+    st, _ = api.call("GET", "/state", source="127.0.0.2")           # the policy, from lab0
+    assert st == 200 and time.monotonic() - t0 < 0.5
+    for s in socks:                                  # trickle one byte every 0.3 s
+        try:
+            s.sendall(b"X")
+        except OSError:
+            pass
+    deadline = time.monotonic() + 3.0
+    while api.server.open_connections() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert api.server.open_connections() == 0        # all cut at the 1-s read deadline
+    for s in socks:
+        s.close()
+    assert api.call("GET", "/health")[0] == 200       # and the client may come back
+
+
+def test_a_report_about_a_task_never_given_is_refused(api):
+    st, body = api.call("POST", "/report", {"source": "executor", "mec": "mec1", "ue": "ue1", "task_id": 3,
+                                            "latency_s": 0.1, "ok": True}, signer="mec1")
+    assert st == 403 and "never given to mec1" in body["error"]
+    api.give("ue1", "mec2", 3)
+    st, body = api.call("POST", "/report", {"source": "executor", "mec": "mec1", "ue": "ue1", "task_id": 3,
+                                            "latency_s": 0.1, "ok": True}, signer="mec1")
+    assert st == 403                                  # given, but to mec2
+    assert api.state.reputation()["mec1"]["tasks"] == 0
+
+
+def test_tau_is_the_announced_one_not_the_reporters(api):
+    api.give("ue1", "mec1", 4, desired_s=1.5)
+    st, _ = api.call("POST", "/report", {"source": "executor", "mec": "mec1", "ue": "ue1", "task_id": 4,
+                                         "desired_s": float("inf"), "latency_s": 0.5, "ok": True}, signer="mec1")
+    assert st == 200
+    rep = api.call("GET", "/reputation")[1]["mec1"]
+    assert rep["reputation"] == pytest.approx(1.5 / 0.5) and rep["desired_s"] == pytest.approx(1.5)
+
+
+def test_a_ue_failure_report_needs_a_kind_and_is_counted_by_kind(api):
+    api.give("ue1", "mec1", 5)
+    st, body = api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": 5,
+                                            "latency_s": 1.0, "ok": False, "detail": {}}, signer="ue1")
+    assert st == 400 and "detail.outcome" in body["error"]
+    assert api.state.reputation()["mec1"]["failed"] == 0
+    st, _ = api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": 5, "latency_s": 1.0,
+                                         "ok": False, "detail": {"outcome": "refunded:lost"}}, signer="ue1")
+    assert st == 200
+    rep = api.call("GET", "/reputation")[1]["mec1"]
+    assert rep["failed"] == 1 and rep["failed_by_kind"] == {"refunded": 1}
+    # a UE cannot report on another UE's task, nor a number that is not finite
+    st, _ = api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": 5, "latency_s": 1.0,
+                                         "ok": False, "detail": {"outcome": "lost"}}, signer="ue2")
+    assert st == 403
+    st, body = api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": 5,
+                                            "latency_s": "NaN", "ok": False, "detail": {"outcome": "lost"}},
+                        signer="ue1")
+    assert st == 400 and "latency_s" in body["error"]
+
+
+def _claim(api, task_id: int, res, data: bytes, signer_key, segment: int = 0, evidence=True):
+    """ue1's wrong_result report on ``res`` (a WorkResult) for ``data``, with a receipt signed by
+    ``signer_key`` (None: no evidence at all)."""
+    import hashlib
+
+    from nodes.wire import receipt_bytes
+    h0 = hashlib.sha256(data).digest()
+    receipt = sign_body(signer_key, receipt_bytes(api.keys["ue1"].address, task_id, h0, res.digest()))
+    detail = {"outcome": "wrong_result"}
+    if evidence:
+        detail["evidence"] = {"receipt": receipt, "result": res.to_bytes().hex(), "h0": h0.hex(), "segment": segment}
+    return api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": task_id,
+                                        "latency_s": 1.0, "ok": False, "detail": detail}, signer="ue1")
+
+
+def test_a_wrong_result_claim_counts_only_when_the_servers_signed_result_fails(api):
+    """The controller checks a UE's wrong_result claim itself: the server's receipt over the
+    result, the iteration count of the announced task, the segment the UE names."""
+    from nodes.work import compute, fabricate, verify
+    data = b"task data" * 100
+    need = round(1.0 * ITERATIONS_PER_GCYCLE)
+    honest, lazy, fake = compute(data, need), compute(data, 1), fabricate(need, seed=3)
+    found = {}
+    assert not verify(data, fake, need, segments=32, found=found)[0]
+    for tid in (11, 12, 13, 14, 15, 16):
+        api.give("ue1", "mec1", tid)
+    st, body = _claim(api, 11, honest, data, api.keys["mec1"], segment=5)          # a false claim
+    assert st == 403 and "verifies" in body["error"], body
+    st, body = _claim(api, 12, fake, data, api.keys["mec2"])                      # not mec1's receipt
+    assert st == 403 and "not mec1's" in body["error"], body
+    st, body = _claim(api, 13, fake, data, api.keys["mec1"], evidence=False)
+    assert st == 400 and "evidence" in body["error"], body
+    assert api.state.reputation()["mec1"]["failed"] == 0                       # nothing counted yet
+    assert _claim(api, 14, fake, data, api.keys["mec1"], segment=found["segment"])[0] == 200
+    assert _claim(api, 15, lazy, data, api.keys["mec1"])[0] == 200             # 1 iteration, not 2,000
+    rep = api.call("GET", "/reputation")[1]["mec1"]
+    assert rep["failed"] == 2 and rep["failed_by_kind"] == {"wrong_result": 2}, rep
