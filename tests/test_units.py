@@ -257,3 +257,23 @@ def test_one_eq11_for_the_simulator_the_live_lab_and_fidelity():
     replay = fidelity.slot_utility(cfg, servers, [slot], tasks, lat[served])
     assert replay[0] == pytest.approx(reward, rel=1e-9)
     assert reward == pytest.approx(float(live.total), rel=1e-9)
+
+
+def test_bench_lab_reads_its_figures_from_the_summary_and_judges_each_target():
+    from testbed.experiments.bench_lab import extract
+    summary = {"M": 10, "U": 20, "slots": 15, "slot_s": 10.0, "policy": "greedy",
+               "bring_up": {"network": 8.0, "chain": 9.0, "bring_up_s": 31.5}, "teardown_s": 3.2,
+               "lab_peak_memory_mib": 2900.0, "machine_peak_used_mib": 4100.0,
+               "resources": {"miners": {"cores_mean": 0.588, "rss_mib_max": 820.0},
+                             "controller": {"cores_mean": 0.016, "cores_max": 0.05, "rss_mib_max": 66.0}},
+               "decision": {"slot_start_to_applied_s": {"n": 15, "p50": 0.02, "p95": 0.041, "p99": 0.05, "max": 0.06},
+                            "decision_ms": {"n": 15, "p50": 1.0, "p99": 3.0}},
+               "tasks": {"offered": 170, "completed": 160, "failed": 0, "refunded": 0},
+               "lost": {"books_close": True}}
+    b = extract(summary)
+    assert b["bring_up_s"] == 31.5 and b["bring_up_steps_s"] == {"network": 8.0, "chain": 9.0}
+    assert b["memory_mib_by_part"] == {"miners": 820.0, "controller": 66.0}
+    t = b["targets"]
+    assert not t["bring_up_s"]["met"] and not t["lab_peak_memory_mib"]["met"]      # 31.5 > 30, 2900 > 1536
+    assert t["applied_p95_s"]["met"] and t["teardown_s"]["met"]                    # 41 ms <= 50, 3.2 <= 5
+    assert extract({**summary, "M": 3, "U": 3}).get("targets") is None              # no target at that scale
