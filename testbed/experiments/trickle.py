@@ -48,6 +48,7 @@ def one(ip, port):
             bump("cut")
         finally:
             s.close()
+        time.sleep(interval)              # then again, as a patient attacker would
 for t in targets:
     ip, port, n = t.split(":")
     for _ in range(int(n)):
