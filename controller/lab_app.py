@@ -206,23 +206,23 @@ class LabApp(app_manager.OSKenApp):
 
     # ---- surviving a restart ---------------------------------------------------------------
     def _restore(self):
-        if self.state_file is None or not self.state_file.exists():
+        if self.state_file is not None and self.state_file.exists():
+            try:
+                saved = json.loads(self.state_file.read_text())
+                self.state.restore(saved)
+                if saved.get("topology"):
+                    shared.set_topology(saved["topology"])
+                self.logger.info("state restored from %s (saved %.1f s ago)", self.state_file,
+                                 time.time() - saved.get("t", time.time()))
+            except Exception as e:
+                self.logger.warning("could not restore %s: %s", self.state_file, e)
+        if self.state_file is not None:
+            self.state.journal = self._save        # an assignment or a task is on disk before it is seen
             hub.spawn(self._persist)
-            return
-        try:
-            saved = json.loads(self.state_file.read_text())
-            self.state.restore(saved)
-            if saved.get("topology"):
-                shared.set_topology(saved["topology"])
-            self.logger.info("state restored from %s (saved %.1f s ago)", self.state_file,
-                             time.time() - saved.get("t", time.time()))
-        except Exception as e:
-            self.logger.warning("could not restore %s: %s", self.state_file, e)
-        hub.spawn(self._persist)
 
-    def _persist(self):
-        while True:
-            hub.sleep(1.0)
+    def _save(self):
+        """The state to ``state_file``, atomically (write, then rename), under the state's lock."""
+        with self.state.lock:
             try:
                 data = {**self.state.dump(), "topology": dict(shared.topology), "t": time.time()}
                 tmp = self.state_file.with_suffix(".tmp")
@@ -230,4 +230,9 @@ class LabApp(app_manager.OSKenApp):
                 tmp.replace(self.state_file)
             except Exception as e:
                 self.logger.warning("state not saved: %s", e)
+
+    def _persist(self):
+        while True:                                # reports, links, slots: once a second
+            hub.sleep(1.0)
+            self._save()
 

@@ -98,9 +98,12 @@ class LabState:
         # mec -> {(ue, task id): the task as announced (desired_s, data_mb, demand)}: the only
         # tasks a report may be about, and the τ_u a report counts with (never the reporter's)
         self._assigned: dict[str, dict[tuple[str, int], dict]] = {m: {} for m in self.servers}
-        self.slots: deque[dict] = deque(maxlen=500)         # the policy's measured slots
+        self.slots: deque[dict] = deque(maxlen=30)          # the policy's last measured slots (live view)
         # read at every snapshot, outside the lock: the miners' CPU time so far (lab_app)
         self.probe: Callable[[], dict] | None = None
+        # called under the lock after every change a restart must not lose (an assignment, an
+        # announced or dropped task): whoever sees the change sees it only once it is on disk
+        self.journal: Callable[[], None] | None = None
 
     # ---- UEs announce tasks -------------------------------------------------------------
     def add_task(self, ue: str, task_id: int, data_mb: float, demand: float, desired_s: float) -> PendingTask:
@@ -121,6 +124,7 @@ class LabState:
             task = PendingTask(ue, int(task_id), float(data_mb), float(demand), float(desired_s), time.time())
             self.pending[ue] = task
             self.counters["tasks"] += 1
+            self._journal()
             self.lock.notify_all()
             return task
 
@@ -130,6 +134,7 @@ class LabState:
             t = self.pending.get(ue)
             if t is not None and t.task_id == task_id:
                 del self.pending[ue]
+                self._journal()
 
     def wait_assigned(self, ue: str, task_id: int, timeout: float) -> PendingTask | None:
         """Block until the UE's task has a server (or ``timeout`` s); the task, or None."""
@@ -202,8 +207,13 @@ class LabState:
             self.assignment = a
             self.history.append(a)
             self.counters["assignments"] += 1
+            self._journal()
             self.lock.notify_all()
             return a
+
+    def _journal(self) -> None:
+        if self.journal is not None:
+            self.journal()
 
     def release(self, a: Assignment) -> None:
         """Tell the UEs of ``a`` their servers: only once the switches steer their traffic there
@@ -330,5 +340,5 @@ class LabState:
                 "links": dict(self.links), "miners": dict(self.miners), "miner_cpu": miner_cpu,
                 "levels_mhs": self.levels_mhs, "budget_mhs": self.budget_mhs,
                 "counters": dict(self.counters),
-                "recent_slots": list(self.slots)[-30:],
+                "recent_slots": list(self.slots),
             }

@@ -218,3 +218,21 @@ def test_a_wrong_result_claim_counts_only_when_the_servers_signed_result_fails(a
     assert _claim(api, 15, lazy, data, api.keys["mec1"])[0] == 200             # 1 iteration, not 2,000
     rep = api.call("GET", "/reputation")[1]["mec1"]
     assert rep["failed"] == 2 and rep["failed_by_kind"] == {"wrong_result": 2}, rep
+
+
+def test_an_assignment_or_a_task_is_journaled_before_anyone_sees_it():
+    """The controller may be killed (SIGKILL) at any moment: every assignment and announced
+    task is handed to the journal while the state's lock is held, so a state() that shows it
+    was taken after it was saved, and a restored state carries it."""
+    state = LabState(["mec1", "mec2"], ["ue1", "ue2"], [20.0, 40.0], 80.0, window_s=60.0, task_ranges=RANGES)
+    saved: list[dict] = []
+    state.journal = lambda: saved.append(json.loads(json.dumps(state.dump())))
+    state.add_task("ue1", 7, 1.0, 1.0, 2.0)
+    assert saved[-1]["pending"]["ue1"]["task_id"] == 7
+    state.assign(41, {"mec1": "ue1", "mec2": None}, {"mec1": 1, "mec2": 0})
+    assert saved[-1]["assignment"]["slot"] == 41 and saved[-1]["assignment"]["serve"]["mec1"] == "ue1"
+    state.drop_task("ue1", 7)
+    assert "ue1" not in saved[-1]["pending"]
+    again = LabState(["mec1", "mec2"], ["ue1", "ue2"], [20.0, 40.0], 80.0, window_s=60.0, task_ranges=RANGES)
+    again.restore(saved[-1])
+    assert again.assignment.slot == 41 and again.counters["restored"] == 1
