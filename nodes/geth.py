@@ -19,6 +19,7 @@ Two quirks of geth 1.11.6 that this class hides (checked in its source):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -168,6 +169,12 @@ class GethNode:
         if out.returncode != 0:
             raise GethError(f"{self.name}: geth init failed:\n{out.stderr[-2000:]}")
         self.write_config(static_peers)
+        uid = getattr(self.launcher, "uid", None)
+        if uid is not None:               # who runs the node owns its datadir, and no one else reads it
+            for d, _, files in os.walk(self.datadir):
+                for f in [d, *(os.path.join(d, x) for x in files)]:
+                    os.chown(f, uid, uid)
+            self.datadir.chmod(0o700)
 
     def write_config(self, static_peers: list[str]) -> None:
         """(Re)write the node's --config TOML: PoW mode, DAG, bind address, static peers."""

@@ -168,6 +168,8 @@ class LabConfig:
     api_read_deadline_s: float = 5.0     # the controller API: a request must be in within this
     api_max_connections: int = 256       # ... at most this many open (lab0's own not counted)
     api_per_client: int = 32             # ... and this many from one address
+    mec_uid_base: int = 20000            # MEC host i's executor and miner run as uid/gid base + i, owning
+                                         # its key and datadir only (docs/security.md); 0: as root
 
     def __post_init__(self):
         require(is_int(self.slots) and self.slots >= 1, "lab.slots", "an integer >= 1", self.slots)
@@ -181,6 +183,8 @@ class LabConfig:
         for name in ("trickle_api", "trickle_executor"):
             v = getattr(self, name)
             require(is_int(v) and 0 <= v <= 2000, f"lab.{name}", "an integer in [0, 2000]", v)
+        require(is_int(self.mec_uid_base) and (self.mec_uid_base == 0 or 1000 <= self.mec_uid_base <= 2 ** 31 - 2 ** 20),
+                "lab.mec_uid_base", "0 (as root) or an integer in [1000, 2^31 - 2^20]", self.mec_uid_base)
         for name in ("api_max_connections", "api_per_client"):
             v = getattr(self, name)
             require(is_int(v) and 1 <= v <= 10_000, f"lab.{name}", "an integer in [1, 10000]", v)

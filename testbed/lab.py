@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -307,8 +308,48 @@ class Lab:
             (keys / f"mec{i}.key").write_text(a.key.hex())
         for j, a in enumerate(self.accounts.ues, 1):
             (keys / f"ue{j}.key").write_text(a.key.hex())
-        for p in keys.iterdir():
-            p.chmod(0o600)
+        for p in self.secrets.rglob("*"):
+            if p.is_file():
+                p.chmod(0o600)               # the mnemonic and the token: the operator's (root) only
+        if self.scn.lab.mec_uid_base:
+            # a MEC host's programs (its own uid) may pass through the folders to their own key
+            # by name, never list them, and read no other file in them
+            self.secrets.chmod(0o711)
+            keys.chmod(0o711)
+            for i in range(1, self.M + 1):
+                os.chown(keys / f"mec{i}.key", self.mec_uid(f"mec{i}"), self.mec_uid(f"mec{i}"))
+            # the executor's own records: it may append to its files, not touch another's
+            out = self.lab_dir / "executors"
+            out.mkdir(exist_ok=True)
+            for i in range(1, self.M + 1):
+                for suffix in ("", "-completions", "-vouchers"):
+                    f = out / f"mec{i}{suffix}.jsonl"
+                    f.touch()
+                    os.chown(f, self.mec_uid(f"mec{i}"), self.mec_uid(f"mec{i}"))
+            self._check_mec_uid()
+
+    def mec_uid(self, mec: str) -> int | None:
+        """The uid (and gid) MEC host ``mec``'s executor and miner run as; None: root."""
+        base = self.scn.lab.mec_uid_base
+        return base + int(mec[3:]) if base else None
+
+    def launcher(self, mec: str):
+        """Where MEC host ``mec``'s programs run: in its namespace, as its own uid."""
+        return in_mininet_host(self.net.get(mec), self.mec_uid(mec))
+
+    def _check_mec_uid(self) -> None:
+        """A MEC host's uid must reach the programs (a parent folder of mode 0700, such as a
+        home folder on Debian 12, does not let it): found now, not as a dead executor."""
+        uid = self.mec_uid("mec1")
+        out = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
+                              self._python(), "-c", "import os, sys, nodes.executor; os.stat(sys.argv[1])",
+                              str(self.lab_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise LabError(f"MEC hosts run as their own uid ({uid}, ...) and that uid cannot run the "
+                           f"programs in {ROOT} or reach the run folder {self.run_dir}: "
+                           f"{out.stderr.strip()[-300:]}. Put both where every user may pass (no parent "
+                           "folder of mode 0700, such as a home folder or pytest's temporary folder), "
+                           "or set lab.mec_uid_base = 0 to run them as root")
 
     def _mount_ue_files(self) -> None:
         """Each UE container gets the programs (``docker_host.CODE_DIRS``, read-only), the lab's
@@ -459,7 +500,7 @@ class Lab:
         # gateway's wallet RPC on the data network, where UEs and executors reach it
         self.chain = Chain(self.chain_cfg, ips=[plan.mgmt_ip(h.name) for h in mecs],
                            rpc_ips=[plan.mgmt_ip(h.name) for h in mecs],
-                           launchers=[in_mininet_host(h) for h in mecs],
+                           launchers=[self.launcher(h.name) for h in mecs],
                            quota_parents=[self.host_groups[h.name] for h in mecs],
                            gateway_ip=plan.mgmt_ip("gw1"), gateway_rpc_ip=plan.data_ip("gw1"),
                            gateway_launcher=in_mininet_host(gw),
@@ -516,11 +557,10 @@ class Lab:
     def _start_executors(self) -> None:
         for i in range(1, self.M + 1):
             m = f"mec{i}"
-            host = self.net.get(m)
             argv = [self._python(), "-m", "nodes.executor", "--lab", str(self.lab_dir / "lab.json"),
                     "--name", m, "--key", str(self.secrets / "keys" / f"{m}.key")]
             p = ManagedProcess(f"executor {m}", argv, self.run_dir / "logs" / f"executor-{m}.log",
-                               launcher=in_mininet_host(host), cwd=ROOT, ready_timeout_s=60)
+                               launcher=self.launcher(m), cwd=ROOT, ready_timeout_s=60)
             self.procs.start(p)
             self.executors[m] = p
 

@@ -96,14 +96,19 @@ def local(*, new_session: bool = True) -> Launcher:
     return launch
 
 
-def in_mininet_host(host) -> Launcher:
-    """Run inside Mininet host ``host`` (its network namespace, via ``mnexec -da``)."""
+def in_mininet_host(host, uid: int | None = None) -> Launcher:
+    """Run inside Mininet host ``host`` (its network namespace, via ``mnexec -da``); as user
+    and group ``uid`` when given (``setpriv``, after entering the namespace, which needs root):
+    a MEC host's processes own their key and datadir and cannot read another host's."""
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"] if uid is not None else []
+
     def launch(argv, log, *, cwd=None, env=None) -> Handle:
-        popen = host.popen(argv, stdout=log, stderr=subprocess.STDOUT,
+        popen = host.popen(prefix + list(argv), stdout=log, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, cwd=cwd, env=env)
         # mnexec -d makes the command a session leader: signal its whole group.
         return _PopenHandle(popen, group=True)
-    launch.where = f"mininet host {host.name}"
+    launch.where = f"mininet host {host.name}" + (f" as uid {uid}" if uid is not None else "")
+    launch.uid = uid
     return launch
 
 

@@ -42,6 +42,21 @@ def no_leftovers():
     assert not leaked, f"teardown left behind: {leaked}"
 
 
+def passable(path):
+    """``path``, made passable to every user (0711: entered by name, never listed) from
+    pytest's root folder down: a lab's MEC hosts run their programs as their own uids
+    (``lab.mec_uid_base``), which must reach their datadirs in the run folder, and pytest makes
+    its temporary folders 0700 (it sets its root back to 0700 at the next session)."""
+    import pathlib
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    chain = [path, *path.parents]
+    top = next((i for i, d in enumerate(chain) if d.name.startswith("pytest-of-")), None)
+    for d in chain[:top + 1] if top is not None else []:      # nothing outside pytest's folders
+        d.chmod(d.stat().st_mode | 0o111)
+    return path
+
+
 @contextlib.contextmanager
 def running_lab(workdir, overrides: list[str], ues: tuple[str, ...]):
     """A lab of the ``lab`` scenario with ``overrides``, the UE clients ``ues`` started and
@@ -51,6 +66,7 @@ def running_lab(workdir, overrides: list[str], ues: tuple[str, ...]):
     from testbed.processes import log_ready
 
     before = leftovers.snapshot()
+    passable(workdir.parent)
     lab = Lab(load_scenario("lab", overrides), workdir, start_ues=False)
     try:
         lab.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_LAB, chain_overrides
+from conftest import SMALL_LAB, chain_overrides, passable
 
 ROOT = Path(__file__).resolve().parent.parent
 # the defaults users run (payment channels on the paper's chain, chain.outside = "virtual"), small
@@ -28,6 +28,7 @@ def run_testbed(*args, timeout=900):
 
 
 def test_demo_then_fidelity(network_ready, no_leftovers, tmp_path):
+    passable(tmp_path)
     model = tmp_path / "ddqn.pt"
     sets = [x for s in SMALL + [f"demo.model={model}"] for x in ("--set", s)]
     out = run_testbed("demo", "--out", str(tmp_path / "demo"), *sets)

@@ -22,7 +22,7 @@ from nodes.wire import Conn, read_line, request_digest, request_hash
 from testbed import units
 from testbed.experiments.live import audit, drain, finish_executors
 from testbed.live_env import ApiClient
-from testbed.processes import ManagedProcess, in_mininet_host, log_ready
+from testbed.processes import ManagedProcess, log_ready
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
 
@@ -145,7 +145,7 @@ def _restart_executor(lab, mec, *extra):
     old.stop()
     argv = fault_free(old.argv) + list(extra)
     p = ManagedProcess(f"executor {mec}", argv, old.log_path.with_name(f"executor-{mec}-{time.monotonic_ns()}.log"),
-                       launcher=in_mininet_host(lab.net.get(mec)), cwd=old.cwd, ready=log_ready(r"serving on"))
+                       launcher=lab.launcher(mec), cwd=old.cwd, ready=log_ready(r"serving on"))
     lab.procs.start(p)
     lab.attach_kernel(mec, p)
     lab.executors[mec] = p

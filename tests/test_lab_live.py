@@ -24,7 +24,7 @@ from conftest import fault_free, SMALL_LAB, chain_overrides, drive, running_lab,
 from testbed.experiments.live import audit, drain
 from testbed.lab import KEY_MOUNT
 from testbed.live_env import ApiClient
-from testbed.processes import ManagedProcess, in_mininet_host, log_ready
+from testbed.processes import ManagedProcess, log_ready
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
 
@@ -182,7 +182,7 @@ def test_ue_cannot_steer_a_miner(lab):
 
 
 def test_a_mec_host_cannot_steer_a_rivals_miner_and_ues_cannot_reach_devp2p(lab):
-    """As a process on mec2 (its own namespace, the management network it shares with mec1):
+    """As a process on mec2 (its namespace and uid, the management network it shares with mec1):
     mec1's miner RPC refuses it (``miner_stop``, ``miner_setEtherbase``), while lab0 is served.
     From a UE container: no miner's devp2p port answers on any address it can name."""
     import docker
@@ -199,7 +199,7 @@ def test_a_mec_host_cannot_steer_a_rivals_miner_and_ues_cannot_reach_devp2p(lab)
     py, path = ROOT / ".venv" / "bin" / "python", lab.run_dir / "attack_rpc.py"
     path.write_text(script)
     for method in ("miner_stop", "miner_setEtherbase"):
-        out = h2.cmd(f"{py} {path} {mec1.http_url} {method}")
+        out = h2.cmd(f"{as_uid(lab.mec_uid('mec2'))} {py} {path} {mec1.http_url} {method}")
         assert out.strip().startswith("refused"), out
     assert mec1.mining()                      # lab0 (this process) is answered, and it still mines
     c = docker.from_env().containers.get("mn.ue1")
@@ -214,12 +214,63 @@ def test_a_mec_host_cannot_steer_a_rivals_miner_and_ues_cannot_reach_devp2p(lab)
             assert not line.strip().endswith(" 0"), f"devp2p reachable from a UE container: {line}"
 
 
+def as_uid(uid: int | None) -> str:
+    """The command prefix that runs as MEC host ``uid`` (as its programs run), or nothing."""
+    return f"setpriv --reuid={uid} --regid={uid} --clear-groups --" if uid is not None else ""
+
+
+def test_a_mec_host_holds_only_its_own_key_and_miner(lab):
+    """As mec1's programs run (its namespace and uid): its executor and miner do run as that
+    uid; it reads its own key, and no other server's or UE's key, the mnemonic, the policy
+    token, the controller's configuration or mec2's datadir (node key, JWT secret); it cannot
+    list the secrets, write mec2's records or signal mec2's miner. Nothing is disturbed."""
+    import psutil
+    from testbed.config import ROOT
+    uid = lab.mec_uid("mec1")
+    assert uid is not None, "lab.mec_uid_base = 0: MEC hosts run as root"
+    assert psutil.Process(lab.executors["mec1"].pid).uids().real == uid
+    mec1, mec2 = lab.chain.nodes[0], lab.chain.nodes[1]
+    assert psutil.Process(mec1.pid).uids().real == uid
+    keys = lab.secrets / "keys"
+    targets = {"own key": keys / "mec1.key", "mec2's key": keys / "mec2.key", "ue1's key": keys / "ue1.key",
+               "mnemonic": lab.secrets / "mnemonic", "token": lab.secrets / "token",
+               "controller config": lab.secrets / "controller.json",
+               "mec2 nodekey": mec2.datadir / "geth" / "nodekey", "mec2 jwt": mec2.datadir / "geth" / "jwtsecret"}
+    script = ("import json, os, sys\n"
+              "t = json.loads(open(sys.argv[1]).read()); out = {}\n"
+              "for k, p in t.items():\n"
+              "    try:\n"
+              "        open(p).read(); out[k] = 'read'\n"
+              "    except OSError as e:\n"
+              "        out[k] = type(e).__name__\n"
+              "for k, f in (('list secrets', lambda: os.listdir(sys.argv[2])),\n"
+              "             ('write mec2 records', lambda: open(sys.argv[3], 'a').write('forged')),\n"
+              "             ('signal mec2 miner', lambda: os.kill(int(sys.argv[4]), 0))):\n"
+              "    try:\n"
+              "        f(); out[k] = 'done'\n"
+              "    except OSError as e:\n"
+              "        out[k] = type(e).__name__\n"
+              "print(json.dumps(out))\n")
+    path = lab.run_dir / "attack_files.py"
+    path.write_text(script)
+    before = (lab.lab_dir / "executors" / "mec2.jsonl").read_bytes()
+    arg = lab.run_dir / "attack_files.json"
+    arg.write_text(json.dumps({k: str(v) for k, v in targets.items()}))
+    out = lab.net.get("mec1").cmd(f"{as_uid(uid)} {ROOT / '.venv' / 'bin' / 'python'} {path} {arg} "
+                                   f"{lab.secrets} {lab.lab_dir / 'executors' / 'mec2.jsonl'} {mec2.pid}")
+    got = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"no output": out}
+    assert got.pop("own key") == "read", got
+    assert all(v == "PermissionError" for v in got.values()), got
+    assert (lab.lab_dir / "executors" / "mec2.jsonl").read_bytes() == before
+    assert mec2.alive and mec2.mining()
+
+
 def _restart_executor(lab, mec, *extra):
     old = lab.executors[mec]
     old.stop()
     argv = fault_free(old.argv) + list(extra)
     log = old.log_path.with_name(f"executor-{mec}-{time.monotonic_ns()}.log")
-    p = ManagedProcess(f"executor {mec}", argv, log, launcher=in_mininet_host(lab.net.get(mec)),
+    p = ManagedProcess(f"executor {mec}", argv, log, launcher=lab.launcher(mec),
                        cwd=old.cwd, ready=log_ready(r"serving on"))
     lab.procs.start(p)
     lab.attach_kernel(mec, p)
