@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
-from testbed.errors import ConfigError  # noqa: E402  (the lab's one configuration error)
+from base.errors import ConfigError  # noqa: E402  (the lab's one configuration error)
 
 
 def _range(section: str, name: str, value, lo_min: float, strict: bool = False) -> tuple[float, float]:

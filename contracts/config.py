@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from testbed.errors import is_int, is_number, require
+from base.errors import is_int, is_number, require
 
 #: How UEs pay: escrow per task, or payment channels with signed vouchers.
 PAYMENTS = ("escrow", "channel")

@@ -20,7 +20,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
 from nodes.accounts import DEV_MNEMONIC, derive_accounts
-from testbed.processes import ManagedProcess, ProcessError, local
+from base.processes import ManagedProcess, ProcessError, local
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ starting difficulty, pre-funded accounts for the ESP, the MEC servers and the UE
 one datadir per node, gives each node its own ports and the others as static peers, starts
 them, waits until they are peered and mining, changes their hash budgets at run time, and
 always stops them. The same code runs on loopback (``ips=None``) and inside Mininet hosts
-(``ips=[h.IP() ...]``, ``launchers=[in_mininet_host(h) ...]`` from :mod:`testbed.processes`).
+(``ips=[h.IP() ...]``, ``launchers=[in_mininet_host(h) ...]`` from :mod:`base.processes`).
 
 Shanghai stays off: geth 1.11.6's ethash refuses a Shanghai header ("ethash does not support
 shanghai fork"), so contracts must target the ``london`` EVM (no PUSH0).
@@ -23,7 +23,7 @@ from typing import Sequence
 from nodes.accounts import ChainAccounts
 from nodes.config import ChainConfig
 from nodes.geth import WALLET_APIS, BudgetError, GethError, GethNode, default_launcher
-from testbed.processes import Launcher
+from base.processes import Launcher
 
 LONDON_FORKS = ("homesteadBlock", "eip150Block", "eip155Block", "eip158Block", "byzantiumBlock",
                 "constantinopleBlock", "petersburgBlock", "istanbulBlock", "muirGlacierBlock",

@@ -27,7 +27,7 @@ OUTSIDE_MODES = ("virtual", "miner", "none")
 
 
 from nodes.accounts import DEV_MNEMONIC
-from testbed.errors import ConfigError, is_int, require
+from base.errors import ConfigError, is_int, require
 
 
 @dataclass(kw_only=True)

@@ -3,8 +3,8 @@
 A :class:`GethNode` is the miner of one MEC server ``m`` (paper section III.C). Its life
 cycle follows Mininet's nodes: ``init()`` writes the datadir, ``start()`` launches geth and
 waits for its RPC, ``stop()`` always ends it (``kill()`` is the fault injection). The process
-is owned by a :class:`testbed.processes.ManagedProcess`; where it runs is a launcher:
-``testbed.processes.local(new_session=False)`` on loopback, ``in_mininet_host(host)`` inside
+is owned by a :class:`base.processes.ManagedProcess`; where it runs is a launcher:
+``base.processes.local(new_session=False)`` on loopback, ``in_mininet_host(host)`` inside
 a Mininet host, where the node binds its emulated IP. The node never listens on all
 interfaces and never serves the ``personal`` namespace (IPC, which would serve every
 namespace, is disabled).
@@ -32,7 +32,7 @@ from eth_keys import keys
 from web3 import Web3
 
 from nodes.cgroup import CpuQuota, QuotaError
-from testbed.processes import Launcher, ManagedProcess, ProcessError, local
+from base.processes import Launcher, ManagedProcess, ProcessError, local
 
 #: HTTP JSON-RPC namespaces of a miner's management endpoint. Never ``personal`` (keys are
 #: signed in Python, not in geth).

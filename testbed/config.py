@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from testbed.errors import ConfigError, is_int, is_number, require
+from base.errors import ConfigError, is_int, is_number, require
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
@@ -296,7 +296,7 @@ class SweepConfig:
                 raise ConfigError(f"{s}.grid.\"{key}\" must be a non-empty list, got {values!r}")
 
 
-# Imported here: each part owns its section's dataclass (they import testbed.errors only).
+# Imported here: each part owns its section's dataclass (they import base.errors only).
 from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402
 from contracts.config import ContractConfig  # noqa: E402
 from nodes.config import ChainConfig  # noqa: E402

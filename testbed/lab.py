@@ -41,11 +41,11 @@ from nodes.accounts import DEV_MNEMONIC, ChainAccounts
 from nodes.cgroup import CpuQuota, executor_cores
 from nodes.chain import Chain
 from testbed import units
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 from testbed.config import ROOT, Scenario
 from testbed.network import EmulatedNetwork
 from testbed.platform import detect
-from testbed.processes import ManagedProcess, ProcessGroup, in_container, in_mininet_host, log_ready
+from base.processes import ManagedProcess, ProcessGroup, in_container, in_mininet_host, log_ready
 from testbed.runinfo import Endpoint, LabInfo
 
 SECRETS_ROOT = Path("/run/mec-lab")

@@ -3,7 +3,7 @@
 ``snapshot()`` lists what *this* Python process could have left: network namespaces, veth
 interfaces, OVS bridges and the lab's cgroups (compared before/after), containers this
 process started (label ``mec-testbed.owner`` = its pid), and processes it started (every
-:class:`testbed.processes.ManagedProcess`, plus any descendant of this process still running,
+:class:`base.processes.ManagedProcess`, plus any descendant of this process still running,
 Mininet shells included). ``leaks(before, after)`` is what appeared in between.
 
 A user's own geth, anvil, container or bridge on the same machine is neither touched nor
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from testbed.processes import started_pids
+from base.processes import started_pids
 
 CGROUP_DIRS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))
 

@@ -55,9 +55,9 @@ from mininet.topo import Topo
 
 from testbed.config import NetworkConfig
 from testbed.docker_host import DockerHost, remove_leftover_containers
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 from testbed.platform import PlatformReport, detect
-from testbed.processes import ManagedProcess
+from base.processes import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 IPTABLES_TAG = "mec-testbed"   # comment on the root-namespace rules this module adds

@@ -158,7 +158,7 @@ class AgentPolicy:
 
 def make_policy(scn):
     """The policy named by ``scn.lab.policy`` for the scenario's model."""
-    from testbed.errors import ConfigError
+    from base.errors import ConfigError
     name = scn.lab.policy
     if name == "round_robin":
         return RoundRobin(scn.model)

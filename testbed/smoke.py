@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from testbed.config import Scenario
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 from testbed.network import EmulatedNetwork
 from testbed.platform import detect
 from topologies.smoke import SmokeTopo

@@ -63,7 +63,7 @@ def running_lab(workdir, overrides: list[str], ues: tuple[str, ...]):
     registered; torn down after, and nothing may be left behind."""
     from testbed.config import load_scenario
     from testbed.lab import Lab
-    from testbed.processes import log_ready
+    from base.processes import log_ready
 
     before = leftovers.snapshot()
     passable(workdir.parent)

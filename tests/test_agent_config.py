@@ -6,7 +6,7 @@ import pytest
 
 from agent.config import LearnerConfig, ModelConfig, PaperConfig
 from testbed.config import load_scenario
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

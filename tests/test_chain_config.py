@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from nodes.chain import ChainAccounts, make_genesis, node_key
 from nodes.config import MIN_DIFFICULTY, ChainConfig
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 from nodes.geth import HTTP_APIS, write_toml
 from nodes.metrics import EWMA_ALPHA, instant_hashrate, summarize
 from testbed.experiments.mining_check import budgets_for

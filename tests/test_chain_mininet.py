@@ -11,7 +11,7 @@ import pytest
 from chain_ports import free_port_base, port_kwargs
 from nodes.chain import Chain
 from nodes.config import ChainConfig
-from testbed.processes import in_mininet_host
+from base.processes import in_mininet_host
 
 pytestmark = [pytest.mark.network, pytest.mark.chain]
 

@@ -22,7 +22,7 @@ from nodes.wire import Conn, read_line, request_digest, request_hash
 from testbed import units
 from testbed.experiments.live import audit, drain, finish_executors
 from testbed.live_env import ApiClient
-from testbed.processes import ManagedProcess, log_ready
+from base.processes import ManagedProcess, log_ready
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
 

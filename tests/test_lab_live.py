@@ -24,7 +24,7 @@ from conftest import fault_free, SMALL_LAB, chain_overrides, drive, running_lab,
 from testbed.experiments.live import audit, drain
 from testbed.lab import KEY_MOUNT
 from testbed.live_env import ApiClient
-from testbed.processes import ManagedProcess, log_ready
+from base.processes import ManagedProcess, log_ready
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
 

@@ -14,7 +14,7 @@ import pytest
 from testbed import leftovers
 from testbed.docker_host import CONTAINER_LABEL, OWNER_LABEL
 from testbed.images import UE_IMAGE
-from testbed.processes import (ManagedProcess, ProcessError, ProcessGroup, in_container, local,
+from base.processes import (ManagedProcess, ProcessError, ProcessGroup, in_container, local,
                                log_ready, started_pids, tcp_ready)
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from testbed.config import load_scenario
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 from testbed.experiments.paper import run_sweep
 
 pytest.importorskip("ray")

@@ -16,7 +16,7 @@ from mininet.topo import Topo
 
 from testbed.config import NetworkConfig
 from testbed.docker_host import DockerHost
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 from testbed.network import EmulatedNetwork, ShapedLink, htb_quantum, probe_reachability
 from testbed.platform import detect
 from testbed.smoke import iperf_mbit
@@ -307,7 +307,7 @@ def test_failed_bringup_leaves_nothing(network_ready, no_leftovers, tmp_path, pl
 @pytest.mark.docker
 def test_mn_custom_command(network_ready, no_leftovers, tmp_path):
     # The command the README documents, with the controller on the test port.
-    from testbed.processes import ManagedProcess
+    from base.processes import ManagedProcess
     ctl = ManagedProcess("controller", [sys.executable, "-m", "controller", "--port", str(PORT)],
                          tmp_path / "controller.log", cwd=ROOT).start()
     try:

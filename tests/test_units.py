@@ -152,7 +152,7 @@ def test_programs_on_the_hosts_do_not_load_torch():
 def test_a_host_that_cannot_hold_its_miner_is_refused(overrides, names):
     """Checked when a lab starts, before anything is started (a scenario for the paper's
     figures alone may set any hash budget)."""
-    from testbed.errors import ConfigError
+    from base.errors import ConfigError
     from testbed.lab import check_lab_cpu
     with pytest.raises(ConfigError) as e:
         check_lab_cpu(load_scenario("lab", overrides))
@@ -277,3 +277,25 @@ def test_bench_lab_reads_its_figures_from_the_summary_and_judges_each_target():
     assert not t["bring_up_s"]["met"] and not t["lab_peak_memory_mib"]["met"]      # 31.5 > 30, 2900 > 1536
     assert t["applied_p95_s"]["met"] and t["teardown_s"]["met"]                    # 41 ms <= 50, 3.2 <= 5
     assert extract({**summary, "M": 3, "U": 3}).get("targets") is None              # no target at that scale
+
+
+def test_the_ground_floor_and_the_agent_import_nothing_above_them():
+    """Issue 20's layers, the part landed so far: ``base/`` imports no package of the project;
+    ``agent/`` only ``base/`` and itself (usable without the lab). Read from the source (every
+    import statement, inside functions too), so a lazy import cannot hide an arrow."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    project = {"agent", "base", "contracts", "controller", "nodes", "testbed", "topologies"}
+    allowed = {"base": {"base"}, "agent": {"agent", "base"}}
+    wrong = []
+    for pkg, ok in allowed.items():
+        for path in sorted((root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in project and top not in ok:
+                        wrong.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
+    assert not wrong, wrong

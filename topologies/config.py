@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from testbed.errors import is_int, is_number, require
+from base.errors import is_int, is_number, require
 
 KINDS = ("smoke", "star", "cells", "tree")
 SITE_LAYOUTS = ("random", "grid")

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from mininet.topo import Topo
 
 from testbed.docker_host import DockerHost
-from testbed.errors import ConfigError, is_int, require
+from base.errors import ConfigError, is_int, require
 from testbed.network import ManagementBridge, ShapedLink
 from topologies.config import TopologyConfig
 

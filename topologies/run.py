@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 from testbed.config import NetworkConfig
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 from testbed.network import EmulatedNetwork, probe_reachability
 from testbed.platform import detect
 from topologies import TopologyConfig, build_topo

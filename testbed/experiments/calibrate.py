@@ -36,7 +36,7 @@ from nodes.chain import Chain
 from nodes.metrics import TICK_S, instant_hashrate
 from nodes.work import compute
 from testbed.config import ROOT, Scenario
-from testbed.processes import ManagedProcess, local
+from base.processes import ManagedProcess, local
 from testbed.units import Calibration
 
 CGROUP_PARENT = "mec-lab"

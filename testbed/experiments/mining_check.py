@@ -33,7 +33,7 @@ from tqdm import tqdm
 from nodes.chain import Chain
 from nodes.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
 from testbed.config import Scenario
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 
 TOLERANCE_PP = 10.0   # issue 5's target: block share within ±10 percentage points
 # geth updates eth_getHashrate every 5 s: a hash share needs two ticks inside the window, so

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import ConfigError
+from base.errors import ConfigError
 from testbed.experiments.paper import report
 from testbed.experiments.paper.runner import ENGINES, Job, execute, job
 
