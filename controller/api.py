@@ -253,6 +253,31 @@ class Api:
                           "the claim is refused", status=403)
         return why
 
+    def check_ack(self, r: Report, evidence: Any) -> str | None:
+        """A UE's claim other than ``wrong_result``, against the server's signed answer to the
+        request (:func:`nodes.wire.ack_bytes`). ``"accepted"`` when the server took the task
+        (then the claim that nothing came back counts, unless the server reports the task
+        served: :meth:`LabState.reputation` calls that a dispute); None when there is no
+        evidence, or the server turned the task away (a refusal says the request or its payment
+        was not good enough: it costs the server the task's revenue, not its reputation). An
+        answer that is not the server's own is refused."""
+        from nodes.wire import ack_bytes
+        if evidence is None:
+            return None
+        try:
+            verdict = str(evidence["verdict"])
+            signer = recover_signer(ack_bytes(self.accounts[r.ue], r.task_id, verdict), str(evidence["ack"]))
+        except Exception as e:
+            raise Refused(f"malformed evidence (the server's signed answer): {type(e).__name__}: {e}") from None
+        if signer != self.accounts[r.mec]:
+            raise Refused(f"the answer is not {r.mec}'s: no proof of what it did with the task", status=403)
+        if r.detail["kind"] == "refused":
+            if f"refused:{verdict}" != str(r.detail.get("outcome")):
+                raise Refused(f"{r.mec} answered {verdict!r}, the report says {r.detail.get('outcome')!r}",
+                              status=403)
+            return None
+        return "accepted" if verdict == "accepted" else None
+
     def post_report(self, environ) -> tuple[int, Any]:
         name, d = self._signed(environ)
         try:
@@ -277,6 +302,9 @@ class Api:
             r.detail["kind"] = failure_kind(r.detail.get("outcome"))
             if r.detail["kind"] == "wrong_result":
                 r.detail["proof"] = self.prove_wrong_result(r, task, r.detail.pop("evidence", None))
+                r.detail["proven"] = "wrong_result"
+            else:
+                r.detail["proven"] = self.check_ack(r, r.detail.pop("evidence", None))
         self.state.add_report(r)
         if r.source == "ue":
             self.state.drop_task(r.ue, r.task_id)

@@ -249,18 +249,41 @@ class LabState:
     def reputation(self, now: float | None = None) -> dict[str, dict]:
         """Υ_m = Σ τ_u / Σ T_u^m over the tasks of the window (eq. (3)).
 
-        T_u^m is the executor's measured service latency. A task that failed (a UE found a wrong
-        result, or timed out and took a refund) counts with T = the window's length, whatever
-        its executor reported: the UE waited in vain. No evidence: Υ_m = 1.
+        T_u^m is the executor's measured service latency. A task that failed counts with T = the
+        window's length, whatever its executor reported: the UE waited in vain. Failed means
+        proven: the executor says so itself, a UE's ``wrong_result`` claim that the controller
+        checked, or a UE's claim that an accepted task never came back, carrying the server's
+        signed acceptance, while the server does not report it served (if it does, one of the
+        two is wrong and neither counts: ``disputed``). Every other claim (a refusal, no
+        evidence) is listed by kind in ``unproven_by_kind`` and changes nothing. No evidence at
+        all: Υ_m = 1.
         """
         with self.lock:
             self._expire(time.time() if now is None else now)
             reports = list(self.reports)
-        failed = {(r.mec, r.ue, r.task_id): r for r in reports if not r.ok}
+        served_by_executor = {(r.mec, r.ue, r.task_id) for r in reports if r.ok and r.source == "executor"}
+        failed, unproven, disputed = {}, [], []
+        for r in reports:
+            if r.ok:
+                continue
+            key, proven = (r.mec, r.ue, r.task_id), r.detail.get("proven")
+            if r.source == "executor" or proven == "wrong_result":
+                failed[key] = r
+            elif proven == "accepted" and key not in served_by_executor:
+                failed[key] = r
+            elif proven == "accepted":
+                disputed.append(r)
+            else:
+                unproven.append(r)
         served = {(r.mec, r.ue, r.task_id): r for r in reports
                   if r.ok and r.source == "executor" and (r.mec, r.ue, r.task_id) not in failed}
-        acc = {m: {"desired_s": 0.0, "latency_s": 0.0, "tasks": 0, "failed": 0, "failed_by_kind": {}}
-               for m in self.servers}
+        acc = {m: {"desired_s": 0.0, "latency_s": 0.0, "tasks": 0, "failed": 0, "failed_by_kind": {},
+                   "unproven_by_kind": {}, "disputed": 0} for m in self.servers}
+        for r in unproven:
+            k = acc[r.mec]["unproven_by_kind"]
+            k[r.detail.get("kind", "?")] = k.get(r.detail.get("kind", "?"), 0) + 1
+        for r in disputed:
+            acc[r.mec]["disputed"] += 1
         for (m, _, _), r in served.items():
             acc[m]["tasks"] += 1
             acc[m]["desired_s"] += r.desired_s

@@ -11,7 +11,12 @@ UE's access switch (OpenFlow set-field, then on to the forwarding table):
 so a UE's TCP connection to the service address is, in the network, a connection to its
 server, and the executor sees the UE's own address. A UE has one task at a time and gets a
 server per task, so its entries change only between its connections. A barrier after the
-flow-mods says when each switch has them: that time is reported as ``flows``.
+flow-mods says when each switch has them: that time is reported as ``flows``. The barrier
+covers the switch's flow table, not the datapath's cache of it: on a loaded machine the
+userspace datapath may steer a UE's next connection by its previous route for a moment
+(measured under the slow-client load: 3 connections of 316, `docs/security.md`), so a UE whose
+connection is reset, or answered by another server (``wrong_lane``), before anything was
+accepted tries again (``nodes/ue_client.py``, ``STEERING_RETRIES``).
 
 Switches that reconnect (a controller restart) get the entries in force again.
 """
@@ -102,6 +107,7 @@ class Steering(app_manager.OSKenApp):
             self.barriers[req.xid] = e
             dp.send_msg(req)
             waits.append(e)
-        for e in waits:
-            e.wait(1.0)
+        late = sum(not e.wait(1.0) for e in waits)
+        if late:
+            self.logger.warning("slot %s: %d switch(es) did not confirm the routes within 1 s", a.slot, late)
         return {"flows": time.time(), "switches": len(touched)} if touched else {}

@@ -54,11 +54,12 @@ import urllib.request
 from pathlib import Path
 
 from eth_account import Account
+from eth_account.messages import encode_defunct
 
 from agent.model import task_gcycles
 from contracts.txsender import ContractRevert
 from controller.api import sign_body
-from nodes.wire import (Conn, Refusal, read_exact, read_line, receipt_bytes,  # noqa: F401
+from nodes.wire import (Conn, Refusal, ack_bytes, read_exact, read_line, receipt_bytes,  # noqa: F401
                         request_digest, send_line)
 
 
@@ -116,7 +117,6 @@ class Executor:
     # ---- admission ----------------------------------------------------------------------
     def admit(self, raw: bytes) -> dict:
         """Parse and check one request; return the task to run, or raise :class:`Refusal`."""
-        from eth_account.messages import encode_defunct
         from testbed import units
         try:
             req = json.loads(raw)
@@ -208,11 +208,26 @@ class Executor:
                 "iterations": self.mapping.kernel_iterations(gcycles), "paid_wei": price,
                 "cumulative_wei": v.cumulative}
 
+    def _ack(self, raw: bytes, verdict: str) -> dict:
+        """``{"ack": this server's signature over (UE, task, verdict)}`` for a request whose UE
+        signed it (:func:`nodes.wire.ack_bytes`); {} for one that names no UE it can prove."""
+        try:
+            header = json.loads(raw)["header"]
+            ue, task_id = str(header["ue"]), int(header["task_id"])
+            signer = Account.recover_message(encode_defunct(primitive=request_digest(header)),
+                                             signature=json.loads(raw)["sig"])
+        except Exception:
+            return {}
+        if signer.lower() != ue.lower():
+            return {}
+        return {"ack": sign_body(self.account, ack_bytes(ue, task_id, verdict))}
+
     # ---- one connection -------------------------------------------------------------------
     def handle(self, raw_sock: socket.socket, peer) -> None:
         from nodes.work import fabricate
         sock = Conn(raw_sock)
         t_conn = time.monotonic()
+        raw = b""
         try:
             raw = read_line(sock, 8192, self.scn.lab.header_timeout_s)
             task = self.admit(raw)
@@ -220,7 +235,8 @@ class Executor:
             self.refused += 1
             self._log({"event": "refused", "code": r.code, "why": str(r), "peer": peer[0]})
             try:
-                send_line(sock, {"accepted": False, "code": r.code, "error": str(r), **r.detail})
+                send_line(sock, {"accepted": False, "code": r.code, "error": str(r), **r.detail,
+                                 **self._ack(raw, r.code)})
             except OSError:
                 pass
             return
@@ -233,7 +249,8 @@ class Executor:
             return
         t_admit = time.monotonic()
         try:
-            send_line(sock, {"accepted": True, "iterations": task["iterations"]})
+            send_line(sock, {"accepted": True, "iterations": task["iterations"],
+                             **self._ack(raw, "accepted")})
             size = task["data_bytes"]
             data = read_exact(sock, size, timeout=max(30.0, size / 125_000))   # >= 1 Mbit/s
             t_up = time.monotonic()

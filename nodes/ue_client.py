@@ -41,6 +41,8 @@ from __future__ import annotations
 import time
 
 T_START = time.monotonic()       # before the imports: how long a start takes
+STEERING_RETRIES = 3             # a connection reset, cut or answered by another server before
+RETRY_PAUSE_S = 0.3              # the server accepted: tried again this many times, this far apart
 
 import argparse  # noqa: E402
 import hashlib
@@ -245,26 +247,56 @@ class UEClient:
         ip = self.info.service_ip or self.info.servers[mec].ip
         t0 = time.monotonic()
         try:
-            for attempt in range(2):
-                raw = socket.create_connection((ip, self.info.executor_port), timeout=10)
-                s = Conn(raw)
-                line, voucher = self.request(task_id, task, mec, len(data), price_wei)
-                send_line(s, line)
-                reply = json.loads(read_line(s, 8192, 60))
+            adjusted = False
+            for attempt in range(1 + STEERING_RETRIES):
+                raw = None
+                try:
+                    raw = socket.create_connection((ip, self.info.executor_port), timeout=10)
+                    s = Conn(raw)
+                    line, voucher = self.request(task_id, task, mec, len(data), price_wei)
+                    send_line(s, line)
+                    reply = json.loads(read_line(s, 8192, 60))
+                except ConnectionError as e:           # reset, refused, broken: not a timeout
+                    if raw is not None:
+                        raw.close()
+                    # reset or refused before the server accepted anything: the switches may still
+                    # have steered this connection by the UE's previous route (a datapath's
+                    # cached flow outlives the new rule for a moment on a loaded machine).
+                    # Nothing was accepted, and a voucher re-signed for this task carries the
+                    # same cumulative amount, so trying again cannot pay twice.
+                    if attempt == STEERING_RETRIES:
+                        raise
+                    rec.setdefault("retries", []).append(f"{type(e).__name__}")
+                    time.sleep(RETRY_PAUSE_S)
+                    continue
+                # the server's signature over (this UE, the task, its verdict): evidence if the
+                # task then fails (an accepted task that never came back)
+                rec["_ack"], rec["_ack_verdict"] = reply.get("ack"), ("accepted" if reply.get("accepted")
+                                                                       else str(reply.get("code")))
                 if reply.get("accepted"):
                     break
                 raw.close()
+                if reply.get("code") == "wrong_lane" and attempt < STEERING_RETRIES:
+                    # another server answered the service address (the same cause): again
+                    rec.setdefault("retries", []).append("wrong_lane")
+                    time.sleep(RETRY_PAUSE_S)
+                    continue
+                attempt_left = not adjusted
                 # the server counts another base on the lane (a result it sent that never
                 # arrived, a voucher log lost): go on from it if it is a voucher we signed
-                if (attempt == 0 and self.channel and reply.get("code") in ("wrong_amount", "stale_voucher")
+                if (attempt_left and self.channel and reply.get("code") in ("wrong_amount", "stale_voucher")
                         and self.lanes.adopt(mec, int(reply.get("base", -1)))):
                     rec["lane_adopted_base"] = int(reply["base"])
+                    adjusted = True
                     continue
-                if attempt == 0 and self.channel and reply.get("code") == "wrong_generation":
+                if attempt_left and self.channel and reply.get("code") == "wrong_generation":
                     # the lane was settled and reopened since: sign on its new generation
                     self.lanes.set_generation(mec, self.trade.lane(self.account.address,
                                                                    self.info.servers[mec].address).generation)
+                    adjusted = True
                     continue
+                raise TaskFailed(f"refused:{reply.get('code')}", reply.get("error", "refused"))
+            else:                                      # the last try was spent on an adjustment
                 raise TaskFailed(f"refused:{reply.get('code')}", reply.get("error", "refused"))
             with raw:
                 t_acc = time.monotonic()
@@ -435,6 +467,8 @@ class UEClient:
         return self._report(task_id, task, mec, rec)
 
     def _report(self, task_id: int, task, mec: str, rec: dict) -> dict:
+        if rec["outcome"] != "completed" and "evidence" not in rec and rec.get("_ack"):
+            rec["evidence"] = {"ack": rec["_ack"], "verdict": rec["_ack_verdict"]}
         try:
             self.api("POST", "/report", {"source": "ue", "mec": mec, "ue": self.name, "task_id": task_id,
                                          "desired_s": task.desired_s, "latency_s": rec.get("service_s", 0.0),

@@ -103,6 +103,14 @@ def receipt_bytes(ue: str, task_id: int, h0: bytes, digest: bytes) -> bytes:
     return b"mec-receipt:%s:%d:%s:%s" % (ue.lower().encode(), int(task_id), h0.hex().encode(), digest.hex().encode())
 
 
+def ack_bytes(ue: str, task_id: int, verdict: str) -> bytes:
+    """What an executor signs (EIP-191) in its answer to a request: the UE's address, the task
+    and ``accepted`` or the refusal's code. A UE's claim that an accepted task never came back
+    (or that it was refused) carries it, so the controller knows the server took (or turned
+    away) that task, not the UE's word alone."""
+    return b"mec-ack:%s:%d:%s" % (ue.lower().encode(), int(task_id), verdict.encode())
+
+
 def request_hash(header: dict) -> bytes:
     """The 32 bytes a voucher commits to: sha256 of :func:`request_digest` (the signed header)."""
     return hashlib.sha256(request_digest(header)).digest()

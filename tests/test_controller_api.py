@@ -168,9 +168,9 @@ def test_a_ue_failure_report_needs_a_kind_and_is_counted_by_kind(api):
     assert api.state.reputation()["mec1"]["failed"] == 0
     st, _ = api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": 5, "latency_s": 1.0,
                                          "ok": False, "detail": {"outcome": "refunded:lost"}}, signer="ue1")
-    assert st == 200
+    assert st == 200                       # recorded by kind; without evidence it changes nothing
     rep = api.call("GET", "/reputation")[1]["mec1"]
-    assert rep["failed"] == 1 and rep["failed_by_kind"] == {"refunded": 1}
+    assert rep["failed"] == 0 and rep["unproven_by_kind"] == {"refunded": 1} and rep["reputation"] == 1.0
     # a UE cannot report on another UE's task, nor a number that is not finite
     st, _ = api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": 5, "latency_s": 1.0,
                                          "ok": False, "detail": {"outcome": "lost"}}, signer="ue2")
@@ -236,3 +236,62 @@ def test_an_assignment_or_a_task_is_journaled_before_anyone_sees_it():
     again = LabState(["mec1", "mec2"], ["ue1", "ue2"], [20.0, 40.0], 80.0, window_s=60.0, task_ranges=RANGES)
     again.restore(saved[-1])
     assert again.assignment.slot == 41 and again.counters["restored"] == 1
+
+
+def _ack_claim(api, task_id: int, outcome: str, verdict: str, signer: str):
+    """ue1's report that its task failed with ``outcome``, carrying an answer (``verdict``)
+    signed by ``signer``'s key, as an executor signs it."""
+    from nodes.wire import ack_bytes
+    ack = sign_body(api.keys[signer], ack_bytes(api.keys["ue1"].address, task_id, verdict))
+    return api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": task_id,
+                                        "latency_s": 1.0, "ok": False,
+                                        "detail": {"outcome": outcome, "evidence": {"ack": ack, "verdict": verdict}}},
+                    signer="ue1")
+
+
+def _served(api, task_id: int):
+    return api.call("POST", "/report", {"source": "executor", "mec": "mec1", "ue": "ue1", "task_id": task_id,
+                                        "latency_s": 0.8, "ok": True}, signer="mec1")
+
+
+def test_a_claim_that_an_accepted_task_never_came_back_needs_the_servers_acceptance(api):
+    """Reputation from evidence only (issue 19): a UE's no_result claim counts when it carries
+    mec1's signed acceptance of that very task and mec1 does not report it served; if mec1 does,
+    the two disagree and neither counts (disputed). An acceptance signed by another key, or for
+    another task, is refused; a signed refusal is recorded and costs no reputation."""
+    api.give("ue1", "mec1", 11)
+    st, body = _ack_claim(api, 11, "lost", "accepted", signer="mec2")          # not mec1's answer
+    assert st == 403 and "not mec1's" in body["error"], body
+    st, body = _ack_claim(api, 11, "lost", "accepted", signer="ue1")           # forged by the UE
+    assert st == 403, body
+    assert api.state.reputation()["mec1"]["failed"] == 0
+    st, body = _ack_claim(api, 11, "lost", "accepted", signer="mec1")
+    assert st == 200, body
+    rep = api.call("GET", "/reputation")[1]["mec1"]
+    assert rep["failed"] == 1 and rep["failed_by_kind"] == {"no_result": 1} and rep["reputation"] < 0.1, rep
+    # the same claim on a task mec1 reports served: disputed, the server's latency counts
+    api.give("ue1", "mec1", 12)
+    assert _served(api, 12)[0] == 200
+    assert _ack_claim(api, 12, "lost", "accepted", signer="mec1")[0] == 200
+    rep = api.call("GET", "/reputation")[1]["mec1"]
+    assert rep["failed"] == 1 and rep["disputed"] == 1 and rep["tasks"] == 1, rep
+    # a refusal signed by mec1: recorded, never counted; a refusal it did not give: refused
+    api.give("ue1", "mec1", 13)
+    st, body = _ack_claim(api, 13, "refused:underpaid", "replayed", signer="mec1")
+    assert st == 403 and "answered" in body["error"], body
+    assert _ack_claim(api, 13, "refused:underpaid", "underpaid", signer="mec1")[0] == 200
+    rep = api.call("GET", "/reputation")[1]["mec1"]
+    assert rep["failed"] == 1 and rep["unproven_by_kind"] == {"refused": 1}, rep
+
+
+def test_an_acceptance_for_another_task_proves_nothing(api):
+    from nodes.wire import ack_bytes
+    api.give("ue1", "mec1", 21)
+    ack = sign_body(api.keys["mec1"], ack_bytes(api.keys["ue1"].address, 20, "accepted"))   # task 20's
+    st, body = api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": 21,
+                                            "latency_s": 1.0, "ok": False,
+                                            "detail": {"outcome": "lost", "evidence": {"ack": ack,
+                                                                                       "verdict": "accepted"}}},
+                        signer="ue1")
+    assert st == 403, body
+    assert api.state.reputation()["mec1"]["failed"] == 0

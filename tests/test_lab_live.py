@@ -338,6 +338,11 @@ def test_executor_killed_mid_task_the_ue_gets_its_refund(lab, ue3, api):
     assert rec["outcome"] == "refunded:lost", rec
     assert lab.trade.escrow(ue3.account.address, 300).state is EscrowState.REFUNDED
     assert rec["refunded_wei"] == rec["paid_wei"]
+    # the UE's claim carried mec1's signed acceptance of task 300 and mec1 never reported it
+    # served: a proven failure, counted against mec1
+    assert rec["evidence"]["verdict"] == "accepted", rec
+    st, rep = api.call("GET", "/reputation")
+    assert st == 200 and rep["mec1"]["failed_by_kind"].get("refunded", 0) >= 1, rep["mec1"]
     _restart_executor(lab, "mec1")
 
 
