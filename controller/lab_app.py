@@ -55,7 +55,7 @@ class BudgetApplier:
     def apply(self, a: Assignment) -> dict:
         """Set every miner's quota, and its host's work kernel's to what the miner leaves
         (``coupling = "shared"``: f_m − κ·p_m); {"budgets": wall time the last was written}."""
-        from nodes.cgroup import executor_cores
+        from chain.cgroup import executor_cores
         for name, k in a.levels.items():
             cores = self.levels_cores[k]
             group = self._group(name)
@@ -68,7 +68,7 @@ class BudgetApplier:
             try:
                 for g, c in ((group, cores), (group.parent / "executor", left)):
                     (g / "cpu.cfs_quota_us").write_text(str(max(1000, round(c * period))))
-                    (g / "cpu.shares").write_text(str(max(2, round(1024 * c))))   # as nodes.cgroup
+                    (g / "cpu.shares").write_text(str(max(2, round(1024 * c))))   # as chain.cgroup
             except OSError as e:
                 self.logger.warning("budget for %s not applied: %s", name, e)
                 continue
@@ -78,7 +78,7 @@ class BudgetApplier:
     def cpu_seconds(self) -> dict:
         """Each miner's CPU time so far (its cgroup's, s) and when read: over a slot, the CPU it
         really mined with, from which the policy's side computes p̂_m (testbed.units)."""
-        from nodes.cgroup import cpu_seconds
+        from chain.cgroup import cpu_seconds
         out = {}
         for name in self.miners:
             group = self._group(name)

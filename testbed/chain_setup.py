@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from contracts.binding import TradingContract
 from contracts.txsender import TxSender
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 
 
 def setup_state(chain_cfg, contract_cfg, accounts, *, n_servers: int) -> dict:

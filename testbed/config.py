@@ -10,7 +10,7 @@ its own fields::
 
     [model]            # agent.config.ModelConfig: the paper's system (M, U, ξ_u, µ, p_m, ...)
     n_servers = 10
-    [chain]            # nodes.config.ChainConfig: the geth miners
+    [chain]            # chain.config.ChainConfig: the geth miners
     genesis_difficulty = 524288
     [network]          # testbed.config.NetworkConfig: Mininet, OVS, os-ken
 
@@ -299,7 +299,7 @@ class SweepConfig:
 # Imported here: each part owns its section's dataclass (they import base.errors only).
 from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402
 from contracts.config import ContractConfig  # noqa: E402
-from nodes.config import ChainConfig  # noqa: E402
+from chain.config import ChainConfig  # noqa: E402
 from topologies.config import TopologyConfig  # noqa: E402
 
 #: Section name -> dataclass. Each class validates its own fields.

@@ -37,9 +37,9 @@ from pathlib import Path
 
 from contracts.binding import TradingContract
 from contracts.txsender import TxSender
-from nodes.accounts import DEV_MNEMONIC, ChainAccounts
-from nodes.cgroup import CpuQuota, executor_cores
-from nodes.chain import Chain
+from chain.accounts import DEV_MNEMONIC, ChainAccounts
+from chain.cgroup import CpuQuota, executor_cores
+from chain.network import Chain
 from testbed import units
 from base.errors import ConfigError
 from testbed.config import ROOT, Scenario
@@ -98,7 +98,7 @@ def plan_chain(scn: Scenario, mapping: units.LiveMapping, cores: int | None = No
     H − P at that difficulty, where the machine has the cores for it. ``none``: the MEC servers
     are the whole chain, one block per ``lab.block_interval_s`` at the starting budgets."""
     import psutil
-    from nodes.config import MIN_DIFFICULTY
+    from chain.config import MIN_DIFFICULTY
     m, lab, outside = scn.model, scn.lab, scn.chain.outside
     plan: dict = {"outside": outside, "hps_per_mhs": mapping.hps_per_mhs}
     if outside == "none":
@@ -138,7 +138,7 @@ def sweep_dead_runs() -> list[str]:
     (its pid exists) are not touched. Returns what was removed."""
     import psutil
 
-    from nodes.cgroup import CGROUP_ROOT, _v1_dir
+    from chain.cgroup import CGROUP_ROOT, _v1_dir
 
     def dead(name: str) -> bool:
         pid = name.rsplit("-", 1)[-1]

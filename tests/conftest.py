@@ -130,7 +130,7 @@ def chain_overrides(overrides: list[str], outside: str, *, interval_s: float = 2
     own chain at the shortest interval ethash's minimum difficulty allows, at least
     ``interval_s``; ``"virtual"``: H = ``network_over_budget`` x P (the paper's 0.6 of the
     network), raised until the difficulty reaches ethash's minimum on this machine."""
-    from nodes.config import MIN_DIFFICULTY
+    from chain.config import MIN_DIFFICULTY
     from testbed.config import load_scenario
     from testbed.units import Calibration, LiveMapping
     scn = load_scenario("lab", overrides)

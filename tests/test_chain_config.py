@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodes.chain import ChainAccounts, make_genesis, node_key
-from nodes.config import MIN_DIFFICULTY, ChainConfig
+from chain.network import ChainAccounts, make_genesis, node_key
+from chain.config import MIN_DIFFICULTY, ChainConfig
 from base.errors import ConfigError
-from nodes.geth import HTTP_APIS, write_toml
-from nodes.metrics import EWMA_ALPHA, instant_hashrate, summarize
+from chain.geth import HTTP_APIS, write_toml
+from testbed.experiments.metrics import EWMA_ALPHA, instant_hashrate, summarize
 from testbed.experiments.mining_check import budgets_for
 
 

@@ -8,11 +8,11 @@ import psutil
 import pytest
 
 from chain_ports import free_port_base, port_kwargs
-from nodes import cgroup
-from nodes.chain import Chain, GenesisMismatch, make_genesis, node_key
-from nodes.config import ChainConfig
-from nodes.geth import BudgetError, GethError, GethNode
-from nodes.metrics import ChainMonitor, chain_blocks, instant_hashrate, summarize, write
+from chain import cgroup
+from chain.network import Chain, GenesisMismatch, make_genesis, node_key
+from chain.config import ChainConfig
+from chain.geth import BudgetError, GethError, GethNode
+from testbed.experiments.metrics import ChainMonitor, chain_blocks, instant_hashrate, summarize, write
 
 pytestmark = pytest.mark.chain
 

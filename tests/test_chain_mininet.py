@@ -9,8 +9,8 @@ import psutil
 import pytest
 
 from chain_ports import free_port_base, port_kwargs
-from nodes.chain import Chain
-from nodes.config import ChainConfig
+from chain.network import Chain
+from chain.config import ChainConfig
 from base.processes import in_mininet_host
 
 pytestmark = [pytest.mark.network, pytest.mark.chain]

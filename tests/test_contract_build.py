@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import contracts.build as build
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 from contracts.config import ContractConfig
 from testbed.config import ConfigError, load_scenario
 

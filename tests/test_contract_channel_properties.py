@@ -28,7 +28,7 @@ from contracts.binding import LANE_CLOSED
 from contracts.config import ContractConfig
 from contracts.testing import back_to_snapshot, deploy_with_mecs, mined, named_balances
 from contracts.vouchers import Voucher, sign_voucher
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 
 pytestmark = pytest.mark.chain
 

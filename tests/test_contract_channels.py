@@ -24,7 +24,7 @@ from contracts.testing import (attacker_call, deploy_attacker, deploy_with_mecs,
                                rolled_back)
 from contracts.vouchers import (Voucher, VoucherError, domain_separator, sign_voucher, typed_data, voucher_digest,
                                 voucher_signer)
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 
 pytestmark = pytest.mark.chain
 

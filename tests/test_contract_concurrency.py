@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 from contracts.binding import EscrowState, TradingContract, TxReport, TxSender
 from contracts.config import ContractConfig
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 from contracts.binding import ContractRevert, EscrowState, TradingContract, TxSender
 from contracts.config import ContractConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from eth_utils import function_signature_to_4byte_selector
 
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 from contracts.binding import ContractRevert, EscrowState, TradingContract, TxSender
 from contracts.config import ContractConfig
 from contracts.testing import attacker_call, deploy_attacker, encode_trading_call

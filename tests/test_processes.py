@@ -109,7 +109,7 @@ def test_a_process_inside_a_container_is_owned_like_any_other(container, tmp_pat
 
 def _user_anvil():
     """A process the lab did not start: detached (setsid -f), so it is not our descendant."""
-    from nodes.anvil import ANVIL
+    from chain.anvil import ANVIL
     subprocess.run(["setsid", "-f", str(ANVIL), "--port", "0", "--host", "127.0.0.1"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     for _ in range(50):
@@ -124,7 +124,7 @@ def _user_anvil():
 
 @pytest.mark.chain
 def test_leak_check_ignores_a_users_own_node_and_catches_ours(tmp_path):
-    from nodes.anvil import AnvilNode
+    from chain.anvil import AnvilNode
     before = leftovers.snapshot()
     user = _user_anvil()             # starts while "our run" is going on
     try:

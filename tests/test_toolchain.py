@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from nodes.anvil import AnvilNode
-from nodes.chain import Chain
-from nodes.config import ChainConfig
+from chain.anvil import AnvilNode
+from chain.network import Chain
+from chain.config import ChainConfig
 from testbed.platform import GETH, SOLCJS
 from chain_ports import free_port_base, port_kwargs
 

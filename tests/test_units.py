@@ -12,7 +12,7 @@ import pytest
 from agent import model
 from contracts.binding import TradingContract
 from contracts.txsender import TxSender
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 from nodes.work import compute, fabricate, verify
 from testbed import units
 from testbed.config import ConfigError, load_scenario
@@ -279,15 +279,16 @@ def test_bench_lab_reads_its_figures_from_the_summary_and_judges_each_target():
     assert extract({**summary, "M": 3, "U": 3}).get("targets") is None              # no target at that scale
 
 
-def test_the_ground_floor_and_the_agent_import_nothing_above_them():
+def test_the_lower_layers_import_nothing_above_them():
     """Issue 20's layers, the part landed so far: ``base/`` imports no package of the project;
-    ``agent/`` only ``base/`` and itself (usable without the lab). Read from the source (every
+    ``agent/`` and ``chain/`` (the miners' library) only ``base/`` and themselves (usable
+    without the lab). Read from the source (every
     import statement, inside functions too), so a lazy import cannot hide an arrow."""
     import ast
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    project = {"agent", "base", "contracts", "controller", "nodes", "testbed", "topologies"}
-    allowed = {"base": {"base"}, "agent": {"agent", "base"}}
+    project = {"agent", "base", "chain", "contracts", "controller", "nodes", "testbed", "topologies"}
+    allowed = {"base": {"base"}, "agent": {"agent", "base"}, "chain": {"chain", "base"}}
     wrong = []
     for pkg, ok in allowed.items():
         for path in sorted((root / pkg).rglob("*.py")):

@@ -16,7 +16,7 @@ from web3.contract import Contract
 from contracts.binding import ContractRevert, TradingContract, TxReport, TxSender
 from contracts.build import load_artifact
 from contracts.config import ContractConfig
-from nodes.anvil import AnvilNode
+from chain.anvil import AnvilNode
 
 
 def deploy_with_mecs(node: AnvilNode, esp: LocalAccount, config: ContractConfig,

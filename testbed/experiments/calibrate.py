@@ -10,7 +10,7 @@ Writes ``results/calibration.json`` (:class:`testbed.units.Calibration`), dated:
 3. **Hash rate against CPU quota**: one geth node (the scenario's ``[chain]``, test-size DAG
    by default) mining with one thread under each CPU quota of ``calibrate.hash_quotas``; the
    rate of each 5-s hashrate tick is recovered from geth's EWMA
-   (:func:`nodes.metrics.instant_hashrate`), the first tick after a change is dropped. geth
+   (:func:`testbed.experiments.metrics.instant_hashrate`), the first tick after a change is dropped. geth
    counts hashes in batches of 32768, so at a few kH/s single ticks are coarse: the mean over
    a window of many ticks is what is kept. The rate is not proportional to the quota (geth's
    own work takes a fixed share): :class:`testbed.units.LiveMapping` interpolates between the
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nodes.cgroup import CpuQuota
-from nodes.chain import Chain
-from nodes.metrics import TICK_S, instant_hashrate
+from chain.cgroup import CpuQuota
+from chain.network import Chain
+from testbed.experiments.metrics import TICK_S, instant_hashrate
 from nodes.work import compute
 from testbed.config import ROOT, Scenario
 from base.processes import ManagedProcess, local

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from nodes.chain import Chain, dag_files, dag_ready
-from nodes.config import ChainConfig
-from nodes.metrics import TICK_S, clean_json, instant_hashrate
+from chain.network import Chain, dag_files, dag_ready
+from chain.config import ChainConfig
+from testbed.experiments.metrics import TICK_S, clean_json, instant_hashrate
 from testbed.config import Scenario
 
 
@@ -122,7 +122,7 @@ def bench_budget(chain_cfg: ChainConfig, steps: tuple[int, ...], hold_s: float,
             "tick_rate_halfway_max_s": float(np.nanmax(tick_half)),
             "target_s": 5.0,
             "note": "eth_getHashrate is geth's 1-min EWMA ticked every 5 s; 'tick_rate' is the "
-                    "5-s rate recovered from it (nodes.metrics.instant_hashrate)."}
+                    "5-s rate recovered from it (testbed.experiments.metrics.instant_hashrate)."}
 
 
 def generate_dag(dag_dir: Path, geth: Path) -> dict:

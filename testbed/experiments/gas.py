@@ -40,7 +40,7 @@ from contracts.build import SETTINGS, SOLC_VERSION
 from contracts.config import ContractConfig
 from contracts.txsender import TxSender
 from contracts.vouchers import Voucher, sign_voucher, voucher_signer
-from nodes.anvil import HARDFORK, AnvilNode
+from chain.anvil import HARDFORK, AnvilNode
 from testbed import units
 from testbed.config import Scenario, load_scenario
 GAS_PRICE_GWEI = 20          # the paper: 1 gas = 0.00000002 ether

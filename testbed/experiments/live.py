@@ -278,7 +278,7 @@ def audit(lab: Lab) -> dict:
 
 def chain_record(lab: Lab) -> dict:
     """Blocks per miner over the run (canonical chain seen by the gateway), uncles included."""
-    from nodes.metrics import chain_blocks
+    from testbed.experiments.metrics import chain_blocks
     gw = lab.chain.gateway
     head = gw.block_number()
     blocks = chain_blocks(gw, 1, head)

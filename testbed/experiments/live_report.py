@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nodes.metrics import clean_json
+from testbed.experiments.metrics import clean_json
 
 COMPONENTS = ("wait_s", "payment_s", "upload_s", "queue_s", "compute_s", "download_s", "settlement_s",
               "service_s", "e2e_s")

@@ -30,8 +30,8 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from nodes.chain import Chain
-from nodes.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
+from chain.network import Chain
+from testbed.experiments.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
 from testbed.config import Scenario
 from base.errors import ConfigError
 

@@ -26,7 +26,7 @@ BUDGET_MODES = ("threads", "cpu_quota")
 OUTSIDE_MODES = ("virtual", "miner", "none")
 
 
-from nodes.accounts import DEV_MNEMONIC
+from chain.accounts import DEV_MNEMONIC
 from base.errors import ConfigError, is_int, require
 
 

@@ -14,7 +14,7 @@ Two quirks of geth 1.11.6 that this class hides (checked in its source):
   wrapper, which is not a ``consensus.PoW``; ``eth_getHashrate`` (ethash's own API, also in the
   ``eth`` namespace) returns the real figure, so :meth:`hashrate` uses it.
 - That figure is a 1-minute EWMA ticked every 5 s (go-metrics ``Rate1``): see
-  ``nodes.metrics.instant_hashrate`` for recovering the 5-s rate from two readings.
+  ``testbed.experiments.metrics.instant_hashrate`` for recovering the 5-s rate from two readings.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import psutil
 from eth_keys import keys
 from web3 import Web3
 
-from nodes.cgroup import CpuQuota, QuotaError
+from chain.cgroup import CpuQuota, QuotaError
 from base.processes import Launcher, ManagedProcess, ProcessError, local
 
 #: HTTP JSON-RPC namespaces of a miner's management endpoint. Never ``personal`` (keys are
@@ -226,7 +226,7 @@ class GethNode:
 
         geth starts without ``--mine`` on purpose: a node mining before it has peers forks
         off at genesis, and geth only reconciles forks through its downloader, which waits
-        for 5 peers or 10 s. :class:`nodes.chain.Chain` sets budgets once nodes are peered.
+        for 5 peers or 10 s. :class:`chain.network.Chain` sets budgets once nodes are peered.
         """
         self.check_budget(threads, cpu_quota)
         if self.alive:

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from nodes.accounts import ChainAccounts
-from nodes.config import ChainConfig
-from nodes.geth import WALLET_APIS, BudgetError, GethError, GethNode, default_launcher
+from chain.accounts import ChainAccounts
+from chain.config import ChainConfig
+from chain.geth import WALLET_APIS, BudgetError, GethError, GethNode, default_launcher
 from base.processes import Launcher
 
 LONDON_FORKS = ("homesteadBlock", "eip150Block", "eip155Block", "eip158Block", "byzantiumBlock",

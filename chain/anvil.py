@@ -3,8 +3,8 @@
 The contract tests and the gas report run on it. anvil (Foundry, pinned by the set-up) is a
 real single-node Ethereum JSON-RPC server: transactions are signed, mined, metered and traced
 by a full EVM. It neither peers nor mines proof-of-work; the lab's chain is geth
-(:mod:`nodes.geth`, :mod:`nodes.chain`). Its accounts come from the lab's one mnemonic
-(:mod:`nodes.accounts`), so a binding works unchanged on both.
+(:mod:`chain.geth`, :mod:`chain.network`). Its accounts come from the lab's one mnemonic
+(:mod:`chain.accounts`), so a binding works unchanged on both.
 
     with AnvilNode(accounts=25) as node:          # started and answering
         w3 = node.web3()
@@ -19,7 +19,7 @@ from pathlib import Path
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
-from nodes.accounts import DEV_MNEMONIC, derive_accounts
+from chain.accounts import DEV_MNEMONIC, derive_accounts
 from base.processes import ManagedProcess, ProcessError, local
 
 ROOT = Path(__file__).resolve().parent.parent

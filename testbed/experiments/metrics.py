@@ -1,6 +1,6 @@
 """Metrics of the miners' chain, per node and over time, read from the nodes themselves.
 
-:class:`ChainMonitor` runs beside a :class:`nodes.chain.Chain`: one WebSocket ``newHeads``
+:class:`ChainMonitor` runs beside a :class:`chain.network.Chain`: one WebSocket ``newHeads``
 subscription per node records when each node first has each block as its head (block
 propagation), and a sampler reads every node's hashrate, head, peers and CPU time once per
 ``period_s``. :func:`chain_blocks` reads the canonical chain (author ``miner``, uncles,
@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nodes.geth import GethNode
+from chain.geth import GethNode
 
 EWMA_ALPHA = 1 - math.exp(-5.0 / 60.0)   # go-metrics EWMA1, ticked every 5 s
 TICK_S = 5.0
