@@ -24,12 +24,14 @@ def run_slots(agent: Agent, env, slots: int, *, seed: int | None = None, explore
               learn: bool = True, on_slot: Callable[[int, dict], None] | None = None,
               stop: Callable[[], bool] | None = None) -> dict:
     """Run ``slots`` slots; returns the utility per slot (``curve``), the wall clock after each
-    slot (``clock``, s), each decision's latency (``decision_ms``) and the seconds in all.
+    slot (``clock``, s), each decision's latency (``decision_ms``), the learner's loss and mean
+    Q-value of each slot's update (``loss``, ``q_mean``: None where it did not update), the
+    seconds in all and the slots per second (``steps_per_s``).
     ``on_slot(k, record)`` sees each slot's obs, action, reward, info and decision latency;
     ``stop()`` true ends the run after the current slot."""
     learn = learn and agent.trains
     obs, _ = env.reset(seed=seed)
-    curve, clock, decision_ms = [], [], []
+    curve, clock, decision_ms, loss, q_mean = [], [], [], [], []
     episode = 0
     t0 = time.perf_counter()
     for k in range(slots):
@@ -38,9 +40,12 @@ def run_slots(agent: Agent, env, slots: int, *, seed: int | None = None, explore
         decision_ms.append((time.perf_counter() - t_act) * 1e3)
         cpu_ms = (time.thread_time() - c_act) * 1e3       # the same, less waiting for a CPU
         nxt, reward, term, trunc, info = env.step(action)
+        got = None
         if learn:
-            agent.learn(Transition(obs, np.asarray(action).reshape(2, -1), reward, info["server_utility"],
-                                   nxt, term, trunc))
+            got = agent.learn(Transition(obs, np.asarray(action).reshape(2, -1), reward, info["server_utility"],
+                                         nxt, term, trunc))
+        loss.append((got or {}).get("loss"))
+        q_mean.append((got or {}).get("q"))
         curve.append(reward)
         clock.append(time.perf_counter() - t0)
         if on_slot is not None:
@@ -52,4 +57,6 @@ def run_slots(agent: Agent, env, slots: int, *, seed: int | None = None, explore
             obs, _ = env.reset(seed=None if seed is None else seed * 1000 + episode)
         if stop is not None and stop():
             break
-    return {"curve": curve, "clock": clock, "decision_ms": decision_ms, "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    return {"curve": curve, "clock": clock, "decision_ms": decision_ms, "loss": loss, "q_mean": q_mean,
+            "seconds": seconds, "steps_per_s": len(curve) / seconds if seconds > 0 else None}

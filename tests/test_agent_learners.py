@@ -199,3 +199,20 @@ def test_ddqn_learns_to_beat_random():
     best, _ = run(OracleAgent(cfg), cfg, 100, seed=99, learn=False)
     # DDQN should close at least half of the gap between random and the one-slot oracle
     assert learned.mean() > baseline.mean() + 0.5 * (best.mean() - baseline.mean())
+
+
+def test_run_slots_logs_the_learners_loss_q_and_speed():
+    """The training curve carries what a researcher watches (issue 20): each update's loss and
+    mean Q-value (None before the first update), and the slots per second."""
+    from agent.config import LearnerConfig
+    from agent.env import MecChainEnv
+    from agent.registry import make_agent
+    from agent.train import run_slots
+    cfg = ModelConfig(n_servers=3, n_users=6, hash_budget_mhs=180.0, horizon_slots=40)
+    agent = make_agent("ddqn", cfg, LearnerConfig(batch_size=8, replay_size=200, learning_starts=10, train_every=2), seed=0)
+    out = run_slots(agent, MecChainEnv(cfg), 60, seed=0)
+    assert len(out["loss"]) == len(out["q_mean"]) == len(out["curve"]) == 60
+    updated = [k for k, v in enumerate(out["loss"]) if v is not None]
+    assert out["loss"][0] is None and len(updated) >= 5, out["loss"]            # updates after warm-up
+    assert all(np.isfinite(out["loss"][k]) and np.isfinite(out["q_mean"][k]) for k in updated)
+    assert out["steps_per_s"] > 0

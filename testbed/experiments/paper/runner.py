@@ -2,8 +2,9 @@
 
 A job is one independent run: train an agent on its own task stream (seed s) for
 ``train_slots``, then evaluate its frozen greedy policy on a second stream (seed
-``EVAL_SEED + s``) that is the same for every algorithm, so algorithms are compared on
-identical tasks (paired by seed). :func:`run_job` is a pure function of the job: the same job
+``EVAL_SEED + s``, :func:`agent.evaluate.evaluate`, which scores any policy, a saved agent or a
+Stable-Baselines3 model alike) that is the same for every algorithm, so algorithms are compared
+on identical tasks (paired by seed). :func:`run_job` is a pure function of the job: the same job
 gives the same numbers in any process, on any engine (timings aside).
 
 :func:`execute` runs a list of jobs
@@ -33,7 +34,6 @@ from typing import Any, Iterable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[3]
-EVAL_SEED = 1_000_000
 ENGINES = ("ray", "pool")
 STORE = "runs.jsonl"                      # one finished run per line, in the output folder
 
@@ -103,9 +103,9 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train (if the algorithm learns) then evaluate; one row of results (plain JSON data)."""
     import torch
 
-    from agent import model
     from agent.config import LearnerConfig, ModelConfig
     from agent.env import MecChainEnv
+    from agent.evaluate import evaluate
     from agent.registry import make_agent
     from agent.train import run_slots
     lcfg = LearnerConfig.from_dict(job.learner)
@@ -121,43 +121,18 @@ def run_job(job: Job) -> dict[str, Any]:
         curve, clock, t_train = out["curve"], out["clock"], out["seconds"]
         conv = convergence_slot(np.array(curve), job.conv_window, job.conv_tol)
         row.update(convergence_slot=conv, seconds_to_convergence=None if conv is None else clock[conv - 1],
-                   train_final_utility=float(np.mean(curve[-max(1, len(curve) // 10):])))
+                   train_final_utility=float(np.mean(curve[-max(1, len(curve) // 10):])),
+                   train_steps_per_s=out["steps_per_s"])
+        losses = [v for v in out["loss"] if v is not None]
+        if losses:
+            row["train_final_loss"] = float(np.mean(losses[-max(1, len(losses) // 10):]))
         if job.keep_curve:
             row["curve"] = [float(v) for v in curve]
     row["train_seconds"] = t_train
     row["updates"] = int(getattr(agent, "updates", 0))
     if job.eval_slots:
-        env = MecChainEnv(mcfg)
-        obs, _ = env.reset(seed=EVAL_SEED + job.seed)
-        util, ecl, mining, revenue, drops, served_gc, waiting_gc, dec = [], [], [], [], [], [], [], []
-        episode = 0
-        for _ in range(job.eval_slots):
-            demand, data, _, pending, _ = env.layout.split(obs)
-            t0 = time.perf_counter()
-            a = agent.act(obs, explore=False)
-            dec.append(time.perf_counter() - t0)
-            users = np.asarray(a).reshape(2, mcfg.n_servers)[0]
-            served = np.zeros(mcfg.n_users, dtype=bool)
-            served[users[users < mcfg.n_users]] = True
-            gc = model.task_gcycles(mcfg, data, demand)
-            served_gc.extend(gc[served].tolist())
-            waiting_gc.extend(gc[pending & ~served].tolist())
-            obs, r, term, trunc, info = env.step(a)
-            util.append(r)
-            ecl.append(info["latency_s"])
-            mining.append(info["mining_reward"])
-            revenue.append(info["revenue"])
-            drops.append(info["n_dropped"])
-            if term or trunc:
-                episode += 1
-                obs, _ = env.reset(seed=EVAL_SEED + job.seed * 1000 + episode)
-        dec_ms = np.array(dec) * 1e3
-        row.update(avg_utility=float(np.mean(util)), ecl_s=float(np.mean(ecl)), mining=float(np.mean(mining)),
-                   revenue=float(np.mean(revenue)), drops_per_slot=float(np.mean(drops)),
-                   served_gcycles=float(np.mean(served_gc)) if served_gc else None,
-                   waiting_gcycles=float(np.mean(waiting_gc)) if waiting_gc else None,
-                   decision_ms=float(dec_ms.mean()), decision_ms_p50=float(np.percentile(dec_ms, 50)),
-                   decision_ms_p99=float(np.percentile(dec_ms, 99)))
+        row.update(evaluate(agent, mcfg, job.seed, job.eval_slots))
+        row.pop("slots")
     return row
 
 
