@@ -12,7 +12,7 @@ pytest.importorskip("ray")
 SWEEP = ["sweep.readings=['total_w1', 'per_mb_w01']", "sweep.algos=['ddqn', 'qlearning', 'ga', 'random', 'oracle']",
          "sweep.seeds=[0, 1]", "sweep.train_slots=40", "sweep.eval_slots=10",
          "sweep.grid={'model.n_users' = [4, 7]}"]
-TIMING = {"train_seconds", "seconds_to_convergence", "decision_ms", "decision_ms_p50", "decision_ms_p99"}
+TIMING = {"train_seconds", "train_steps_per_s", "seconds_to_convergence", "decision_ms", "decision_ms_p50", "decision_ms_p99"}
 
 
 def test_sweep_on_embedded_ray_equals_the_process_pool(tmp_path):
