@@ -100,17 +100,17 @@ class LabApp(app_manager.OSKenApp):
             raise RuntimeError("controller.lab_app needs --lab-config")
         self.cfg = cfg
         self.state = shared.state()
-        self.slot_s = float(cfg.get("slot_s", 10.0))
-        self.state_file = Path(cfg["state_file"]) if cfg.get("state_file") else None
-        self.budgets = BudgetApplier(cfg["miners"], cfg["levels_cores"], self.logger)
+        self.slot_s = cfg.slot_s
+        self.state_file = Path(cfg.state_file)
+        self.budgets = BudgetApplier(cfg.miners, cfg.levels_cores, self.logger)
         self.state.probe = self.budgets.cpu_seconds
         shared.appliers.insert(0, ("budgets", self.budgets.apply))
-        token = Path(cfg["token_file"]).read_text().strip()
+        token = Path(cfg.token_file).read_text().strip()
         from controller.live_view import page as live_page      # GET /: the live view
-        self.api = Api(self.state, cfg["accounts"], token, on_assignment=self.apply, page=live_page,
+        self.api = Api(self.state, cfg.accounts, token, on_assignment=self.apply, page=live_page,
                        extra={"PUT topology": self.put_topology, "PUT slot": self.put_slot},
-                       work=cfg.get("work"))
-        self.log = open(cfg["budget_log"], "a", buffering=1) if cfg.get("budget_log") else None
+                       work=cfg.work)
+        self.log = open(cfg.budget_log, "a", buffering=1)
         self.apply_lock = threading.Lock()
         self._restore()
         hub.spawn(self._serve)
@@ -120,14 +120,14 @@ class LabApp(app_manager.OSKenApp):
     def _serve(self):
         """Serve the API on lab0's address. The controller starts before the network, so the
         address appears only once Mininet has made lab0's interface: keep trying for a minute."""
-        host, port = self.cfg["api_host"], int(self.cfg["api_port"])
+        host, port = self.cfg.api_host, self.cfg.api_port
         deadline = time.monotonic() + 60
         while True:
             try:
                 server = make_api_server(host, port, self.api, trusted=(host, "127.0.0.1"),
-                                         read_deadline_s=self.cfg.get("api_read_deadline_s"),
-                                         max_connections=self.cfg.get("api_max_connections"),
-                                         per_client=self.cfg.get("api_per_client"))
+                                         read_deadline_s=self.cfg.api_read_deadline_s,
+                                         max_connections=self.cfg.api_max_connections,
+                                         per_client=self.cfg.api_per_client)
                 break
             except OSError as e:
                 if time.monotonic() > deadline:
@@ -193,7 +193,7 @@ class LabApp(app_manager.OSKenApp):
         with st.lock:
             waiting = sorted((t.since, u) for u, t in st.pending.items() if t.mec is None)
             servers = [m for m in st.servers if m not in st.down]
-            k = int(self.cfg.get("equal_level", 0))
+            k = self.cfg.equal_level
         serve = {m: None for m in st.servers}
         for m, (_, u) in zip(servers, waiting):
             serve[m] = u

@@ -40,9 +40,10 @@ class Monitor(app_manager.OSKenApp):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        cfg = settings.lab() or {}
-        self.period = float(cfg.get("monitor_period_s", 0.5))
-        self.miners = cfg.get("miner_rpc", {})
+        cfg = settings.lab()
+        # without a lab (the smoke demo) the monitor measures every half second, no miners
+        self.period = cfg.monitor_period_s if cfg else 0.5
+        self.miners = cfg.miner_rpc if cfg else {}
         self.datapaths: dict[int, object] = {}
         self.echo_sent: dict[int, float] = {}
         self.echo_rtt: dict[int, float] = {}

@@ -33,8 +33,7 @@ def state() -> LabState:
             cfg = settings.lab()
             if cfg is None:
                 raise RuntimeError("the lab apps need --lab-config")
-            _state = LabState(cfg["servers"], cfg["ues"], cfg["levels_mhs"], cfg["budget_mhs"],
-                              cfg.get("window_s", 60.0), cfg.get("task_ranges"))
+            _state = LabState(cfg.servers, cfg.ues, cfg.levels_mhs, cfg.budget_mhs, cfg.window_s, cfg.task_ranges)
         return _state
 
 

@@ -168,6 +168,7 @@ class LabConfig:
     api_read_deadline_s: float = 5.0     # the controller API: a request must be in within this
     api_max_connections: int = 256       # ... at most this many open (lab0's own not counted)
     api_per_client: int = 32             # ... and this many from one address
+    monitor_period_s: float = 0.5        # the controller's monitor: port stats, latency probes, miners
     mec_uid_base: int = 20000            # MEC host i's executor and miner run as uid/gid base + i, owning
                                          # its key and datadir only (docs/security.md); 0: as root
 
@@ -190,7 +191,7 @@ class LabConfig:
             require(is_int(v) and 1 <= v <= 10_000, f"lab.{name}", "an integer in [1, 10000]", v)
         require(isinstance(self.policy, str) and self.policy, "lab.policy", "a policy name", self.policy)
         for name in ("mining_cores", "host_cores", "max_upload_mb", "header_timeout_s", "drain_s",
-                     "block_interval_s"):
+                     "block_interval_s", "monitor_period_s"):
             v = getattr(self, name)
             require(is_number(v) and v > 0, f"lab.{name}", "> 0", v)
         require(self.coupling in ("shared", "separate"), "lab.coupling", "shared or separate", self.coupling)

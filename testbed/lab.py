@@ -371,37 +371,35 @@ class Lab:
         plan = self.topo.plan
         levels = list(self.scn.model.hash_levels_mhs)
         names = [f"mec{i}" for i in range(1, self.M + 1)]
-        cfg = {
-            "servers": names, "ues": [f"ue{j}" for j in range(1, self.U + 1)],
-            "accounts": {**{f"mec{i}": a.address for i, a in enumerate(self.accounts.mec_servers, 1)},
-                         **{f"ue{j}": a.address for j, a in enumerate(self.accounts.ues, 1)}},
-            "levels_mhs": levels, "budget_mhs": self.scn.model.hash_budget_mhs,
-            "levels_cores": [float(c) for c in self.mapping.miner_cores(levels)],
-            "window_s": self.scn.model.reputation_window * self.scn.model.slot_s,
-            "api_host": plan.data_ip("lab0"), "api_port": self.scn.lab.api_port,
-            "token_file": str(self.secrets / "token"),
-            "budget_log": str(self.run_dir / "budgets.jsonl"),
-            "state_file": str(self.secrets / "controller-state.json"),
-            "slot_s": self.scn.model.slot_s, "equal_level": self.scn.model.equal_hash_level,
-            "monitor_period_s": 0.5,
-            "task_ranges": {"data_mb": list(self.scn.model.data_mb_range),
-                            "demand": list(self.scn.model.demand_gcycles_range),
-                            "desired_s": list(self.scn.model.desired_time_s_range)},
-            "work": {"iterations_per_gcycle": self.mapping.iterations_per_gcycle,
-                     "demand_reading": self.scn.model.demand_reading},
-            "api_read_deadline_s": self.scn.lab.api_read_deadline_s,
-            "api_max_connections": self.scn.lab.api_max_connections,
-            "api_per_client": self.scn.lab.api_per_client,
-            "miners": {m: {"host_group": f"{CGROUP_PARENT}/{self.run_id}/{m}",
-                           "period_us": self.chain_cfg.cpu_period_us,
-                           "host_cores": float(self.scn.lab.host_cores_by_server.get(m, self.scn.lab.host_cores)),
-                           "coupling": self.scn.lab.coupling} for m in names},
-            "miner_rpc": {m: f"http://{plan.mgmt_ip(m)}:{self.chain_cfg.http_port + i}"
-                          for i, m in enumerate(names)},
-        }
-        path = self.secrets / "controller.json"
-        path.write_text(json.dumps(cfg, indent=1))
-        path.chmod(0o600)
+        from controller.settings import LabSettings
+        LabSettings(
+            servers=names, ues=[f"ue{j}" for j in range(1, self.U + 1)],
+            accounts={**{f"mec{i}": a.address for i, a in enumerate(self.accounts.mec_servers, 1)},
+                      **{f"ue{j}": a.address for j, a in enumerate(self.accounts.ues, 1)}},
+            levels_mhs=levels, budget_mhs=self.scn.model.hash_budget_mhs,
+            levels_cores=[float(c) for c in self.mapping.miner_cores(levels)],
+            window_s=self.scn.model.reputation_window * self.scn.model.slot_s,
+            slot_s=self.scn.model.slot_s, equal_level=self.scn.model.equal_hash_level,
+            monitor_period_s=self.scn.lab.monitor_period_s,
+            api_host=plan.data_ip("lab0"), api_port=self.scn.lab.api_port,
+            api_read_deadline_s=self.scn.lab.api_read_deadline_s,
+            api_max_connections=self.scn.lab.api_max_connections,
+            api_per_client=self.scn.lab.api_per_client,
+            token_file=str(self.secrets / "token"),
+            budget_log=str(self.run_dir / "budgets.jsonl"),
+            state_file=str(self.secrets / "controller-state.json"),
+            task_ranges={"data_mb": list(self.scn.model.data_mb_range),
+                         "demand": list(self.scn.model.demand_gcycles_range),
+                         "desired_s": list(self.scn.model.desired_time_s_range)},
+            work={"iterations_per_gcycle": self.mapping.iterations_per_gcycle,
+                  "demand_reading": self.scn.model.demand_reading},
+            miners={m: {"host_group": f"{CGROUP_PARENT}/{self.run_id}/{m}",
+                        "period_us": self.chain_cfg.cpu_period_us,
+                        "host_cores": float(self.scn.lab.host_cores_by_server.get(m, self.scn.lab.host_cores)),
+                        "coupling": self.scn.lab.coupling} for m in names},
+            miner_rpc={m: f"http://{plan.mgmt_ip(m)}:{self.chain_cfg.http_port + i}"
+                       for i, m in enumerate(names)},
+        ).write(self.secrets / "controller.json")
 
     def _tell_controller(self) -> None:
         """Static ARP entries for the service and probe addresses, then the hosts' addresses

@@ -295,3 +295,18 @@ def test_an_acceptance_for_another_task_proves_nothing(api):
                         signer="ue1")
     assert st == 403, body
     assert api.state.reputation()["mec1"]["failed"] == 0
+
+
+def test_the_controller_settings_are_all_the_scenarios():
+    """The controller has no default of its own (issue 20): a settings file missing a field, or
+    with one it does not know, is refused by name."""
+    import dataclasses
+
+    from controller.settings import LabSettings
+    names = [f.name for f in dataclasses.fields(LabSettings)]
+    full = {n: 0 for n in names}
+    assert LabSettings.from_dict(full).slot_s == 0
+    with pytest.raises(ValueError, match="missing \\['slot_s'\\]"):
+        LabSettings.from_dict({k: v for k, v in full.items() if k != "slot_s"})
+    with pytest.raises(ValueError, match="unknown \\['slot_length'\\]"):
+        LabSettings.from_dict({**full, "slot_length": 10.0})

@@ -219,6 +219,17 @@ def as_uid(uid: int | None) -> str:
     return f"setpriv --reuid={uid} --regid={uid} --clear-groups --" if uid is not None else ""
 
 
+def test_the_controller_runs_with_the_scenarios_numbers(lab):
+    """One name, one number: the slot, the reputation window, the monitor's period and the
+    hash levels the controller uses are the scenario's (no default of its own)."""
+    from controller.settings import LabSettings
+    s = LabSettings.from_dict(json.loads((lab.secrets / "controller.json").read_text()))
+    m = lab.scn.model
+    assert s.slot_s == m.slot_s and s.window_s == m.reputation_window * m.slot_s
+    assert s.monitor_period_s == lab.scn.lab.monitor_period_s and s.levels_mhs == list(m.hash_levels_mhs)
+    assert s.equal_level == m.equal_hash_level and s.budget_mhs == m.hash_budget_mhs
+
+
 def test_a_mec_host_holds_only_its_own_key_and_miner(lab):
     """As mec1's programs run (its namespace and uid): its executor and miner do run as that
     uid; it reads its own key, and no other server's or UE's key, the mnemonic, the policy
