@@ -9,8 +9,18 @@
 
 The experiments that use them (``python -m testbed paper|sweep|bench-agent``) are in
 :mod:`testbed.experiments`.
+
+Importing ``agent`` (or ``agent.model``, the equations the host programs use) does not load
+Gymnasium; ``import agent.env`` registers ``MecChain-v0`` (``gymnasium.make("agent.env:MecChain-v0")``
+imports it for you), and ``agent.MecChainEnv`` loads it on first use.
 """
 from agent.config import ConfigError, LearnerConfig, ModelConfig, PaperConfig
-from agent.env import ENV_ID, MecChainEnv
 
 __all__ = ["ConfigError", "LearnerConfig", "ModelConfig", "PaperConfig", "MecChainEnv", "ENV_ID"]
+
+
+def __getattr__(name: str):
+    if name in ("MecChainEnv", "ENV_ID"):
+        from agent import env
+        return getattr(env, name)
+    raise AttributeError(f"module 'agent' has no attribute {name!r}")

@@ -16,9 +16,8 @@ from functools import lru_cache
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-#: The anvil/hardhat development mnemonic. Its keys are public: fit for a throw-away lab chain
-#: only. The same keys fund the anvil chain of the contract tests and the geth chain.
-DEV_MNEMONIC = "test test test test test test test test test test test junk"
+from chain.config import DEV_MNEMONIC  # noqa: F401  (defined with the [chain] section, which has no eth stack)
+
 
 Account.enable_unaudited_hdwallet_features()
 

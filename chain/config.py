@@ -15,6 +15,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from base.errors import ConfigError, is_int, require
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: ethash refuses any difficulty below this (params.MinimumDifficulty in geth).
@@ -26,8 +28,9 @@ BUDGET_MODES = ("threads", "cpu_quota")
 OUTSIDE_MODES = ("virtual", "miner", "none")
 
 
-from chain.accounts import DEV_MNEMONIC
-from base.errors import ConfigError, is_int, require
+#: The anvil/hardhat development mnemonic. Its keys are public: fit for a throw-away lab chain
+#: only. The same keys fund the anvil chain of the contract tests and the geth chain.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
 
 @dataclass(kw_only=True)

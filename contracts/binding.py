@@ -32,7 +32,6 @@ AlreadyPaid, AlreadyRefunded).
 """
 from __future__ import annotations
 
-import enum
 import math
 import threading
 import time
@@ -48,6 +47,7 @@ from web3.exceptions import ContractLogicError
 
 from contracts.build import load_artifact
 from contracts.config import ContractConfig
+from contracts.reads import LANE_CLOSED, Channel, Escrow, EscrowState, Lane  # noqa: F401 (the binding's types)
 from contracts.txsender import ContractRevert, ErrorTable, TransactionTimeout, TxSender
 from contracts.vouchers import Voucher
 
@@ -59,84 +59,12 @@ UINT32_MAX = 2**32 - 1
 UINT40_MAX = 2**40 - 1
 UINT64_MAX = 2**64 - 1
 UINT128_MAX = 2**128 - 1
-LANE_CLOSED = UINT32_MAX   # Lane.closesAt of a settled lane
 ZERO_ADDRESS = "0x" + "00" * 20
 CHANNEL_EVENTS = ("ChannelOpened", "ChannelToppedUp", "VoucherRedeemed", "LaneClosing", "LaneSettled",
                   "LaneReopened", "FreeWithdrawn", "ChannelReclaimed")
 LANE_EVENTS = ("VoucherRedeemed", "LaneClosing", "LaneSettled", "LaneReopened")   # those naming a MEC
 #: Errors of a redeem batch as a whole, not of one of its vouchers.
 BATCH_ERRORS = ("UnknownMec", "TransferFailed")
-
-
-class EscrowState(enum.IntEnum):
-    """State of one escrow, as the contract's `State` enum."""
-    NONE = 0       # the (UE, task id) pair was never used
-    OPEN = 1       # phi_u held by the contract
-    PAID = 2       # released to the MEC server's wallet W_m
-    REFUNDED = 3   # returned to the UE's wallet W_u
-
-
-@dataclass(frozen=True)
-class Escrow:
-    """One escrowed payment read from the chain.
-
-    Attributes: amount_wei (phi_u), deadline (tau_u as block time, unix seconds), mec (the MEC
-    server's account, None if the escrow does not exist), state.
-    """
-    ue: str
-    task_id: int
-    amount_wei: int
-    deadline: int
-    mec: str | None
-    state: EscrowState
-
-
-@dataclass(frozen=True)
-class Channel:
-    """A UE's payment channel read from the chain (amounts in wei, expiry in unix seconds).
-
-    Attributes: balance_wei (held for the UE), cap_per_lane_wei (the most one lane pays per
-    generation), redeemed_open_wei (paid so far by the lanes not settled), expiry, lane_count
-    (lanes are MEC indexes 1..lane_count), open_lanes (not settled), reclaimed (final).
-    """
-    ue: str
-    balance_wei: int
-    cap_per_lane_wei: int
-    redeemed_open_wei: int
-    expiry: int
-    lane_count: int
-    open_lanes: int
-    reclaimed: bool
-
-    @property
-    def free_wei(self) -> int:
-        """What no unsettled lane can claim: the UE may withdraw it or reopen lanes with it."""
-        return self.balance_wei - (self.open_lanes * self.cap_per_lane_wei - self.redeemed_open_wei)
-
-
-@dataclass(frozen=True)
-class Lane:
-    """One (UE, MEC server) lane of a channel read from the chain.
-
-    Attributes: index (the MEC server's), redeemed_wei (paid in this generation), nonce (highest
-    redeemed voucher nonce), generation (the one vouchers must name), closes_at (0 open; block
-    time, unix s, that ends the dispute window while closing; 2**32 - 1 settled).
-    """
-    ue: str
-    mec: str
-    index: int
-    redeemed_wei: int
-    nonce: int
-    generation: int
-    closes_at: int
-
-    @property
-    def state(self) -> str:
-        """"open" (vouchers pay), "closing" (the UE closed it: the MEC may redeem until
-        closes_at) or "closed" (settled until the UE reopens it)."""
-        if self.closes_at == 0:
-            return "open"
-        return "closed" if self.closes_at == LANE_CLOSED else "closing"
 
 
 @dataclass(frozen=True)
@@ -398,11 +326,7 @@ class TradingContract:
     def channel(self, ue: str, block: int | str = "latest") -> Channel | None:
         """UE `ue`'s payment channel (as of `block`), None if it never opened one."""
         ue = _address("ue", ue)
-        balance, redeemed_open, cap, expiry, lane_count, open_lanes, reclaimed = \
-            self.contract.functions.channels(ue).call(block_identifier=block)
-        if lane_count == 0:
-            return None
-        return Channel(ue, balance, cap, redeemed_open, expiry, lane_count, open_lanes, reclaimed)
+        return Channel.from_getter(ue, self.contract.functions.channels(ue).call(block_identifier=block))
 
     def lane(self, ue: str, mec: str, block: int | str = "latest") -> Lane:
         """The lane of UE `ue` with MEC server `mec`, as of `block` (ValueError if `mec` is not

@@ -18,10 +18,11 @@ The signed message is EIP-712 typed data, the same bytes the contract hashes (``
 The chain id and the contract's address are in the domain, so a voucher does not pay on another
 deployment or chain; ``mec`` is in the message, so it does not pay another MEC server's lane.
 
-Speed (a task's critical path): the digest is built here with eth_abi + keccak (~0.03 ms; tests
-check it equals eth_account's ``encode_typed_data``) and the domain separator is cached. Signing
-and recovery use eth_keys, whose backend is pure Python unless ``coincurve`` is installed (then
-libsecp256k1): docs/channels.md has the measured times.
+Speed and weight (a task's critical path, in every UE and executor): the digest is built here
+from 32-byte words + keccak (tests check it equals eth_account's ``encode_typed_data``) and the
+domain separator is cached; signing and recovery are :mod:`chain.keys` (libsecp256k1), so a host
+program that pays or checks vouchers does not load the eth stack. docs/channels.md has the
+measured times.
 
 JSON form: addresses as checksum strings, bytes as 0x-hex, integers as JSON numbers (Python's
 json keeps them exact; wei amounts pass 2**53, so a JavaScript reader must parse them as BigInt).
@@ -32,12 +33,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-import eth_abi
-from eth_account.signers.local import LocalAccount
-from eth_keys import keys
-from eth_keys.exceptions import BadSignature, ValidationError
-from eth_utils import (is_checksum_address, is_checksum_formatted_address, is_hex_address, keccak,
-                       to_checksum_address)
+from chain.keys import SignatureError, is_address, is_checksummed, keccak, key_of, recover_hash, to_checksum_address
 
 __all__ = ["Voucher", "VoucherError", "sign_voucher", "voucher_signer", "voucher_digest",
            "domain_separator", "typed_data", "DOMAIN_NAME", "DOMAIN_VERSION", "VOUCHER_TYPES"]
@@ -53,13 +49,10 @@ VOUCHER_TYPES = {
                 {"name": "nonce", "type": "uint64"}, {"name": "taskId", "type": "uint64"},
                 {"name": "requestDigest", "type": "bytes32"}],
 }
-_DOMAIN_TYPEHASH = keccak(text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
+_DOMAIN_TYPEHASH = keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
 _VOUCHER_TYPEHASH = keccak(
-    text="Voucher(address ue,address mec,uint32 generation,uint128 cumulative,uint64 nonce,uint64 taskId,"
-         "bytes32 requestDigest)")
-_STRUCT_ABI = ["bytes32", "address", "address", "uint32", "uint128", "uint64", "uint64", "bytes32"]
-_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141   # secp256k1 order
-_HALF_N = _N // 2
+    b"Voucher(address ue,address mec,uint32 generation,uint128 cumulative,uint64 nonce,uint64 taskId,"
+    b"bytes32 requestDigest)")
 #: The integers of a voucher -> their largest value (their Solidity widths).
 _UINTS = {"generation": 2**32 - 1, "cumulative": 2**128 - 1, "nonce": 2**64 - 1, "task_id": 2**64 - 1}
 _FIELDS = ("ue", "mec", "generation", "cumulative", "nonce", "task_id", "request_digest", "signature")
@@ -126,16 +119,16 @@ def domain_separator(chain_id: int, contract: str) -> bytes:
     """The EIP-712 domain separator of vouchers for `contract` on chain `chain_id` (32 bytes),
     equal to the contract's ``domainSeparator()``."""
     _uint("chain_id", chain_id, 2**256 - 1)
-    return keccak(eth_abi.encode(["bytes32", "bytes32", "bytes32", "uint256", "address"],
-                                 [_DOMAIN_TYPEHASH, keccak(text=DOMAIN_NAME), keccak(text=DOMAIN_VERSION),
-                                  chain_id, _address("contract", contract)]))
+    return keccak(_DOMAIN_TYPEHASH + keccak(DOMAIN_NAME.encode()) + keccak(DOMAIN_VERSION.encode())
+                  + _uint_word(chain_id) + _address_word(_address("contract", contract)))
 
 
 def voucher_digest(*, chain_id: int, contract: str, ue: str, mec: str, generation: int, cumulative: int,
                    nonce: int, task_id: int, request_digest: bytes) -> bytes:
     """The 32-byte EIP-712 digest the UE signs (the contract's ``digest`` in _checkSignature)."""
-    struct = eth_abi.encode(_STRUCT_ABI, [_VOUCHER_TYPEHASH, ue, mec, generation, cumulative, nonce, task_id,
-                                          request_digest])
+    # abi.encode of static fields: one 32-byte word each
+    struct = (_VOUCHER_TYPEHASH + _address_word(ue) + _address_word(mec) + _uint_word(generation)
+              + _uint_word(cumulative) + _uint_word(nonce) + _uint_word(task_id) + bytes(request_digest))
     return keccak(b"\x19\x01" + domain_separator(chain_id, contract) + keccak(struct))
 
 
@@ -149,19 +142,21 @@ def typed_data(v: Voucher, *, chain_id: int, contract: str) -> dict:
                         "nonce": v.nonce, "taskId": v.task_id, "requestDigest": v.request_digest}}
 
 
-def sign_voucher(account: LocalAccount, *, chain_id: int, contract: str, mec: str, generation: int,
+def sign_voucher(account, *, chain_id: int, contract: str, mec: str, generation: int,
                  cumulative: int, nonce: int, task_id: int, request_digest: bytes) -> Voucher:
     """Sign, as UE `account`, a voucher paying MEC server `mec` `cumulative` wei in total on their
-    lane's generation `generation` (see :class:`Voucher` for the fields). VoucherError if a field
-    is out of its Solidity range."""
-    fields = dict(ue=account.address, mec=_address("mec", mec),
+    lane's generation `generation` (see :class:`Voucher` for the fields). `account` is anything
+    with the 32-byte ``.key`` (a :class:`chain.keys.Key`, an eth_account LocalAccount).
+    VoucherError if a field is out of its Solidity range."""
+    key = key_of(bytes(account.key))    # the public key derived once per account
+    fields = dict(ue=key.address, mec=_address("mec", mec),
                   **{name: _uint(name, value) for name, value in
                      (("generation", generation), ("cumulative", cumulative), ("nonce", nonce),
                       ("task_id", task_id))},
                   request_digest=_bytes32("request_digest", request_digest))
     digest = voucher_digest(chain_id=chain_id, contract=contract, **fields)
-    sig = _private_key(account.key).sign_msg_hash(digest)   # RFC 6979 k, low s (eth_keys)
-    signature = sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([27 + sig.v])
+    v, r, s = key.sign_hash(digest)        # RFC 6979 k, low s
+    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v])
     return Voucher(**fields, signature=signature)
 
 
@@ -175,26 +170,21 @@ def voucher_signer(v: Voucher, *, chain_id: int, contract: str) -> str:
     sig = v.signature
     if not isinstance(sig, (bytes, bytearray)) or len(sig) != 65:
         raise VoucherError(f"signature must be 65 bytes, got {sig!r}")
-    r, s, recovery = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"), sig[64]
-    if recovery not in (27, 28):
-        raise VoucherError(f"signature v must be 27 or 28, got {recovery}")
-    if not 0 < r < _N or not 0 < s <= _HALF_N:
-        raise VoucherError("signature r must be in [1, n) and s in [1, n/2] (a high s is a malleated signature)")
     digest = voucher_digest(chain_id=chain_id, contract=contract, ue=_address("ue", v.ue), mec=_address("mec", v.mec),
                             **{name: _uint(name, getattr(v, name)) for name in _UINTS},
                             request_digest=_bytes32("request_digest", v.request_digest))
     try:
-        public_key = keys.Signature(vrs=(recovery - 27, r, s)).recover_public_key_from_msg_hash(digest)
-    except (BadSignature, ValidationError) as exc:
-        raise VoucherError(f"signature does not recover a key: {exc}") from None
-    return public_key.to_checksum_address()
+        return recover_hash(digest, bytes(sig))   # v in {27, 28}, 0 < r < n, 0 < s <= n/2
+    except SignatureError as exc:
+        raise VoucherError(str(exc)) from None
 
 
-@functools.lru_cache(maxsize=256)
-def _private_key(key: bytes) -> keys.PrivateKey:
-    # Building a PrivateKey derives its public key (a scalar multiplication, ~2 ms in pure
-    # Python): once per account, not once per voucher.
-    return keys.PrivateKey(bytes(key))
+def _uint_word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+def _address_word(address: str) -> bytes:
+    return bytes(12) + bytes.fromhex(address[2:])
 
 
 # ---------------------------------------------------------------------------- validation
@@ -202,8 +192,7 @@ def _private_key(key: bytes) -> keys.PrivateKey:
 
 def _address(name: str, value: Any) -> str:
     # Mixed case must be a valid EIP-55 checksum (eth_utils' is_address does not check it).
-    if not (isinstance(value, str) and is_hex_address(value)
-            and (not is_checksum_formatted_address(value) or is_checksum_address(value))):
+    if not (isinstance(value, str) and is_address(value) and is_checksummed(value)):
         raise VoucherError(f"{name} must be a 20-byte hex address (checksummed if mixed case), got {value!r}")
     return to_checksum_address(value)
 

@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slots", type=int, default=None, help="slots to run (default lab.slots)")
     args = ap.parse_args(argv)
 
-    from agent.train import run_slots
     from testbed.live_env import LiveEnv
     from testbed.policy import AgentPolicy, make_policy
 
@@ -84,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         done[0] += 1
 
     if isinstance(policy, AgentPolicy):
-        # an agent of agent/: the same loop as its training in simulation (agent.train.run_slots)
+        # an agent of agent/: the same loop as its training in simulation (agent.train.run_slots);
+        # torch (~500 MB resident) is loaded by the agents only, not by a rule of thumb
+        from agent.train import run_slots
         seen = {}
 
         def on_slot(k: int, r: dict) -> None:

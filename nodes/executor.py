@@ -53,12 +53,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-
 from agent.model import task_gcycles
+from chain.keys import Key, recover_message
 from contracts.txsender import ContractRevert
-from controller.api import sign_body
 from nodes.wire import (Conn, Refusal, ack_bytes, read_exact, read_line, receipt_bytes,  # noqa: F401
                         request_digest, send_line)
 
@@ -70,6 +67,7 @@ class Executor:
                  stall_s: float = 0.0):
         from contracts.binding import TradingContract
         from contracts.txsender import TxSender
+        from eth_account import Account
         from testbed import units
         from testbed.runinfo import LabInfo
         from web3 import HTTPProvider, Web3
@@ -78,7 +76,8 @@ class Executor:
         self.scn = self.info.scenario_obj()
         self.name = name
         self.me = self.info.servers[name]
-        self.account = Account.from_key(key)
+        self.key = Key(key)                      # signs its answers, receipts and API calls
+        self.account = Account.from_key(key)     # signs its transactions
         if self.account.address.lower() != self.me.address.lower():
             raise SystemExit(f"{name}: the key is not {name}'s account")
         self.dishonest = dishonest or name in self.scn.lab.dishonest
@@ -128,7 +127,7 @@ class Executor:
             raise Refusal("malformed", f"a request is {{'header': {{ue, task_id, chain_id, contract, "
                                        f"data_bytes}}, 'sig'}}: {e}") from None
         try:
-            signer = Account.recover_message(encode_defunct(primitive=request_digest(header)), signature=sig)
+            signer = recover_message(request_digest(header), sig)
         except Exception:
             raise Refusal("bad_signature", "the request's signature does not verify") from None
         if signer.lower() != ue:
@@ -214,13 +213,12 @@ class Executor:
         try:
             header = json.loads(raw)["header"]
             ue, task_id = str(header["ue"]), int(header["task_id"])
-            signer = Account.recover_message(encode_defunct(primitive=request_digest(header)),
-                                             signature=json.loads(raw)["sig"])
+            signer = recover_message(request_digest(header), json.loads(raw)["sig"])
         except Exception:
             return {}
         if signer.lower() != ue.lower():
             return {}
-        return {"ack": sign_body(self.account, ack_bytes(ue, task_id, verdict))}
+        return {"ack": self.key.sign_message(ack_bytes(ue, task_id, verdict))}
 
     # ---- one connection -------------------------------------------------------------------
     def handle(self, raw_sock: socket.socket, peer) -> None:
@@ -267,7 +265,7 @@ class Executor:
             blob = res.to_bytes()
             # the receipt: this server returned this result for this data (a UE's claim that it is
             # wrong can then be checked by the controller, and a false claim refused)
-            receipt = sign_body(self.account, receipt_bytes(task["ue"], task["task_id"], h0, res.digest()))
+            receipt = self.key.sign_message(receipt_bytes(task["ue"], task["task_id"], h0, res.digest()))
             send_line(sock, {"ok": True, "queue_s": t_start - t_up, "compute_s": t_done - t_start,
                              "iterations": res.iterations, "result_bytes": len(blob), "receipt": receipt})
             sock.sendall(blob)
@@ -377,7 +375,7 @@ class Executor:
                                       "paid_wei": paid or 0}}).encode()
         req = urllib.request.Request(self.info.api_url + "/report", data=body, method="POST",
                                      headers={"Content-Type": "application/json", "X-Signer": self.name,
-                                              "X-Signature": sign_body(self.account, body)})
+                                              "X-Signature": self.key.sign_message(body)})
         try:
             urllib.request.urlopen(req, timeout=10).read()
         except Exception as e:

@@ -58,10 +58,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from eth_account import Account
-from eth_account.messages import encode_defunct
-
-from controller.api import sign_body
+from chain.keys import Key
 from nodes.wire import Conn, read_exact, read_line, request_digest, request_hash, send_line
 from nodes.work import WorkResult, verify
 
@@ -76,10 +73,8 @@ class TaskFailed(Exception):
 
 class UEClient:
     def __init__(self, lab_path: Path, name: str, key: str, out: Path):
-        from contracts.binding import TradingContract
-        from contracts.txsender import TxSender
+        from contracts.reads import ContractReader
         from testbed.runinfo import LabInfo
-        from web3 import HTTPProvider, Web3
 
         t_wait = time.monotonic()
         self.info = LabInfo.load(lab_path, wait_s=300)
@@ -89,12 +84,14 @@ class UEClient:
         self.scn = self.info.scenario_obj()
         self.name = name
         self.index = int(name.lstrip("ue"))
-        self.account = Account.from_key(key)
+        self.account = Key(key)
         if self.account.address.lower() != self.info.ues[name].address.lower():
             raise SystemExit(f"{name}: the key is not {name}'s account")
         cfg = self.scn.contract
-        self.w3 = Web3(HTTPProvider(self.info.gateway_url, request_kwargs={"timeout": cfg.rpc_timeout_s}))
-        self.trade = TradingContract(self.w3, self.info.contract, cfg, sender=TxSender(self.w3, cfg))
+        # reads over plain JSON-RPC; the web3 binding (``trade``) only once a transaction is sent
+        self.reader = ContractReader(self.info.gateway_url, self.info.contract, timeout_s=cfg.rpc_timeout_s)
+        self._trade = None                     # (TradingContract, LocalAccount), see _chain
+        self._chain_lock = threading.Lock()
         self.rng = np.random.default_rng([self.scn.seed, self.index])
         # The segments a UE re-checks come from the OS's randomness: a server cannot predict them
         # (a seeded draw would follow from lab.json, which every server reads).
@@ -119,6 +116,31 @@ class UEClient:
 
     def _stop(self, *_):
         self.stopping = True
+
+    @property
+    def trade(self):
+        """The web3 binding of the trading contract, loaded on first use: by an escrow (every
+        task) or, on a payment channel, by a transaction (a top-up). About 30 MB a process
+        (web3.py and eth_account), which a UE paying by voucher otherwise never loads."""
+        return self._chain()[0]
+
+    @property
+    def signer(self):
+        """This UE's key as eth_account's LocalAccount, which signs its transactions."""
+        return self._chain()[1]
+
+    def _chain(self):
+        with self._chain_lock:
+            if self._trade is None:
+                from contracts.binding import TradingContract
+                from contracts.txsender import TxSender
+                from eth_account import Account
+                from web3 import HTTPProvider, Web3
+                cfg = self.scn.contract
+                w3 = Web3(HTTPProvider(self.info.gateway_url, request_kwargs={"timeout": cfg.rpc_timeout_s}))
+                self._trade = (TradingContract(w3, self.info.contract, cfg, sender=TxSender(w3, cfg)),
+                               Account.from_key(self.account.key))
+            return self._trade
 
     # ---- what survives a restart ------------------------------------------------------------
     def _load_state(self) -> dict:
@@ -158,7 +180,7 @@ class UEClient:
         """One pass over the open escrows no running task owns: paid or refunded -> forgotten;
         none on chain (the payment never mined) once its deadline passed -> forgotten; open past
         its deadline -> refunded. Returns what was done."""
-        from contracts.binding import EscrowState
+        from contracts.reads import EscrowState
         done = []
         for task_id, entry in self.open_escrows().items():
             if task_id in self.in_flight:
@@ -169,13 +191,13 @@ class UEClient:
                 self._escrow_closed(task_id)
                 done.append({"task_id": task_id, "settled": e.state.name.lower()})
             elif e.state is EscrowState.NONE:
-                pending = (self.w3.eth.get_transaction_count(self.account.address, "pending")
-                           > self.w3.eth.get_transaction_count(self.account.address, "latest"))
+                pending = (self.trade.w3.eth.get_transaction_count(self.account.address, "pending")
+                           > self.trade.w3.eth.get_transaction_count(self.account.address, "latest"))
                 if not pending and now > float(entry.get("deadline") or entry.get("t", 0) + 600):
                     self._escrow_closed(task_id)
                     done.append({"task_id": task_id, "settled": "never paid"})
             elif now > e.deadline:
-                r = self.trade.refund(self.account, task_id=task_id)
+                r = self.trade.refund(self.signer, task_id=task_id)
                 self._escrow_closed(task_id)
                 done.append({"task_id": task_id, "settled": "refunded", "refunded_wei": e.amount_wei,
                              "refund_gas": r.gas_used})
@@ -202,7 +224,7 @@ class UEClient:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"}
         if data is not None:
-            headers.update({"X-Signer": self.name, "X-Signature": sign_body(self.account, data)})
+            headers.update({"X-Signer": self.name, "X-Signature": self.account.sign_message(data)})
         req = urllib.request.Request(self.info.api_url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -236,7 +258,7 @@ class UEClient:
         if self.channel:
             header.update(payment="channel", demand=task.service_demand)
             voucher = self.lanes.voucher(mec, price_wei, task_id, request_hash(header))
-        sig = self.account.sign_message(encode_defunct(primitive=request_digest(header))).signature.to_0x_hex()
+        sig = self.account.sign_message(request_digest(header))
         line = {"header": header, "sig": sig}
         if voucher is not None:
             line["voucher"] = voucher.to_json()
@@ -291,8 +313,8 @@ class UEClient:
                     continue
                 if attempt_left and self.channel and reply.get("code") == "wrong_generation":
                     # the lane was settled and reopened since: sign on its new generation
-                    self.lanes.set_generation(mec, self.trade.lane(self.account.address,
-                                                                   self.info.servers[mec].address).generation)
+                    self.lanes.set_generation(mec, self.reader.lane(self.account.address,
+                                                                    self.info.servers[mec].address).generation)
                     adjusted = True
                     continue
                 raise TaskFailed(f"refused:{reply.get('code')}", reply.get("error", "refused"))
@@ -364,7 +386,7 @@ class UEClient:
         uncles): then the chain knows no escrow for a while, until the payment is mined again.
         The UE keeps looking until its deadline has passed and nothing of its own is pending;
         an escrow that reappears is refunded like any other, so no payment is left behind."""
-        from contracts.binding import EscrowState
+        from contracts.reads import EscrowState
         t0 = time.monotonic()
         while True:
             e = self.trade.escrow(self.account.address, task_id)
@@ -374,8 +396,8 @@ class UEClient:
             if e.state is EscrowState.REFUNDED:
                 return
             if e.state is EscrowState.NONE:
-                pending = (self.w3.eth.get_transaction_count(self.account.address, "pending")
-                           > self.w3.eth.get_transaction_count(self.account.address, "latest"))
+                pending = (self.trade.w3.eth.get_transaction_count(self.account.address, "pending")
+                           > self.trade.w3.eth.get_transaction_count(self.account.address, "latest"))
                 if not pending and self.trade.latest_block_time() > rec["deadline"]:
                     rec["refund"] = ("not needed: no escrow on chain (the payment's block was undone by a "
                                      "reorganisation and the payment never mined again: nothing was paid)")
@@ -387,7 +409,7 @@ class UEClient:
             elif self.trade.latest_block_time() > e.deadline:
                 break
             time.sleep(1.0)
-        r = self.trade.refund(self.account, task_id=task_id)
+        r = self.trade.refund(self.signer, task_id=task_id)
         rec.update(refund_gas=r.gas_used, refund_wait_s=time.monotonic() - t0, refunded_wei=e.amount_wei)
 
     def run_task(self, task_id: int, task=None) -> dict:
@@ -419,7 +441,7 @@ class UEClient:
             self.in_flight.discard(task_id)
 
     def _run_escrow_task(self, task_id: int, task, mec: str, a: dict, rec: dict, t0: float, t_pay: float) -> dict:
-        pay = self.trade.trading(self.account, mec=a["mec_address"], task_id=task_id,
+        pay = self.trade.trading(self.signer, mec=a["mec_address"], task_id=task_id,
                                  data_size_bits=task.data_bits, service_demand_cycles=task.service_demand,
                                  execution_time_s=task.desired_s)
         opened = pay.event("EscrowOpened")
@@ -485,16 +507,16 @@ class UEClient:
         UE opened before (a restarted client); then its lanes (:class:`PayerLanes`)."""
         from nodes.channels import PayerLanes
         cfg = self.scn.contract
-        self.unit_price = self.trade.unit_price()
-        ch = self.trade.channel(self.account.address)
+        self.unit_price = self.reader.unit_price()
+        ch = self.reader.channel(self.account.address)
         if ch is None or ch.reclaimed:
-            r = self.trade.open_channel(self.account, deposit_wei=cfg.channel_deposit_wei,
+            r = self.trade.open_channel(self.signer, deposit_wei=cfg.channel_deposit_wei,
                                         cap_per_lane_wei=cfg.channel_deposit_wei // len(self.info.servers),
                                         expiry=int(time.time()) + cfg.channel_lifetime_s, register=True)
             self.records.write(json.dumps({"ue": self.name, "event": "openChannel", "gas": r.gas_used,
                                            "fee_wei": r.fee_wei, "deposit_wei": cfg.channel_deposit_wei,
                                            "block": r.block_number, "t": time.time()}) + "\n")
-            ch = self.trade.channel(self.account.address)
+            ch = self.reader.channel(self.account.address)
         # lanes start at generation 0; one settled and reopened since is told by its server
         # (wrong_generation) and read from the chain then
         servers = {m: e.address for m, e in self.info.servers.items()}
@@ -516,7 +538,7 @@ class UEClient:
         add = cfg.channel_deposit_wei
         cap = self.lanes.cap_wei + add // len(self.info.servers)
         expiry = max(self.expiry, int(time.time()) + cfg.channel_lifetime_s)
-        r = self.trade.top_up(self.account, amount_wei=add, cap_per_lane_wei=cap, expiry=expiry)
+        r = self.trade.top_up(self.signer, amount_wei=add, cap_per_lane_wei=cap, expiry=expiry)
         self.records.write(json.dumps({"ue": self.name, "event": "topUp", "gas": r.gas_used, "fee_wei": r.fee_wei,
                                        "deposit_wei": add, "block": r.block_number, "t": time.time()}) + "\n")
         self.expiry = expiry
@@ -528,7 +550,7 @@ class UEClient:
         if self.channel:
             self.open_channel()
         elif self.trade.ue_wallet(self.account.address) is None:
-            r = self.trade.create_trade(self.account)
+            r = self.trade.create_trade(self.signer)
             self.records.write(json.dumps({"ue": self.name, "event": "createTrade", "gas": r.gas_used,
                                            "fee_wei": r.fee_wei, "t": time.time()}) + "\n")
         print(f"{self.name} registered as {self.account.address} ({time.monotonic() - self.t_lab:.1f} s after "

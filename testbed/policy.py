@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent import actions
+from agent.baselines import levels_by_reputation
 from agent.model import ObsLayout
 
 
@@ -123,7 +124,6 @@ class ReputationGreedy:
         self.cfg, self.floor = model_cfg, floor
 
     def decide(self, snap: dict) -> tuple[dict, dict, dict]:
-        from agent.baselines import levels_by_reputation
         servers = snap["servers"]
         rep = np.array([snap["reputation"].get(m, 1.0) for m in servers], dtype=float)
         levels = levels_by_reputation(self.cfg, rep)

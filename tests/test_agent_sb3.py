@@ -3,7 +3,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import agent  # noqa: F401  (registers MecChain-v0)
+import agent.env  # noqa: F401  (registers MecChain-v0)
 from agent.config import ModelConfig
 
 sb3 = pytest.importorskip("stable_baselines3")

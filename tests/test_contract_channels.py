@@ -802,3 +802,39 @@ def test_config_channel_fields_are_validated():
         with pytest.raises(ValueError, match=f"contract.{field}"):
             ContractConfig(**{field: value})
     assert ContractConfig(payment="channel").payment == "channel"
+
+
+def test_the_light_reader_reads_what_the_binding_reads(w):
+    """contracts.reads.ContractReader (the UE client's reads, without web3) against the web3
+    binding at each stage of a lane's life, and its refusals."""
+    from contracts.reads import ContractReader, ReadError
+    trade = w["trade"]
+    reader = ContractReader(w["node"].rpc_url, trade.address)
+    ue, mec = w["ue2"].address, w["mec1"].address
+
+    def same():
+        assert reader.unit_price() == trade.unit_price()
+        assert reader.quote(1_234_567_891) == trade.quote(1_234_567_891)
+        assert reader.mec(mec) == trade.mec(mec) and reader.mec(w["mec3"].address) is None
+        assert reader.channel(ue) == trade.channel(ue)
+        assert reader.lane(ue, mec) == trade.lane(ue, mec)
+        assert reader.latest_block_time() == trade.latest_block_time()
+
+    assert reader.channel(ue) is None
+    open_(w, "ue2")
+    same()
+    trade.redeem(w["mec1"], [voucher(w, "ue2", cumulative=2 * PHI, nonce=2)])
+    same()
+    trade.close_lane(w["ue2"], mec=mec)
+    same()
+    assert reader.lane(ue, mec).state == "closing" and reader.channel(ue).free_wei == trade.channel(ue).free_wei
+    with pytest.raises(ValueError, match="not a registered MEC server"):
+        reader.lane(ue, w["mec3"].address)
+    with pytest.raises(ValueError, match="ue must be a 20-byte hex address"):
+        reader.channel("0x1234")
+    with pytest.raises(ValueError, match=r"a uint64 is an integer"):
+        reader.quote(2**64)
+    with pytest.raises(ReadError, match="is .* the trading contract"):
+        ContractReader(w["node"].rpc_url, w["stranger"].address).unit_price()
+    with pytest.raises(ReadError, match="failed"):
+        ContractReader("http://127.0.0.1:9/", trade.address, timeout_s=2).unit_price()

@@ -99,8 +99,7 @@ def _send(lab, client, mec, *, task_id, demand=1_000_000_000, header=None, vouch
     vkw = dict(v or {})
     signer = vkw.pop("signer", client.account)
     fields.update(vkw)
-    line = {"header": hdr, "sig": client.account.sign_message(
-        __import__("eth_account").messages.encode_defunct(primitive=request_digest(hdr))).signature.to_0x_hex()}
+    line = {"header": hdr, "sig": client.account.sign_message(request_digest(hdr))}
     if voucher == "sign":
         # signed by `signer`, in the name of `client` (a forgery when they differ)
         line["voucher"] = dataclasses.replace(sign_voucher(signer, **fields), ue=client.account.address).to_json()

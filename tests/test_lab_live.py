@@ -17,6 +17,7 @@ import pytest
 
 from contracts.binding import EscrowState, TradingContract
 from contracts.txsender import TxSender
+from controller.api import sign_body
 from nodes.executor import Conn, read_line, request_digest
 from nodes.ue_client import UEClient
 from testbed import units
@@ -56,7 +57,7 @@ def ue3(lab):
     # UE containers' own addresses (ue1 and ue2 go through the service address in
     # test_tasks_are_paid_offloaded_computed_and_settled). It connects to its server directly.
     client.info.service_ip = None
-    client.trade.create_trade(client.account)
+    client.trade.create_trade(client.signer)
     return client
 
 
@@ -88,8 +89,7 @@ def _request(lab, client, *, task_id, data_bytes, mec="mec1", header=None, signe
     """Send one request to ``mec``'s executor as ``client`` would; return its first reply."""
     hdr = {"ue": client.account.address, "task_id": task_id, "chain_id": lab.info.chain_id,
            "contract": lab.info.contract, "data_bytes": data_bytes, "desired_s": 1.0, **(header or {})}
-    from eth_account.messages import encode_defunct
-    sig = (signer or client.account).sign_message(encode_defunct(primitive=request_digest(hdr))).signature.to_0x_hex()
+    sig = sign_body(signer or client.account, request_digest(hdr))
     with socket.create_connection((lab.info.servers[mec].ip, lab.info.executor_port), timeout=10) as raw:
         s = Conn(raw)
         raw.sendall(payload or (json.dumps({"header": hdr, "sig": sig}).encode() + b"\n"))
@@ -98,7 +98,7 @@ def _request(lab, client, *, task_id, data_bytes, mec="mec1", header=None, signe
 
 def _pay(client, task_id, mec, data_bytes=100_000, demand=10**9, **kw):
     when = kw if "deadline" in kw else {"execution_time_s": 1.0}
-    return client.trade.trading(client.account, mec=client.info.servers[mec].address, task_id=task_id,
+    return client.trade.trading(client.signer, mec=client.info.servers[mec].address, task_id=task_id,
                                 data_size_bits=8 * data_bytes, service_demand_cycles=demand, **when)
 
 
@@ -363,7 +363,7 @@ def test_a_restarted_ue_refunds_the_escrow_its_predecessor_left(lab, ue3):
     deadline passes, and never reuses the task id."""
     task = ue3.draw()
     ue3._escrow_open(310, mec="mec1", t=time.time())
-    pay = ue3.trade.trading(ue3.account, mec=lab.info.servers["mec1"].address, task_id=310,
+    pay = ue3.trade.trading(ue3.signer, mec=lab.info.servers["mec1"].address, task_id=310,
                             data_size_bits=task.data_bits, service_demand_cycles=task.service_demand,
                             execution_time_s=task.desired_s)
     opened = pay.event("EscrowOpened")

@@ -1,0 +1,83 @@
+"""chain.keys (the host programs' signer) gives eth_account's bytes: addresses, EIP-191
+signatures, recovery; and refuses what the contract refuses (high s, v not 27/28, bad lengths).
+No node needed."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import to_checksum_address as eth_checksum
+
+from chain.keys import HALF_N, N, Key, SignatureError, keccak, recover_hash, recover_message, to_checksum_address
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_addresses_and_signatures_are_eth_accounts_bytes():
+    rng = random.Random(7)
+    for i in range(100):
+        secret = rng.randbytes(32)
+        ours, theirs = Key(secret), Account.from_key(secret)
+        assert ours.address == theirs.address
+        assert Key("0x" + secret.hex()).address == Key(secret.hex()).address == theirs.address
+        message = rng.randbytes(i * 3)
+        sig = ours.sign_message(message)
+        assert sig == theirs.sign_message(encode_defunct(primitive=message)).signature.to_0x_hex()
+        assert recover_message(message, sig) == theirs.address
+        digest = keccak(message)
+        v, r, s = ours.sign_hash(digest)
+        signed = theirs.unsafe_sign_hash(digest)
+        assert (v, r, s) == (signed.v, signed.r, signed.s) and s <= HALF_N
+        assert recover_hash(digest, r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v])) == theirs.address
+        low = rng.randbytes(20).hex()
+        assert to_checksum_address("0x" + low) == eth_checksum("0x" + low) == to_checksum_address(bytes.fromhex(low))
+    assert "0x" not in repr(Key(bytes(31) + b"\x01"))[5:] and "Key(0x" in repr(Key(bytes(31) + b"\x01"))
+
+
+def test_malformed_keys_and_signatures_are_refused_by_name():
+    key = Key(bytes(31) + b"\x07")
+    sig = bytes.fromhex(key.sign_message(b"body")[2:])
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big")
+    malleated = sig[:32] + (N - s).to_bytes(32, "big") + bytes([55 - sig[64]])
+    for bad, why in [(malleated, "high s"), (sig[:64] + b"\x1d", "v must be 27 or 28"), (sig[:64] + b"\x00",
+                     "v must be 27 or 28"), (bytes(32) + sig[32:], "r must be in"), (sig[:64], "65 bytes"),
+                     ("0xzz", "65 bytes of hex"), (N.to_bytes(32, "big") + sig[32:], "r must be in")]:
+        with pytest.raises(SignatureError, match=why):
+            recover_message(b"body", bad)
+    assert recover_message(b"body", sig) == key.address != recover_message(b"another body", sig)
+    for secret, why in [(bytes(32), r"in \[1, n\)"), (N.to_bytes(32, "big"), r"in \[1, n\)"), (b"\x01" * 31, "32 bytes"),
+                        ("0xnothex", "hex")]:
+        with pytest.raises(SignatureError, match=why):
+            Key(secret)
+    with pytest.raises(SignatureError, match="not a 20-byte hex address"):
+        to_checksum_address("0x12")
+
+
+def test_a_host_program_pays_by_voucher_without_loading_web3():
+    """The UE client's path on a payment channel (sign the request and the voucher, read the
+    contract, load the scenario) imports neither web3.py nor eth_account nor Gymnasium: the
+    weight issue 21 measured per UE."""
+    code = (
+        "import sys, hashlib\n"
+        "import nodes.ue_client, nodes.channels, contracts.reads\n"
+        "from chain.keys import Key\n"
+        "from contracts.vouchers import sign_voucher, voucher_signer\n"
+        "k = Key(bytes(31) + b'\\x05')\n"
+        "v = sign_voucher(k, chain_id=1, contract='0x' + '11' * 20, mec='0x' + '22' * 20, generation=0,\n"
+        "                 cumulative=5, nonce=1, task_id=1, request_digest=hashlib.sha256(b'r').digest())\n"
+        "assert voucher_signer(v, chain_id=1, contract='0x' + '11' * 20) == k.address\n"
+        "contracts.reads.ContractReader('http://127.0.0.1:9/', '0x' + '11' * 20, abi=[])\n"
+        "from testbed.config import load_scenario\n"
+        "load_scenario('lab').model\n"
+        "heavy = sorted(m for m in sys.modules\n"
+        "               if m.split('.')[0] in ('web3', 'eth_account', 'eth_abi', 'pydantic', 'gymnasium', 'torch'))\n"
+        "assert not heavy, heavy\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
