@@ -177,3 +177,38 @@ def make_policy(scn):
         return AgentPolicy(make_agent(name[6:], scn.model, scn.learner, seed=scn.seed), scn.model)
     raise ConfigError(f"lab.policy must be round_robin, greedy, agent:<{'|'.join(AGENTS)}> or "
                       f"file:<path of a saved agent>, got {name!r}")
+
+
+def check_policy(scn) -> str:
+    """The name of the policy ``scn.lab.policy`` names, checked as :func:`make_policy` checks it
+    (an agent built, a saved agent read back and matched to M and U), ConfigError naming the
+    field if not. An agent is checked in a child process that then exits: torch (~500 MB
+    resident) belongs to the policy loop, not to the orchestrator that waits for the run."""
+    if scn.lab.policy in ("round_robin", "greedy"):
+        return make_policy(scn).name
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from base.errors import ConfigError
+    root = Path(__file__).resolve().parents[1]
+    code = ("import json, sys\n"
+            "from base.errors import ConfigError\n"
+            "from testbed.config import scenario_from_dict\n"
+            "from testbed.policy import make_policy\n"
+            "try:\n"
+            "    reply = {'name': make_policy(scenario_from_dict(json.load(sys.stdin))).name}\n"
+            "except ConfigError as e:\n"
+            "    reply = {'error': str(e)}\n"
+            "print(json.dumps(reply))\n")
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps(scn.to_dict()), capture_output=True,
+                       text=True, cwd=root, timeout=300)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"checking lab.policy = {scn.lab.policy!r} failed (exit {r.returncode}): "
+                           f"{r.stderr.strip()[-2000:]}")
+    reply = json.loads(lines[-1])
+    if "error" in reply:
+        raise ConfigError(reply["error"])
+    return reply["name"]

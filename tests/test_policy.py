@@ -115,3 +115,34 @@ def test_the_fidelity_fit_recovers_known_constants():
     before = task_latency(cfg, Constants(kappa=0.0), tasks).mean()
     assert abs(y.mean() / before - 1) > 0.15               # the unfitted simulator is off ...
     assert abs(y.mean() / task_latency(cfg, k, tasks).mean() - 1) < 0.02     # ... the fitted one is not
+
+
+def test_the_policy_is_checked_before_the_lab_and_an_agent_in_a_child_process(tmp_path):
+    """check_policy names the policy, refuses a bad one by its field, and checks an agent in a
+    child process (the orchestrator itself never loads torch for it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from agent.registry import make_agent
+    from base.errors import ConfigError
+    from testbed.config import load_scenario
+    from testbed.policy import check_policy
+
+    assert check_policy(load_scenario("lab")) == "greedy"
+    with pytest.raises(ConfigError, match="lab.policy must be"):
+        check_policy(load_scenario("lab", ["lab.policy=agent:nonesuch"]))
+    small = load_scenario("lab", ["model.n_servers=3", "model.n_users=4"])
+    saved = tmp_path / "ddqn-3x4.pt"
+    make_agent("ddqn", small.model, small.learner, seed=0).save(saved)
+    with pytest.raises(ConfigError, match="the saved agent is for M = 3, U = 4"):
+        check_policy(load_scenario("lab", [f"lab.policy=file:{saved}"]))
+    code = ("import sys\n"
+            "from testbed.config import load_scenario\n"
+            "from testbed.policy import check_policy\n"
+            "print(check_policy(load_scenario('lab', ['lab.policy=agent:ddqn'])))\n"
+            "assert 'torch' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "agent:ddqn"

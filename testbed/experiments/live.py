@@ -28,7 +28,7 @@ import psutil
 from testbed.config import Scenario
 from testbed.lab import Lab
 from testbed.live_env import ApiClient
-from testbed.policy import make_policy
+from testbed.policy import check_policy
 
 
 def _children(pids: list[int]) -> list[int]:
@@ -296,12 +296,12 @@ def chain_record(lab: Lab) -> dict:
 def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dict:
     from testbed.experiments import live_report
     run_dir = Path(out_dir or scn.results_path / scn.name / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    policy = make_policy(scn)          # checked before anything starts
+    policy_name = check_policy(scn)    # checked before anything starts (an agent: in a child process)
     stop = threading.Event()
     t_run = time.monotonic()
     lab = Lab(scn, run_dir)
     vm = psutil.virtual_memory()
-    result: dict = {"scenario": scn.name, "policy": policy.name, "run_dir": str(run_dir),
+    result: dict = {"scenario": scn.name, "policy": policy_name, "run_dir": str(run_dir),
                     "machine_used_before_mib": (vm.total - vm.available) / 2**20}
     try:
         lab.start()
