@@ -265,7 +265,7 @@ docker_images() {
   # The lab's one command line (build-images); the check below catches a no-op.
   "$VENV/bin/python" -m testbed build-images
   # Each image the testbed runs is in the engine now.
-  runs "Docker images" "$VENV/bin/python" -c 'from testbed import images; print(images.BASE_IMAGE, images.UE_IMAGE)'
+  runs "Docker images" "$VENV/bin/python" -c 'from topologies import images; print(images.BASE_IMAGE, images.UE_IMAGE)'
   local img
   for img in $RUN_OUT; do
     runs "Docker image $img" /usr/bin/docker image inspect --format '{{.Id}}' "$img" \

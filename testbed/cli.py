@@ -10,6 +10,7 @@ then the ``--set`` overrides); the Makefile targets call these verbs. ``python -
     compare           two policies on the live lab over repeated runs: a verdict with its interval
     fidelity          the simulator against a live run, before and after fitting its constants
     smoke             the toolchain on the emulated network (ping, TCP, controller flows)
+    topology          one topology alone: bring up, ping every pair, time, tear down (JSON)
     paper             the paper's figures under every reading (Figs. 4-7, Table II)
     sweep             a sweep over seeds x readings x scenarios (a scenario's [sweep]), on Ray
     bench-agent       the agent's speed and quality, as JSON
@@ -55,7 +56,7 @@ def _out(scn: Scenario, args, *parts: str) -> Path:
 
 
 def cmd_doctor(scn: Scenario, args) -> int:
-    from testbed.platform import detect
+    from topologies.platform import detect
     rep = detect()
     print(rep.to_json() if args.json else rep.to_text())
     missing = rep.missing()
@@ -204,21 +205,40 @@ def cmd_calibrate(scn: Scenario, args) -> int:
     return 0
 
 
+def cmd_topology(scn: Scenario, args) -> int:
+    _need_root("topology")
+    import json
+
+    from topologies.run import run
+    result = run(scn.topology, scn.network, scn.model.n_servers, scn.model.n_users, scn.seed,
+                 cli=args.cli, probe=args.probe, plan=args.plan)
+    print(json.dumps(result, indent=1))
+    return 0 if result["reachability"]["failed"] == 0 else 1
+
+
 def cmd_build_contracts(scn: Scenario, args) -> int:
     from contracts.build import build
     return build(check=args.check)
 
 
 def cmd_build_images(scn: Scenario, args) -> int:
-    from testbed import images
+    from topologies import images
     images.build_all()
     return 0
 
 
 def cmd_cleanup(scn: Scenario, args) -> int:
+    """Mininet's own sweep (all OVS bridges, namespaces, stale controllers), the testbed's
+    containers and what runs that died left. For a lab machine after a hard crash."""
     _need_root("cleanup")
-    from testbed.network import full_cleanup
-    full_cleanup()
+    from mininet.clean import cleanup as mininet_cleanup
+
+    from testbed.lab import sweep_dead_runs
+    from topologies.docker_host import remove_leftover_containers
+    mininet_cleanup()
+    remove_leftover_containers()
+    for what in sweep_dead_runs():
+        print(f"removed {what} (left by a run that died)")
     print("cleanup done")
     return 0
 
@@ -251,6 +271,12 @@ VERBS: dict[str, Verb] = {
                             p.add_argument("--slots", type=int, default=None,
                                            help="slots of the new live run (default lab.slots; >= 300 blocks "
                                                 "resolve per-miner block shares)"))),
+    "topology": (cmd_topology, "lab", "one topology alone (the scenario's [topology], M and U, seed): bring up, "
+                 "ping every pair, time, tear down (JSON)",
+                 lambda p: (p.add_argument("--cli", action="store_true", help="open the Mininet CLI once it is up"),
+                            p.add_argument("--plan", action="store_true", help="also print the topology's plan"),
+                            p.add_argument("--probe", choices=("all", "servers"), default="all",
+                                           help="ping every pair (all) or every host to mec*, gw1, lab0 (servers)"))),
     "bench-lab": (cmd_bench_lab, "lab", "one live run measured for speed and footprint -> "
                   "results/bench/lab-<M>x<U>/bench.json (bring-up, memory, applied latency, targets)", None),
     "run": (cmd_run, "lab", "the live lab: UEs pay and offload, executors compute, miners mine, for lab.slots slots",

@@ -12,7 +12,7 @@ its own fields::
     n_servers = 10
     [chain]            # chain.config.ChainConfig: the geth miners
     genesis_difficulty = 524288
-    [network]          # testbed.config.NetworkConfig: Mininet, OVS, os-ken
+    [network]          # topologies.config.NetworkConfig: Mininet, OVS, os-ken
 
 **One name, one number.** A quantity that two parts both need is set in one place and copied
 to the other when the scenario is loaded (:data:`LINKED`): the number of MEC servers M is
@@ -36,32 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
 
 __all__ = ["ConfigError", "Scenario", "load_scenario", "SECTIONS", "ROOT", "SCENARIOS"]
-
-
-@dataclass(kw_only=True)
-class NetworkConfig:
-    """The emulated network (Mininet + Open vSwitch + os-ken)."""
-    datapath: str = "auto"              # "auto" (from `testbed doctor`), "kernel" or "user"
-    link_bw_mbit: float | None = 50.0   # per access link, Mbit/s (htb); None = unshaped
-    link_delay_ms: float | None = None  # one-way per link (needs netem; refused without it)
-    controller_ip: str = "127.0.0.1"
-    controller_port: int = 6653         # OpenFlow 1.3
-    ping_count: int = 5
-    iperf_seconds: float = 3.0
-
-    def __post_init__(self):
-        require(self.datapath in ("auto", "kernel", "user"), "network.datapath",
-                "auto, kernel or user", self.datapath)
-        require(self.link_bw_mbit is None or (is_number(self.link_bw_mbit) and 0 < self.link_bw_mbit <= 10_000),
-                "network.link_bw_mbit", "in (0, 10000] Mbit/s", self.link_bw_mbit)
-        require(self.link_delay_ms is None or (is_number(self.link_delay_ms) and self.link_delay_ms >= 0),
-                "network.link_delay_ms", ">= 0", self.link_delay_ms)
-        require(is_int(self.controller_port) and 1 <= self.controller_port <= 65535,
-                "network.controller_port", "a TCP port", self.controller_port)
-        require(is_int(self.ping_count) and self.ping_count >= 1, "network.ping_count", ">= 1",
-                self.ping_count)
-        require(is_number(self.iperf_seconds) and self.iperf_seconds > 0, "network.iperf_seconds",
-                "> 0", self.iperf_seconds)
 
 
 @dataclass(kw_only=True)
@@ -301,7 +275,7 @@ class SweepConfig:
 from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402
 from contracts.config import ContractConfig  # noqa: E402
 from chain.config import ChainConfig  # noqa: E402
-from topologies.config import TopologyConfig  # noqa: E402
+from topologies.config import NetworkConfig, TopologyConfig  # noqa: E402
 
 #: Section name -> dataclass. Each class validates its own fields.
 #: The model comes first: the chain's and the contract's linked fields are copied from it, so

@@ -43,8 +43,8 @@ from chain.network import Chain
 from testbed import units
 from base.errors import ConfigError
 from testbed.config import ROOT, Scenario
-from testbed.network import EmulatedNetwork
-from testbed.platform import detect
+from topologies.network import EmulatedNetwork
+from topologies.platform import detect
 from base.processes import ManagedProcess, ProcessGroup, in_container, in_mininet_host, log_ready
 from testbed.runinfo import Endpoint, LabInfo
 
@@ -590,12 +590,12 @@ class Lab:
         return p
 
     def start_policy(self, slots: int | None = None) -> ManagedProcess:
-        """The decision maker (:mod:`controller.agent_loop`), started last; it runs ``slots``
+        """The decision maker (:mod:`testbed.policy_loop`), started last; it runs ``slots``
         slots (default ``lab.slots``) and exits."""
-        argv = [self._python(), "-m", "controller.agent_loop", "--lab", str(self.lab_dir / "lab.json"),
+        argv = [self._python(), "-m", "testbed.policy_loop", "--lab", str(self.lab_dir / "lab.json"),
                 "--token-file", str(self.secrets / "token"), "--out", str(self.run_dir),
                 "--slots", str(self.scn.lab.slots if slots is None else slots)]
-        self.policy_proc = ManagedProcess("policy loop", argv, self.run_dir / "logs" / "agent_loop.log",
+        self.policy_proc = ManagedProcess("policy loop", argv, self.run_dir / "logs" / "policy_loop.log",
                                           cwd=ROOT, ready=log_ready(r"deciding"), ready_timeout_s=120,
                                           grace_s=self.scn.model.slot_s + 15)
         return self.procs.start(self.policy_proc)

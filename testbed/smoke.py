@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from testbed.config import Scenario
 from base.errors import ConfigError
-from testbed.network import EmulatedNetwork
-from testbed.platform import detect
+from topologies.network import EmulatedNetwork
+from topologies.platform import detect
 from topologies.smoke import SmokeTopo
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from testbed.config import NetworkConfig
-from testbed.network import EmulatedNetwork
+from topologies.config import NetworkConfig
+from topologies.network import EmulatedNetwork
 from testbed.smoke import iperf_mbit, ping_rtt_ms
 from topologies.smoke import SmokeTopo
 

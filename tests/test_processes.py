@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from testbed import leftovers
-from testbed.docker_host import CONTAINER_LABEL, OWNER_LABEL
-from testbed.images import UE_IMAGE
+from topologies.docker_host import CONTAINER_LABEL, OWNER_LABEL
+from topologies.images import UE_IMAGE
 from base.processes import (ManagedProcess, ProcessError, ProcessGroup, in_container, local,
                                log_ready, started_pids, tcp_ready)
 

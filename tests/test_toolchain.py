@@ -12,7 +12,7 @@ import pytest
 from chain.anvil import AnvilNode
 from chain.network import Chain
 from chain.config import ChainConfig
-from testbed.platform import GETH, SOLCJS
+from topologies.platform import GETH, SOLCJS
 from chain_ports import free_port_base, port_kwargs
 
 pytestmark = pytest.mark.chain

@@ -14,11 +14,12 @@ import pytest
 from mininet.link import TCLink
 from mininet.topo import Topo
 
-from testbed.config import NetworkConfig
-from testbed.docker_host import DockerHost
+from topologies.config import NetworkConfig
+from topologies.docker_host import DockerHost
 from base.errors import ConfigError
-from testbed.network import EmulatedNetwork, ShapedLink, htb_quantum, probe_reachability
-from testbed.platform import detect
+from topologies.links import ShapedLink, htb_quantum
+from topologies.network import EmulatedNetwork, probe_reachability
+from topologies.platform import detect
 from testbed.smoke import iperf_mbit
 from topologies import TopologyConfig, build_topo
 from topologies.plan import MGMT_SWITCH, ue_ip
@@ -322,6 +323,27 @@ def test_mn_custom_command(network_ready, no_leftovers, tmp_path):
     assert out.returncode == 0, text[-3000:]
     assert "*** Results: 0% dropped (56/56 received)" in text, text[-3000:]
     assert "*** Error" not in text
+
+
+@pytest.mark.network
+@pytest.mark.docker
+def test_the_topology_verb_brings_up_the_scenarios_network_and_tears_it_down(network_ready, no_leftovers):
+    # The one CLI reads the topology from the Scenario (no second --set parser): M, U and the
+    # kind from --set, the controller port from [network]; UEs as containers, every pair pinged.
+    out = subprocess.run([sys.executable, "-m", "testbed", "topology", "--set", "topology.kind=star",
+                          "--set", "model.n_servers=2", "--set", "model.n_users=3",
+                          "--set", f"network.controller_port={PORT}", "--plan"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    import json
+    result = json.loads(out.stdout)
+    assert (result["topology"], result["mec"], result["ues"], result["containers"]) == ("star", 2, 3, 3)
+    assert result["reachability"]["failed"] == 0 and result["reachability"]["pairs"] > 0
+    assert sorted(result["plan"]["nodes"]) == ["gw1", "lab0", "mec1", "mec2", "ue1", "ue2", "ue3"]
+    assert result["teardown_s"] >= 0
+    bad = subprocess.run([sys.executable, "-m", "testbed", "topology", "--set", "topology.kind=ring"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "topology.kind" in bad.stderr, bad.stderr
 
 
 def _dead_pid() -> int:

@@ -281,15 +281,16 @@ def test_bench_lab_reads_its_figures_from_the_summary_and_judges_each_target():
 
 def test_the_lower_layers_import_nothing_above_them():
     """Issue 20's layers, the part landed so far: ``base/`` imports no package of the project;
-    ``agent/`` and ``chain/`` (the miners' library and the keys) only ``base/`` and themselves
-    (usable without the lab); ``contracts/`` only those and itself. Read from the source (every
+    ``agent/``, ``chain/`` (the miners' library and the keys) and ``topologies/`` (the emulated
+    network: topologies, links, container hosts, the network's owner) only ``base/`` and
+    themselves (usable without the lab); ``contracts/`` only ``chain/``, ``base/`` and itself. Read from the source (every
     import statement, inside functions too), so a lazy import cannot hide an arrow."""
     import ast
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     project = {"agent", "base", "chain", "contracts", "controller", "nodes", "testbed", "topologies"}
     allowed = {"base": {"base"}, "agent": {"agent", "base"}, "chain": {"chain", "base"},
-               "contracts": {"contracts", "chain", "base"}}
+               "contracts": {"contracts", "chain", "base"}, "topologies": {"topologies", "base"}}
     wrong = []
     for pkg, ok in allowed.items():
         for path in sorted((root / pkg).rglob("*.py")):

@@ -15,7 +15,7 @@ from its site; its propagation delay d/c is applied where netem exists (microsec
 listed in the plan's notes where it is not).
 
     mn --custom topologies/cells.py --topo cells,mec=2,ues=3 --switch ovs,datapath=user ...
-    python -m topologies.cells --mec 10 --ues 20 [--cli]
+    python -m testbed topology --set topology.kind=cells [--cli]      # M, U: model.n_servers, n_users
 """
 from __future__ import annotations
 
@@ -65,7 +65,3 @@ def _round(p: tuple[float, float]) -> tuple[float, float]:
 
 
 topos = {"cells": CellsTopo}
-
-if __name__ == "__main__":
-    from topologies.run import main
-    raise SystemExit(main("cells"))

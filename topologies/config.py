@@ -1,4 +1,5 @@
-"""Configuration of the emulated topology: :class:`TopologyConfig`, the ``[topology]`` table.
+"""Configuration of the emulated network: :class:`TopologyConfig` (the ``[topology]`` table: what
+the network is) and :class:`NetworkConfig` (the ``[network]`` table: how it is emulated).
 
 The numbers of MEC servers M and of UEs U are *not* here: they are the paper's
 ``model.n_servers`` and ``model.n_users``, and the placement seed is the scenario's ``seed``;
@@ -105,3 +106,29 @@ class TopologyConfig:
                 self.radio_min_rate_mbit)
         require(is_int(self.tree_edges) and 1 <= self.tree_edges <= 64, "topology.tree_edges",
                 "an integer in [1, 64]", self.tree_edges)
+
+
+@dataclass(kw_only=True)
+class NetworkConfig:
+    """The emulated network (Mininet + Open vSwitch + os-ken)."""
+    datapath: str = "auto"              # "auto" (from `testbed doctor`), "kernel" or "user"
+    link_bw_mbit: float | None = 50.0   # per access link, Mbit/s (htb); None = unshaped
+    link_delay_ms: float | None = None  # one-way per link (needs netem; refused without it)
+    controller_ip: str = "127.0.0.1"
+    controller_port: int = 6653         # OpenFlow 1.3
+    ping_count: int = 5
+    iperf_seconds: float = 3.0
+
+    def __post_init__(self):
+        require(self.datapath in ("auto", "kernel", "user"), "network.datapath",
+                "auto, kernel or user", self.datapath)
+        require(self.link_bw_mbit is None or (is_number(self.link_bw_mbit) and 0 < self.link_bw_mbit <= 10_000),
+                "network.link_bw_mbit", "in (0, 10000] Mbit/s", self.link_bw_mbit)
+        require(self.link_delay_ms is None or (is_number(self.link_delay_ms) and self.link_delay_ms >= 0),
+                "network.link_delay_ms", ">= 0", self.link_delay_ms)
+        require(is_int(self.controller_port) and 1 <= self.controller_port <= 65535,
+                "network.controller_port", "a TCP port", self.controller_port)
+        require(is_int(self.ping_count) and self.ping_count >= 1, "network.ping_count", ">= 1",
+                self.ping_count)
+        require(is_number(self.iperf_seconds) and self.iperf_seconds > 0, "network.iperf_seconds",
+                "> 0", self.iperf_seconds)

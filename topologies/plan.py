@@ -10,7 +10,7 @@ Names and addresses (the lab builds the live run on exactly these)::
     cloud1    cloud   10.0.4.1                         -              (tree only)
 
 ``mec*`` and ``gw1`` are plain Mininet hosts; ``ue*`` are Docker container hosts
-(``testbed.docker_host.DockerHost``, always node 2 of their link, switch first; plain hosts if
+(``topologies.docker_host.DockerHost``, always node 2 of their link, switch first; plain hosts if
 ``TopologyConfig.ue_containers`` is false); ``lab0`` is a root-namespace host
 (``inNamespace=False``): the orchestrator and the controller's HTTP API, which live in the root
 namespace, are reached through it. Data switches are OpenFlow 1.3 switches driven by the
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 
 from mininet.topo import Topo
 
-from testbed.docker_host import DockerHost
+from topologies.docker_host import DockerHost
 from base.errors import ConfigError, is_int, require
-from testbed.network import ManagementBridge, ShapedLink
+from topologies.links import ManagementBridge, ShapedLink
 from topologies.config import TopologyConfig
 
 DATA_NET, DATA_PREFIX = "10.0.0.0/16", 16
@@ -130,7 +130,7 @@ class LabTopo(Topo):
     ``LabTopo(mec=M, ues=U, seed=0, cfg=None, datapath="user", netem=False)``; subclasses
     implement :meth:`layout`. ``datapath`` is used only by ``mn --custom`` for the management
     bridge (the lab's ``EmulatedNetwork`` sets every switch's datapath itself); ``netem`` says
-    whether delays can be emulated (``testbed.platform.detect().netem``); without it, links
+    whether delays can be emulated (``topologies.platform.detect().netem``); without it, links
     keep their rates and the plan's notes say which delays were left out.
     """
     kind = "lab"

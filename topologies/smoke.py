@@ -9,8 +9,8 @@ no management network).
 """
 from mininet.topo import Topo
 
-from testbed.docker_host import DockerHost
-from testbed.network import ShapedLink
+from topologies.docker_host import DockerHost
+from topologies.links import ShapedLink
 from topologies.plan import NodePlan, SwitchPlan, TopologyPlan
 
 

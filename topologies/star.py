@@ -6,7 +6,7 @@
     mec*, gw1, lab0 also on the management bridge mgmt1 (standalone, no controller)
 
     mn --custom topologies/star.py --topo star,mec=2,ues=3 --switch ovs,datapath=user ...
-    python -m topologies.star --mec 10 --ues 20 [--cli]
+    python -m testbed topology --set topology.kind=star [--cli]
 """
 from topologies.plan import LabTopo
 
@@ -24,7 +24,3 @@ class StarTopo(LabTopo):
 
 
 topos = {"star": StarTopo}
-
-if __name__ == "__main__":
-    from topologies.run import main
-    raise SystemExit(main("star"))

@@ -10,7 +10,7 @@ The edge tier is where MEC servers sit, one switch away from their UEs; ``cloud1
 (10.0.4.1) is the remote data centre a researcher compares them with.
 
     mn --custom topologies/tree.py --topo tree,mec=2,ues=3 --switch ovs,datapath=user ...
-    python -m topologies.tree --mec 10 --ues 20 [--cli]
+    python -m testbed topology --set topology.kind=tree [--cli]
 """
 from topologies.plan import LabTopo
 
@@ -36,7 +36,3 @@ class TreeTopo(LabTopo):
 
 
 topos = {"tree": TreeTopo}
-
-if __name__ == "__main__":
-    from topologies.run import main
-    raise SystemExit(main("tree"))

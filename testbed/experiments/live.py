@@ -1,7 +1,7 @@
 """``python -m testbed run``: the live lab for ``lab.slots`` time slots, then the books.
 
 Brings the lab up (:class:`testbed.lab.Lab`) and starts the decision maker
-(:mod:`controller.agent_loop`): every slot of ``model.slot_s`` seconds the policy
+(:mod:`testbed.policy_loop`): every slot of ``model.slot_s`` seconds the policy
 (``lab.policy``) reads the measured state from the controller and puts its decision in force
 (which UE each MEC server serves, each server's hash budget, applied by the controller to the
 miners' CPU quotas). The UE clients and executors do the rest on their own: announce, pay,

@@ -55,7 +55,7 @@ def _qdisc_works(kind: str, args: list[str]) -> bool:
 
 
 def _images() -> tuple[str, ...]:
-    from testbed.images import BASE_IMAGE, UE_IMAGE
+    from topologies.images import BASE_IMAGE, UE_IMAGE
     return BASE_IMAGE, UE_IMAGE
 
 

@@ -1,6 +1,6 @@
 """The decision maker on the controller: the policy loop of the live lab (paper Fig. 3).
 
-    python -m controller.agent_loop --lab RUN/lab/lab.json --token-file TOKEN --out RUN --slots N
+    python -m testbed.policy_loop --lab RUN/lab/lab.json --token-file TOKEN --out RUN --slots N
 
 Every slot of ``model.slot_s`` seconds it reads the measured state from the controller,
 lets the scenario's policy (``lab.policy``: round_robin, greedy, agent:NAME or file:PATH)
@@ -50,7 +50,7 @@ LIVE_VIEW_FIELDS = ("slot", "t", "policy", "utility", "server_utility", "mining_
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m controller.agent_loop", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m testbed.policy_loop", description=__doc__.splitlines()[0])
     ap.add_argument("--lab", required=True, type=Path, help="the running lab's lab.json")
     ap.add_argument("--token-file", required=True, type=Path, help="the policy's bearer token")
     ap.add_argument("--out", required=True, type=Path, help="folder for slots.jsonl")

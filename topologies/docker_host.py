@@ -19,7 +19,7 @@ import docker
 import psutil
 from mininet.node import Host
 
-from testbed.images import UE_IMAGE
+from topologies.images import UE_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER_LABEL = "mec-testbed"          # every container the testbed starts carries it

@@ -5,19 +5,7 @@ picks the Open vSwitch datapath from the platform probe (kernel if the module ex
 userspace ``netdev``) and refuses, with a clear message, what the machine cannot emulate
 (link delay without ``netem``) instead of failing deep inside Mininet.
 
-The node and link classes a topology names (``topologies/``):
-
-- :class:`DataSwitch`: an OpenFlow 1.3 switch driven by the os-ken controller. A *subclass*
-  of ``OVSSwitch``, never a ``functools.partial``: Mininet starts the switches of a class
-  with ``batchStartup`` in one ``ovs-vsctl`` call from Python; a partial has no such method,
-  so Mininet sends each switch's whole ``add-br ... add-port ...`` line through the switch's
-  shell, whose terminal cuts lines at 4095 bytes: past ~54 ports the bridge never came up.
-- :class:`ManagementBridge`: a standalone L2 bridge with no controller (the management
-  network of the MEC servers, the chain gateway and the lab's root-namespace host).
-- :class:`ShapedLink` / :class:`ShapedIntf`: Mininet's ``TCLink`` with an htb ``quantum``
-  chosen for the rate, so the kernel does not warn ``quantum of class ... is big`` (which
-  Mininet prints as ``*** Error``), and with TX checksum offload off by default (TCP through
-  the userspace datapath needs it off). A real tc failure is still printed as ``*** Error``.
+The switch and link classes a topology names are in :mod:`topologies.links`.
 
 A root-namespace host (``addHost(name, inNamespace=False)``, the lab's ``lab0``) is supported:
 its interfaces get the same offload settings, it never forwards between them, and on an
@@ -46,70 +34,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from mininet.clean import cleanup as mininet_cleanup
-from mininet.link import TCIntf, TCLink
 from mininet.log import setLogLevel
 from mininet.net import Mininet
-from mininet.node import OVSBridge, OVSSwitch, RemoteController
+from mininet.node import RemoteController
 from mininet.topo import Topo
 
-from testbed.config import NetworkConfig
-from testbed.docker_host import DockerHost, remove_leftover_containers
 from base.errors import ConfigError
-from testbed.platform import PlatformReport, detect
 from base.processes import ManagedProcess
+from topologies.config import NetworkConfig
+from topologies.docker_host import DockerHost, remove_leftover_containers
+from topologies.links import DataSwitch, ShapedLink
+from topologies.platform import PlatformReport, detect
 
 ROOT = Path(__file__).resolve().parent.parent
 IPTABLES_TAG = "mec-testbed"   # comment on the root-namespace rules this module adds
 OWNER_KEY = "mec-testbed-owner"   # external-id on each OVS bridge a run builds: the run's pid
-
-
-# --------------------------------------------------------------------------- node classes
-
-class DataSwitch(OVSSwitch):
-    """OpenFlow 1.3 Open vSwitch bridge controlled by the os-ken controller."""
-
-    def __init__(self, name, protocols="OpenFlow13", **params):
-        super().__init__(name, protocols=protocols, **params)
-
-
-class ManagementBridge(OVSBridge):
-    """Standalone L2 bridge (``fail_mode=standalone``, no controller): the management network."""
-
-
-def htb_quantum(rate_mbit: float) -> int:
-    """htb quantum (bytes) for a class of ``rate_mbit``: rate/r2q as htb would compute it
-    (r2q = 10), kept within [MTU, 200000] bytes, htb's own bounds, but given explicitly so the
-    kernel does not correct it and warn."""
-    return int(min(max(rate_mbit * 1e6 / 8 / 10, 1514), 200_000))
-
-
-class ShapedIntf(TCIntf):
-    """``TCIntf`` with an explicit htb quantum and TX checksum offload off by default."""
-
-    bwParamMax = 10_000   # Mbit/s; htb handles it (Mininet's 1000 is a caution, not a limit)
-
-    def bwCmds(self, bw=None, speedup=0, use_hfsc=False, use_tbf=False, **params):
-        cmds, parent = super().bwCmds(bw=bw, speedup=speedup, use_hfsc=use_hfsc,
-                                      use_tbf=use_tbf, **params)
-        if bw is not None and not (use_hfsc or use_tbf):
-            rate = speedup if speedup > 0 and self.node.name[:1] == "s" else bw
-            cmds = [c + f" quantum {htb_quantum(rate)}" if " htb rate " in c else c for c in cmds]
-        return cmds, parent
-
-    def config(self, txo=False, **params):
-        # The userspace datapath does not fill in checksums a veth left to the NIC: TCP fails
-        # with offload on. Off costs a little CPU with the kernel datapath and is harmless.
-        return super().config(txo=txo, **params)
-
-
-class ShapedLink(TCLink):
-    """A veth pair of :class:`ShapedIntf` (``bw`` in Mbit/s, ``delay`` needs netem)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("cls1", ShapedIntf)
-        kwargs.setdefault("cls2", ShapedIntf)
-        super().__init__(*args, **kwargs)
 
 
 class _Pending:
@@ -570,13 +509,3 @@ class EmulatedNetwork:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def full_cleanup() -> None:
-    """``testbed cleanup``: Mininet's own sweep (all OVS bridges, namespaces, stale
-    controllers) plus the testbed's containers. For a lab machine after a hard crash."""
-    mininet_cleanup()
-    remove_leftover_containers()
-    from testbed.lab import sweep_dead_runs
-    for what in sweep_dead_runs():
-        print(f"removed {what} (left by a run that died)")
