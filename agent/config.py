@@ -1,7 +1,7 @@
 """Configuration of the paper's model, of the learners and of the paper's experiments.
 
 Three keyword-only dataclasses with plain-typed fields, so that a TOML scenario can build
-them directly (``ModelConfig(**toml["model"])``); ``testbed.config`` composes them into a
+them directly (``ModelConfig(**toml["model"])``); ``scenario.config`` composes them into a
 Scenario under the sections ``[model]``, ``[learner]`` and ``[paper]``. Every field is checked
 in ``__post_init__`` and a bad value raises :class:`ConfigError` naming the field.
 

@@ -130,7 +130,7 @@ def utility_terms(cfg: ModelConfig, hash_mhs, revenue, latency_s) -> SlotTerms:
     R_m(p_m) + φ_m − w·T_m, with R_m the expected mining reward of eqs. (4)–(6).
 
     ``hash_mhs``: (..., M) hash power p_m over the slot (MHash/s): the action's levels in the
-    simulator, the hash each miner really did on the live lab (:class:`testbed.units.LiveMapping`).
+    simulator, the hash each miner really did on the live lab (:class:`scenario.units.LiveMapping`).
     ``revenue``: (..., M) tokens paid to m for the slot's tasks (φ_u); ``latency_s``: (..., M)
     execution time of eq. (2) of the tasks m ran (s). The simulator (:func:`slot_terms`), the live
     lab (:class:`testbed.live_env.LiveEnv`) and ``testbed fidelity`` all call this.

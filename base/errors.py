@@ -1,7 +1,7 @@
 """The lab's one configuration error and the one helper that raises it.
 
 A leaf module (it imports nothing of the project) so that every part's configuration
-dataclass (``agent.config``, ``chain.config``, ``contracts.config``, ``testbed.config``) can
+dataclass (``agent.config``, ``chain.config``, ``contracts.config``, ``scenario.config``) can
 raise the same :class:`ConfigError`, and the command line catches one type.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The MEC servers are the miners of the paper (section III.C): each runs one geth v1.11.6 node
 that seals ethash proof-of-work blocks, with a hash budget (threads, optionally a CPU quota)
-that the agent sets at run time. ``testbed.config`` composes this dataclass from TOML::
+that the agent sets at run time. ``scenario.config`` composes this dataclass from TOML::
 
     [chain]
     n_nodes = 3

@@ -1,6 +1,6 @@
 """Configuration of the trading contract and its binding: the [contract] section of a scenario.
 
-testbed/config.py composes :class:`ContractConfig` from the TOML section ``[contract]``, e.g.
+scenario/config.py composes :class:`ContractConfig` from the TOML section ``[contract]``, e.g.
 
     [contract]
     unit_price_wei_per_gcycle = 150_000_000_000_000_000   # mu = 0.15 ether/Gcycle (paper, Table I)

@@ -244,7 +244,7 @@ class Api:
         if signer != self.accounts[r.mec]:
             raise Refused(f"the receipt is not {r.mec}'s: no proof that it returned this result", status=403)
         gcycles = task["demand"] * (task["data_mb"] if self.work["demand_reading"] == "per_mb" else 1.0)
-        from testbed.units import kernel_iterations
+        from scenario.units import kernel_iterations
         need = kernel_iterations(gcycles, self.work["iterations_per_gcycle"])
         ok, why = verify_from(h0, res, need, picks={segment})
         if ok:

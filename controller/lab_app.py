@@ -7,7 +7,7 @@ let the rest of the lab speak to it:
   policy in the root namespace, the executors on the MEC hosts and the UE containers;
 - when the policy puts an assignment in force it calls every *applier* (:mod:`controller.steering`'s
   flows, and its own hash budgets: each miner's CPU quota, the model level's cores from
-  :class:`testbed.units.LiveMapping`), and answers with when each took effect; every change is
+  :class:`scenario.units.LiveMapping`), and answers with when each took effect; every change is
   logged with its time in ``budgets.jsonl``;
 - if no decision arrives for 1.5 slots (the policy's process crashed or hangs), it decides
   itself, round-robin with the budget split equally, so the lab keeps serving, and marks those
@@ -77,7 +77,7 @@ class BudgetApplier:
 
     def cpu_seconds(self) -> dict:
         """Each miner's CPU time so far (its cgroup's, s) and when read: over a slot, the CPU it
-        really mined with, from which the policy's side computes p̂_m (testbed.units)."""
+        really mined with, from which the policy's side computes p̂_m (scenario.units)."""
         from chain.cgroup import cpu_seconds
         out = {}
         for name in self.miners:

@@ -22,7 +22,7 @@ class LabSettings:
     accounts: dict[str, str]           # name -> chain address (signed reports and tasks)
     levels_mhs: list[float]            # the model's hash levels (MHash/s)
     budget_mhs: float                  # the model's hash budget P (MHash/s)
-    levels_cores: list[float]          # each level as a miner CPU quota (cores; testbed.units)
+    levels_cores: list[float]          # each level as a miner CPU quota (cores; scenario.units)
     window_s: float                    # the reputation window: model.reputation_window x slot_s (s)
     slot_s: float                      # the model's slot (s)
     equal_level: int                   # the model's equal hash level (the fallback's)

@@ -24,7 +24,7 @@ It listens on its host's data address (``lab.executor_port``) and, for each conn
    work is done;
 3. reads the data, waits for the CPU (one task at a time: Σ_u x_u^m = 1), does the real work
    (:mod:`nodes.work`, the task's model Gcycles turned into kernel iterations by
-   :class:`testbed.units.LiveMapping`) in its kernel process, the only part of it the lab puts
+   :class:`scenario.units.LiveMapping`) in its kernel process, the only part of it the lab puts
    in the host's CPU quota, and returns the result;
 4. escrow: records the completion on chain (``complete`` with the result's digest, in a
    background queue so the next task does not wait for a block); channel: the voucher is earned
@@ -68,8 +68,8 @@ class Executor:
         from contracts.binding import TradingContract
         from contracts.txsender import TxSender
         from eth_account import Account
-        from testbed import units
-        from testbed.runinfo import LabInfo
+        from scenario import units
+        from scenario.runinfo import LabInfo
         from web3 import HTTPProvider, Web3
 
         self.info = LabInfo.load(lab_path, wait_s=300)
@@ -116,7 +116,7 @@ class Executor:
     # ---- admission ----------------------------------------------------------------------
     def admit(self, raw: bytes) -> dict:
         """Parse and check one request; return the task to run, or raise :class:`Refusal`."""
-        from testbed import units
+        from scenario import units
         try:
             req = json.loads(raw)
             header, sig = req["header"], req["sig"]
@@ -184,7 +184,7 @@ class Executor:
         """Channel mode: the voucher in the request pays this task (local checks only)."""
         from nodes.channels import VoucherRefused
         from nodes.wire import request_hash
-        from testbed import units
+        from scenario import units
         try:
             demand = int(header["demand"])
             if not 0 < demand < 2**64:

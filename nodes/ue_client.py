@@ -74,7 +74,7 @@ class TaskFailed(Exception):
 class UEClient:
     def __init__(self, lab_path: Path, name: str, key: str, out: Path):
         from contracts.reads import ContractReader
-        from testbed.runinfo import LabInfo
+        from scenario.runinfo import LabInfo
 
         t_wait = time.monotonic()
         self.info = LabInfo.load(lab_path, wait_s=300)
@@ -96,7 +96,7 @@ class UEClient:
         # The segments a UE re-checks come from the OS's randomness: a server cannot predict them
         # (a seeded draw would follow from lab.json, which every server reads).
         self.check_rng = random.SystemRandom()
-        from testbed import units
+        from scenario import units
         # The iteration count a task needs is the UE's own figure from the ξ_u it paid for, the
         # same conversion as the executors' (the lab's calibration, public): a server that did
         # fewer iterations and says so is caught, not believed.
@@ -234,7 +234,7 @@ class UEClient:
 
     # ---- one task ---------------------------------------------------------------------------
     def draw(self):
-        from testbed import units
+        from scenario import units
         m = self.scn.model
         d = self.rng.uniform(*m.data_mb_range)
         xi = self.rng.uniform(*m.demand_gcycles_range)
@@ -471,7 +471,7 @@ class UEClient:
 
     def _run_channel_task(self, task_id: int, task, mec: str, rec: dict, t0: float) -> dict:
         """Steps 3-5 with a payment channel: the voucher travels with the request."""
-        from testbed import units
+        from scenario import units
         price = units.price_wei(self.unit_price, task.service_demand)
         if self.lanes.headroom(mec) < price:
             self.top_up()

@@ -6,7 +6,7 @@ A task of ``n`` iterations over data ``D`` is a SHA-256 hash chain::
 
 with ``k`` checkpoints h_{⌈j·n/k⌉} (j = 1 .. k) returned beside the result. The work is
 sequential (no shortcut, no parallel speed-up), proportional to ``n`` and calibrated per core
-(``testbed calibrate``: iterations per CPU-second; :mod:`testbed.units` turns a task's model
+(``testbed calibrate``: iterations per CPU-second; :mod:`scenario.units` turns a task's model
 Gcycles into ``n``).
 
 A UE checks a result in 1/k of the work: it recomputes h_0 from its own data and one random

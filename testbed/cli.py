@@ -1,6 +1,6 @@
 """The lab's one command line: ``python -m testbed VERB [--scenario NAME|PATH] [--set a.b=v]``.
 
-Every verb gets all its settings from one :class:`testbed.config.Scenario` (the scenario file,
+Every verb gets all its settings from one :class:`scenario.config.Scenario` (the scenario file,
 then the ``--set`` overrides); the Makefile targets call these verbs. ``python -m testbed VERB
 --help`` describes each.
 
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from testbed.config import ConfigError, Scenario, load_scenario
+from scenario.config import ConfigError, Scenario, load_scenario
 
 
 def _terminate_as_interrupt(signum, frame):
@@ -110,7 +110,7 @@ def cmd_demo(scn: Scenario, args) -> int:
 
 def cmd_compare(scn: Scenario, args) -> int:
     import dataclasses
-    from testbed.config import CompareConfig
+    from scenario.config import CompareConfig
     c = scn.compare
     # --policies/--runs are the [compare] fields, checked as such before anything starts
     scn = dataclasses.replace(scn, compare=CompareConfig(

@@ -40,13 +40,13 @@ from contracts.txsender import TxSender
 from chain.accounts import DEV_MNEMONIC, ChainAccounts
 from chain.cgroup import CpuQuota, executor_cores
 from chain.network import Chain
-from testbed import units
+from scenario import units
 from base.errors import ConfigError
-from testbed.config import ROOT, Scenario
+from scenario.config import ROOT, Scenario
 from topologies.network import EmulatedNetwork
 from topologies.platform import detect
 from base.processes import ManagedProcess, ProcessGroup, in_container, in_mininet_host, log_ready
-from testbed.runinfo import Endpoint, LabInfo
+from scenario.runinfo import Endpoint, LabInfo
 
 SECRETS_ROOT = Path("/run/mec-lab")
 SERVICE_IP, SERVICE_MAC = "10.0.0.100", "02:00:00:00:0a:64"   # what UEs address (steered)

@@ -8,7 +8,7 @@ values** over the slot's window, by the one eq. (11) function :func:`agent.model
 
     p̂_m      = the hash miner m really did in the window, model MHash/s: its cgroup's CPU time
                over the window × the calibrated hashes per core-second, over X
-               (:meth:`testbed.units.LiveMapping.measured_hash_mhs`)
+               (:meth:`scenario.units.LiveMapping.measured_hash_mhs`)
     R_m      = the expected mining reward of eqs. (4)-(6) at p̂_m: (R + r·b)·e^(−ηφ(b))·p̂_m / H
     φ_u      = what server m was paid for the tasks it delivered in the window: the escrows paid
                to it (EscrowPaid, ``contract.payment = "escrow"``) or the voucher increments its
@@ -51,7 +51,7 @@ from gymnasium import spaces
 
 from agent.env import split_action
 from testbed.policy import observation, project, to_assignment
-from testbed.runinfo import LabInfo
+from scenario.runinfo import LabInfo
 
 
 class ApiClient:
@@ -95,7 +95,7 @@ class LiveEnv(gym.Env):
         self.trade = TradingContract(self.w3, self.lab.contract, self.scn.contract)
         self.servers = list(self.lab.servers)
         self.miner_of = {e.address.lower(): m for m, e in self.lab.servers.items()}
-        from testbed.units import Calibration, LiveMapping
+        from scenario.units import Calibration, LiveMapping
         self.mapping = LiveMapping(c, self.scn.lab.mining_cores, self.scn.lab.host_cores,
                                    Calibration.load(Path(self.lab.calibration)))
         self.action_space = spaces.MultiDiscrete([c.n_users + 1] * c.n_servers + [c.n_levels] * c.n_servers)
@@ -226,7 +226,7 @@ def measured_terms(cfg, mapping, cores, revenue_wei, latency_s):
     miners' CPU (cores) as hash p̂_m (MHash/s), what each server was paid (wei) and the execution
     times of its tasks (s). Returns (the terms, p̂)."""
     from agent.model import utility_terms
-    from testbed.units import wei_to_token
+    from scenario.units import wei_to_token
     hash_mhs = np.asarray(mapping.measured_hash_mhs(cores), dtype=float)
     revenue = np.array([wei_to_token(int(w)) for w in np.asarray(revenue_wei).ravel()]).reshape(np.shape(revenue_wei))
     return utility_terms(cfg, hash_mhs, revenue, latency_s), hash_mhs

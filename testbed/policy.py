@@ -195,7 +195,7 @@ def check_policy(scn) -> str:
     root = Path(__file__).resolve().parents[1]
     code = ("import json, sys\n"
             "from base.errors import ConfigError\n"
-            "from testbed.config import scenario_from_dict\n"
+            "from scenario.config import scenario_from_dict\n"
             "from testbed.policy import make_policy\n"
             "try:\n"
             "    reply = {'name': make_policy(scenario_from_dict(json.load(sys.stdin))).name}\n"

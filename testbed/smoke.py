@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from testbed.config import Scenario
+from scenario.config import Scenario
 from base.errors import ConfigError
 from topologies.network import EmulatedNetwork
 from topologies.platform import detect

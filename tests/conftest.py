@@ -61,7 +61,7 @@ def passable(path):
 def running_lab(workdir, overrides: list[str], ues: tuple[str, ...]):
     """A lab of the ``lab`` scenario with ``overrides``, the UE clients ``ues`` started and
     registered; torn down after, and nothing may be left behind."""
-    from testbed.config import load_scenario
+    from scenario.config import load_scenario
     from testbed.lab import Lab
     from base.processes import log_ready
 
@@ -131,8 +131,8 @@ def chain_overrides(overrides: list[str], outside: str, *, interval_s: float = 2
     ``interval_s``; ``"virtual"``: H = ``network_over_budget`` x P (the paper's 0.6 of the
     network), raised until the difficulty reaches ethash's minimum on this machine."""
     from chain.config import MIN_DIFFICULTY
-    from testbed.config import load_scenario
-    from testbed.units import Calibration, LiveMapping
+    from scenario.config import load_scenario
+    from scenario.units import Calibration, LiveMapping
     scn = load_scenario("lab", overrides)
     m = LiveMapping(scn.model, scn.lab.mining_cores, scn.lab.host_cores,
                     Calibration.load(scn.path(scn.lab.calibration)))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import LearnerConfig, ModelConfig, PaperConfig
-from testbed.config import load_scenario
+from scenario.config import load_scenario
 from base.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

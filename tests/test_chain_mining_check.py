@@ -8,7 +8,7 @@ import pytest
 
 from chain_ports import free_port_base, port_kwargs
 from testbed.cli import main
-from testbed.config import ConfigError, load_scenario
+from scenario.config import ConfigError, load_scenario
 from testbed.experiments.mining_check import run
 
 pytestmark = pytest.mark.chain

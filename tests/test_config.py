@@ -1,7 +1,7 @@
 """Scenario loading: defaults, overrides and clear errors naming the field."""
 import pytest
 
-from testbed.config import ConfigError, load_scenario
+from scenario.config import ConfigError, load_scenario
 
 
 def test_smoke_scenario_loads_with_override():

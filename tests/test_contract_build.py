@@ -13,7 +13,7 @@ import pytest
 import contracts.build as build
 from chain.anvil import AnvilNode
 from contracts.config import ContractConfig
-from testbed.config import ConfigError, load_scenario
+from scenario.config import ConfigError, load_scenario
 
 ROOT = build.ROOT
 NAMES = ["TradingContract", "ReentrancyAttacker"]

@@ -2,7 +2,8 @@
 part is missing (the set-up's last word on whether the lab can run)."""
 import json
 
-from testbed import cli, platform
+from testbed import cli
+from topologies import platform
 
 
 def test_doctor_passes_on_a_set_up_machine(capsys):

@@ -73,7 +73,7 @@ def test_a_host_program_pays_by_voucher_without_loading_web3():
         "                 cumulative=5, nonce=1, task_id=1, request_digest=hashlib.sha256(b'r').digest())\n"
         "assert voucher_signer(v, chain_id=1, contract='0x' + '11' * 20) == k.address\n"
         "contracts.reads.ContractReader('http://127.0.0.1:9/', '0x' + '11' * 20, abi=[])\n"
-        "from testbed.config import load_scenario\n"
+        "from scenario.config import load_scenario\n"
         "load_scenario('lab').model\n"
         "heavy = sorted(m for m in sys.modules\n"
         "               if m.split('.')[0] in ('web3', 'eth_account', 'eth_abi', 'pydantic', 'gymnasium', 'torch'))\n"

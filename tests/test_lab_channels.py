@@ -19,7 +19,7 @@ from conftest import fault_free, SMALL_LAB, chain_overrides, drive, running_lab,
 from contracts.vouchers import sign_voucher
 from nodes.ue_client import UEClient
 from nodes.wire import Conn, read_line, request_digest, request_hash
-from testbed import units
+from scenario import units
 from testbed.experiments.live import audit, drain, finish_executors
 from testbed.live_env import ApiClient
 from base.processes import ManagedProcess, log_ready

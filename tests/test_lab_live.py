@@ -20,7 +20,7 @@ from contracts.txsender import TxSender
 from controller.api import sign_body
 from nodes.executor import Conn, read_line, request_digest
 from nodes.ue_client import UEClient
-from testbed import units
+from scenario import units
 from conftest import fault_free, SMALL_LAB, chain_overrides, drive, running_lab, served
 from testbed.experiments.live import audit, drain
 from testbed.lab import KEY_MOUNT
@@ -186,7 +186,7 @@ def test_a_mec_host_cannot_steer_a_rivals_miner_and_ues_cannot_reach_devp2p(lab)
     mec1's miner RPC refuses it (``miner_stop``, ``miner_setEtherbase``), while lab0 is served.
     From a UE container: no miner's devp2p port answers on any address it can name."""
     import docker
-    from testbed.config import ROOT
+    from scenario.config import ROOT
     mec1 = lab.chain.nodes[0]
     script = ("import json, sys, urllib.request\n"
               "body = json.dumps({'jsonrpc': '2.0', 'id': 1, 'method': sys.argv[2], 'params': []}).encode()\n"
@@ -236,7 +236,7 @@ def test_a_mec_host_holds_only_its_own_key_and_miner(lab):
     token, the controller's configuration or mec2's datadir (node key, JWT secret); it cannot
     list the secrets, write mec2's records or signal mec2's miner. Nothing is disturbed."""
     import psutil
-    from testbed.config import ROOT
+    from scenario.config import ROOT
     uid = lab.mec_uid("mec1")
     assert uid is not None, "lab.mec_uid_base = 0: MEC hosts run as root"
     assert psutil.Process(lab.executors["mec1"].pid).uids().real == uid
@@ -319,7 +319,7 @@ def test_a_ue_container_sees_only_its_own_files_and_is_limited(lab):
     output; not the repository's results/ (every run's folder), not this run's folder, not the
     geth binary; and the scenario's CPU, memory and pids limits are in force."""
     import docker
-    from testbed.config import ROOT
+    from scenario.config import ROOT
     c = docker.from_env().containers.get("mn.ue1")
     assert c.exec_run(["test", "-r", "/lab/public/lab.json"]).exit_code == 0
     assert c.exec_run(["test", "-r", "/lab/public/calibration.json"]).exit_code == 0
@@ -471,7 +471,7 @@ def test_a_ue_may_not_steer_the_controller_nor_forge_a_report(lab):
         "       'not_mine': call('POST', '/report', dict(bad, ue='ue1', task_id=999), signer='ue1')}\n"
         "print(json.dumps(res))\n")
     c = docker.from_env().containers.get("mn.ue1")
-    from testbed.config import ROOT
+    from scenario.config import ROOT
     out = c.exec_run([str(ROOT / ".venv" / "bin" / "python"), "-c", script], workdir=str(ROOT)).output.decode()
     res = json.loads(out.strip().splitlines()[-1])
     assert res == {"put": 403, "put_guess": 403, "as_ue2": 403, "as_executor": 403, "not_mine": 403}, out

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testbed.config import load_scenario
+from scenario.config import load_scenario
 from testbed.experiments.paper import paper_jobs, run_paper
 from testbed.experiments.paper.runner import convergence_slot, execute, job
 

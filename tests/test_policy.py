@@ -126,7 +126,7 @@ def test_the_policy_is_checked_before_the_lab_and_an_agent_in_a_child_process(tm
 
     from agent.registry import make_agent
     from base.errors import ConfigError
-    from testbed.config import load_scenario
+    from scenario.config import load_scenario
     from testbed.policy import check_policy
 
     assert check_policy(load_scenario("lab")) == "greedy"
@@ -138,7 +138,7 @@ def test_the_policy_is_checked_before_the_lab_and_an_agent_in_a_child_process(tm
     with pytest.raises(ConfigError, match="the saved agent is for M = 3, U = 4"):
         check_policy(load_scenario("lab", [f"lab.policy=file:{saved}"]))
     code = ("import sys\n"
-            "from testbed.config import load_scenario\n"
+            "from scenario.config import load_scenario\n"
             "from testbed.policy import check_policy\n"
             "print(check_policy(load_scenario('lab', ['lab.policy=agent:ddqn'])))\n"
             "assert 'torch' not in sys.modules\n")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from testbed.config import load_scenario
+from scenario.config import load_scenario
 from base.errors import ConfigError
 from testbed.experiments.paper import run_sweep
 

@@ -14,9 +14,9 @@ from contracts.binding import TradingContract
 from contracts.txsender import TxSender
 from chain.anvil import AnvilNode
 from nodes.work import compute, fabricate, verify
-from testbed import units
-from testbed.config import ConfigError, load_scenario
-from testbed.units import Calibration, LiveMapping
+from scenario import units
+from scenario.config import ConfigError, load_scenario
+from scenario.units import Calibration, LiveMapping
 
 
 def test_one_number_reaches_every_part():
@@ -135,7 +135,7 @@ def test_programs_on_the_hosts_do_not_load_torch():
     so must not import torch or scipy (~540 MB each: 12 GB of the 24 at M = 10, U = 20)."""
     import subprocess
     import sys
-    code = ("import sys, nodes.ue_client, nodes.executor; from testbed.config import load_scenario; "
+    code = ("import sys, nodes.ue_client, nodes.executor; from scenario.config import load_scenario; "
             "load_scenario('lab', ['sweep.algos=[\"ddqn\", \"oracle\"]']); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'ray', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -280,17 +280,22 @@ def test_bench_lab_reads_its_figures_from_the_summary_and_judges_each_target():
 
 
 def test_the_lower_layers_import_nothing_above_them():
-    """Issue 20's layers, the part landed so far: ``base/`` imports no package of the project;
-    ``agent/``, ``chain/`` (the miners' library and the keys) and ``topologies/`` (the emulated
-    network: topologies, links, container hosts, the network's owner) only ``base/`` and
-    themselves (usable without the lab); ``contracts/`` only ``chain/``, ``base/`` and itself. Read from the source (every
-    import statement, inside functions too), so a lazy import cannot hide an arrow."""
+    """Issue 20's layers: ``base/`` imports no package of the project; ``agent/``, ``chain/``
+    (the miners' library and the keys) and ``topologies/`` (the emulated network: topologies,
+    links, container hosts, the network's owner) only ``base/`` and themselves (usable without
+    the lab); ``contracts/`` only ``chain/``, ``base/`` and itself; ``scenario/`` (the Scenario,
+    its units, ``lab.json``) only those; ``nodes/`` (the host programs) only those below it, and
+    ``controller/`` (the os-ken apps) also the host programs' wire formats and work check
+    (``nodes.wire``, ``nodes.work``), never ``testbed/``; ``nodes/`` never imports ``controller/``. Read from the
+    source (every import statement, inside functions too), so a lazy import cannot hide an arrow."""
     import ast
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    project = {"agent", "base", "chain", "contracts", "controller", "nodes", "testbed", "topologies"}
+    project = {"agent", "base", "chain", "contracts", "controller", "nodes", "scenario", "testbed", "topologies"}
+    below = {"agent", "base", "chain", "contracts", "scenario", "topologies"}
     allowed = {"base": {"base"}, "agent": {"agent", "base"}, "chain": {"chain", "base"},
-               "contracts": {"contracts", "chain", "base"}, "topologies": {"topologies", "base"}}
+               "contracts": {"contracts", "chain", "base"}, "topologies": {"topologies", "base"},
+               "scenario": below, "nodes": below | {"nodes"}, "controller": below | {"controller", "nodes"}}
     wrong = []
     for pkg, ok in allowed.items():
         for path in sorted((root / pkg).rglob("*.py")):

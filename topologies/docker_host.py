@@ -27,7 +27,7 @@ OWNER_LABEL = "mec-testbed.owner"        # ... and the pid of the process that s
 NAME_PREFIX = "mn."
 # What of the repository a container sees (read-only): the programs and the venv, never the
 # rest of the tree (results/ holds every run's folder: other UEs' tasks, the chain's data).
-CODE_DIRS = ("agent", "base", "chain", "contracts", "controller", "nodes", "testbed", "topologies", ".venv")
+CODE_DIRS = ("agent", "base", "chain", "contracts", "controller", "nodes", "scenario", "testbed", "topologies", ".venv")
 
 
 class DockerHost(Host):

@@ -1,6 +1,6 @@
 """``python -m testbed calibrate``: measure this machine for the model-to-lab mapping.
 
-Writes ``results/calibration.json`` (:class:`testbed.units.Calibration`), dated:
+Writes ``results/calibration.json`` (:class:`scenario.units.Calibration`), dated:
 
 1. **The work kernel** (:mod:`nodes.work`, the MEC executor's SHA-256 chain): iterations per
    CPU-second on one core, then the same kernel in a cgroup with a CPU quota of
@@ -13,10 +13,10 @@ Writes ``results/calibration.json`` (:class:`testbed.units.Calibration`), dated:
    (:func:`testbed.experiments.metrics.instant_hashrate`), the first tick after a change is dropped. geth
    counts hashes in batches of 32768, so at a few kH/s single ticks are coarse: the mean over
    a window of many ticks is what is kept. The rate is not proportional to the quota (geth's
-   own work takes a fixed share): :class:`testbed.units.LiveMapping` interpolates between the
+   own work takes a fixed share): :class:`scenario.units.LiveMapping` interpolates between the
    measured points.
 
-About three minutes with the defaults. :class:`testbed.units.LiveMapping` then maps the
+About three minutes with the defaults. :class:`scenario.units.LiveMapping` then maps the
 model's hash levels to miner quotas and a task's Gcycles to kernel iterations.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ from chain.cgroup import CpuQuota
 from chain.network import Chain
 from testbed.experiments.metrics import TICK_S, instant_hashrate
 from nodes.work import compute
-from testbed.config import ROOT, Scenario
+from scenario.config import ROOT, Scenario
 from base.processes import ManagedProcess, local
-from testbed.units import Calibration
+from scenario.units import Calibration
 
 CGROUP_PARENT = "mec-lab"
 

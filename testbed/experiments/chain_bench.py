@@ -26,7 +26,7 @@ import psutil
 from chain.network import Chain, dag_files, dag_ready
 from chain.config import ChainConfig
 from testbed.experiments.metrics import TICK_S, clean_json, instant_hashrate
-from testbed.config import Scenario
+from scenario.config import Scenario
 
 
 def _mem_stats(mem: dict[str, dict]) -> dict:

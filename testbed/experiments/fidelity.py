@@ -4,7 +4,7 @@ model's own constants and then with its free constants fitted (``python -m testb
 The live run (``python -m testbed run``, or one made here first, ``--slots N`` long) gives, for
 every task it served, the server, the hash level in force, the task's data size and service
 demand and the execution time its executor measured (T_u^m of eq. (2): queue + compute); for
-every slot, the hash each miner really did (p̂_m, from its CPU time: :mod:`testbed.units`), the
+every slot, the hash each miner really did (p̂_m, from its CPU time: :mod:`scenario.units`), the
 blocks each miner actually mined and the utility (11) measured. The simulator (:mod:`agent.model`,
 the same functions the Gymnasium env calls, eq. (11) by the one :func:`agent.model.utility_terms`)
 is asked about **the same tasks and the same actions** (trace-driven: the draws of the two sides
@@ -47,7 +47,7 @@ UTILITY_TARGET = 0.10     # issue 17: utility per slot within 10 % with the mode
 # ------------------------------------------------------------------------------ the trace
 def load_trace(run_dir: Path) -> dict:
     """What a live run measured, joined per task: executor record + the UE's task draw."""
-    from testbed.runinfo import LabInfo
+    from scenario.runinfo import LabInfo
     run_dir = Path(run_dir)
     raw = json.loads((run_dir / "raw.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -6,7 +6,7 @@ experiment of section V.C (``model.n_users`` UEs, five in the paper, and one MEC
 CreationTrade() then Trading() per UE), then the escrow's two endings (completion by the MEC
 server, refund by the UE after the deadline), and writes ``gas.json`` and ``gas.md`` to the
 scenario's results folder. Every UE's task is the middle of Table I (d_u = 2 MB, ξ_u = 1.2),
-converted to chain units by :mod:`testbed.units`, at the scenario's µ.
+converted to chain units by :mod:`scenario.units`, at the scenario's µ.
 
 Then both payment schemes at the scale of the ``lab`` scenario (M MEC servers, U UEs, one task
 per MEC server per slot, the (UE, MEC) pair of each task drawn with the scenario's seed),
@@ -41,8 +41,8 @@ from contracts.config import ContractConfig
 from contracts.txsender import TxSender
 from contracts.vouchers import Voucher, sign_voucher, voucher_signer
 from chain.anvil import HARDFORK, AnvilNode
-from testbed import units
-from testbed.config import Scenario, load_scenario
+from scenario import units
+from scenario.config import Scenario, load_scenario
 GAS_PRICE_GWEI = 20          # the paper: 1 gas = 0.00000002 ether
 USD_PER_ETHER = 195          # the paper, after its reference [19]
 N_UES = 5                    # the paper's experiment: five smartphones as UEs, one MEC server

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from testbed.config import Scenario
+from scenario.config import Scenario
 from testbed.lab import Lab
 from testbed.live_env import ApiClient
 from testbed.policy import check_policy

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from chain.network import Chain
 from testbed.experiments.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
-from testbed.config import Scenario
+from scenario.config import Scenario
 from base.errors import ConfigError
 
 TOLERANCE_PP = 10.0   # issue 5's target: block share within ±10 percentage points

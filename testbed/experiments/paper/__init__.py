@@ -1,6 +1,6 @@
 """The paper's experiments (Figs. 4-7, Table II) under every reading, and sweeps, on Ray or a pool.
 
-    from testbed.config import load_scenario
+    from scenario.config import load_scenario
     from testbed.experiments.paper import run_paper, run_sweep
     scn = load_scenario("paper")
     run_paper(scn, Path("results/paper"))                       # embedded Ray, scn.paper.jobs CPUs
@@ -113,7 +113,7 @@ def _with(section_cfg, over: dict[str, Any]):
 
 
 def sweep_jobs(scn, sweep) -> list[Job]:
-    from testbed.config import load_scenario
+    from scenario.config import load_scenario
     scenarios = [(name, load_scenario(name)) for name in sweep.scenarios] or [(scn.name, scn)]
     keys = list(sweep.grid)
     jobs: list[Job] = []

@@ -57,5 +57,5 @@ class LabInfo:
         return cls(**d)
 
     def scenario_obj(self):
-        from testbed.config import scenario_from_dict
+        from scenario.config import scenario_from_dict
         return scenario_from_dict(self.scenario)

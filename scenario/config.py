@@ -19,7 +19,7 @@ to the other when the scenario is loaded (:data:`LINKED`): the number of MEC ser
 ``model.n_servers`` (the chain's node count and the topology's MEC hosts follow it), the number
 of UEs U is ``model.n_users`` (the chain funds exactly those UEs), the unit price µ is
 ``model.unit_price`` in token/Gcycle (the contract's wei/Gcycle is converted from it by
-:mod:`testbed.units`). Setting the copy to another value is refused with a message naming both
+:mod:`scenario.units`). Setting the copy to another value is refused with a message naming both
 fields.
 """
 from __future__ import annotations
@@ -330,7 +330,7 @@ class Scenario:
 
 
 def _unit_price_wei(model: dict) -> int:
-    from testbed.units import token_to_wei
+    from scenario.units import token_to_wei
     return token_to_wei(model.get("unit_price", ModelConfig.unit_price))
 
 
