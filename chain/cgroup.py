@@ -41,6 +41,15 @@ def available() -> str | None:
     return None
 
 
+def controller_dir() -> Path | None:
+    """The CPU controller's root: the v1 ``cpu`` hierarchy, or the v2 unified root (None if
+    neither). Group paths (``CpuQuota.dir``) are under it."""
+    d = _v1_dir()
+    if d is not None:
+        return d
+    return CGROUP_ROOT if _v2() else None
+
+
 def cpu_seconds(group_dir: Path) -> float:
     """CPU time (user + system, seconds) used so far by the processes in the cgroup
     ``group_dir`` of the CPU controller. v2: its ``cpu.stat`` ``usage_usec``. v1: the CPU
@@ -77,6 +86,41 @@ def executor_cores(host_cores: float, miner_cores: float, coupling: str = "share
 
 class QuotaError(ValueError):
     """A CPU quota the kernel cannot enforce (below 1 ms per period, or not positive)."""
+
+
+def check_quota(cores: float | None, period_us: int = 100_000) -> None:
+    """Refuse a quota the kernel would not enforce as asked (the kernel's minimum is 1 ms per
+    period: with a 10-ms period, 0.05 cores would silently become 0.1). None: no cap."""
+    if cores is None:
+        return
+    if not cores > 0:
+        raise QuotaError(f"a CPU quota must be > 0 cores, got {cores!r}")
+    if round(cores * period_us) < MIN_QUOTA_US:
+        raise QuotaError(f"a CPU quota of {cores} cores is {cores * period_us:.0f} us per "
+                         f"{period_us}-us period, below the kernel's minimum of "
+                         f"{MIN_QUOTA_US} us: use at least {MIN_QUOTA_US / period_us:g} cores "
+                         "or a longer period")
+
+
+def write_quota(group_dir: Path, cores: float | None, period_us: int = 100_000,
+                weight: float | None = None) -> None:
+    """The one CPU-quota writer (the lab's :class:`CpuQuota` and the controller's hash budgets):
+    cap the cgroup ``group_dir`` at ``cores`` CPUs per ``period_us`` (None = no cap) and weight
+    it by ``weight`` cores' worth (default: the same as ``cores``; 1 core if uncapped). v1
+    (``cpu.cfs_quota_us``, ``cpu.shares``) or v2 (``cpu.max``, ``cpu.weight``), as the group's
+    files say. QuotaError for a quota the kernel would not enforce; OSError if it cannot write."""
+    check_quota(cores, period_us)
+    group_dir = Path(group_dir)
+    w = weight if weight is not None else (cores if cores is not None else 1.0)
+    if (group_dir / "cpu.cfs_quota_us").exists():
+        quota = -1 if cores is None else round(cores * period_us)
+        (group_dir / "cpu.cfs_period_us").write_text(str(period_us))
+        (group_dir / "cpu.cfs_quota_us").write_text(str(quota))
+        (group_dir / "cpu.shares").write_text(str(max(2, round(1024 * w))))
+    else:
+        quota = "max" if cores is None else str(round(cores * period_us))
+        (group_dir / "cpu.max").write_text(f"{quota} {period_us}")
+        (group_dir / "cpu.weight").write_text(str(min(10_000, max(1, round(100 * w)))))
 
 
 class CpuQuota:
@@ -116,35 +160,13 @@ class CpuQuota:
         """Move process ``pid`` with all its threads into this group."""
         (self.dir / "cgroup.procs").write_text(str(pid))
 
-    @staticmethod
-    def check(cores: float | None, period_us: int = 100_000) -> None:
-        """Refuse a quota the kernel would not enforce as asked (the kernel's minimum is 1 ms
-        per period: with a 10-ms period, 0.05 cores would silently become 0.1)."""
-        if cores is None:
-            return
-        if not cores > 0:
-            raise QuotaError(f"a CPU quota must be > 0 cores, got {cores!r}")
-        if round(cores * period_us) < MIN_QUOTA_US:
-            raise QuotaError(f"a CPU quota of {cores} cores is {cores * period_us:.0f} us per "
-                             f"{period_us}-us period, below the kernel's minimum of "
-                             f"{MIN_QUOTA_US} us: use at least {MIN_QUOTA_US / period_us:g} cores "
-                             "or a longer period")
+    check = staticmethod(check_quota)
 
     def set(self, cores: float | None, weight: float | None = None) -> None:
         """Cap the group at ``cores`` CPUs (None = no cap) and weight it by ``weight`` cores'
         worth of CPU shares (default: the same as ``cores``; 1 core if uncapped)."""
-        self.check(cores, self.period_us)
+        write_quota(self.dir, cores, self.period_us, weight)
         self.cores = cores
-        w = weight if weight is not None else (cores if cores is not None else 1.0)
-        if self.kind == "v1":
-            quota = -1 if cores is None else round(cores * self.period_us)
-            (self.dir / "cpu.cfs_period_us").write_text(str(self.period_us))
-            (self.dir / "cpu.cfs_quota_us").write_text(str(quota))
-            (self.dir / "cpu.shares").write_text(str(max(2, round(1024 * w))))
-        else:
-            quota = "max" if cores is None else str(round(cores * self.period_us))
-            (self.dir / "cpu.max").write_text(f"{quota} {self.period_us}")
-            (self.dir / "cpu.weight").write_text(str(min(10_000, max(1, round(100 * w)))))
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the group's processes have used, seconds (:func:`cpu_seconds`)."""

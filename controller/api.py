@@ -35,7 +35,7 @@ import math
 import time
 from typing import Any, Callable
 
-from chain.keys import key_of, recover_message
+from chain.keys import recover_message
 from controller.state import Assignment, LabState, Refused, Report
 
 MAX_BODY = 64 * 1024
@@ -71,12 +71,6 @@ def failure_kind(outcome: Any) -> str:
 def recover_signer(body: bytes, signature: str) -> str:
     """The address that signed ``body`` (EIP-191, low s), lower case; SignatureError if none."""
     return recover_message(body, signature).lower()
-
-
-def sign_body(account, body: bytes) -> str:
-    """The ``X-Signature`` of ``body`` by ``account`` (a :class:`chain.keys.Key` or anything with
-    its 32-byte ``.key``, such as an eth_account LocalAccount)."""
-    return key_of(bytes(account.key)).sign_message(body)
 
 
 class Api:

@@ -30,13 +30,11 @@ from os_ken.ofproto import ofproto_v1_3
 from controller import settings, shared
 from controller.api import Api
 from controller.api_server import make_api_server
-from controller.state import Assignment, Refused
-
-CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-
+from controller.state import Assignment, Refused, round_robin
 
 class BudgetApplier:
-    """Writes each miner's CPU quota (cgroup v1 ``cpu.cfs_quota_us``/``cpu.shares``).
+    """Writes each miner's CPU quota, and its host's work kernel's, with the lab's one writer
+    (:func:`chain.cgroup.write_quota`, cgroup v1 or v2).
 
     ``miners``: name -> {"host_group": path under the CPU controller (the MEC host's group),
     "period_us"}. The miner's own group is the child named ``<name>-<geth pid>`` (a restarted
@@ -48,14 +46,18 @@ class BudgetApplier:
         self.in_force: dict[str, float] = {}
 
     def _group(self, name: str) -> Path | None:
-        base = CGROUP_CPU / self.miners[name]["host_group"]
+        from chain.cgroup import controller_dir
+        root = controller_dir()
+        if root is None:
+            return None
+        base = root / self.miners[name]["host_group"]
         found = sorted(base.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime) if base.is_dir() else []
         return found[-1] if found else None
 
     def apply(self, a: Assignment) -> dict:
         """Set every miner's quota, and its host's work kernel's to what the miner leaves
         (``coupling = "shared"``: f_m − κ·p_m); {"budgets": wall time the last was written}."""
-        from chain.cgroup import executor_cores
+        from chain.cgroup import MIN_QUOTA_US, executor_cores, write_quota
         for name, k in a.levels.items():
             cores = self.levels_cores[k]
             group = self._group(name)
@@ -67,8 +69,7 @@ class BudgetApplier:
             left = executor_cores(float(m.get("host_cores", 1.0)), cores, m.get("coupling", "shared"))
             try:
                 for g, c in ((group, cores), (group.parent / "executor", left)):
-                    (g / "cpu.cfs_quota_us").write_text(str(max(1000, round(c * period))))
-                    (g / "cpu.shares").write_text(str(max(2, round(1024 * c))))   # as chain.cgroup
+                    write_quota(g, max(c, MIN_QUOTA_US / period), period, weight=c)   # level 0: the kernel's minimum
             except OSError as e:
                 self.logger.warning("budget for %s not applied: %s", name, e)
                 continue
@@ -190,14 +191,12 @@ class LabApp(app_manager.OSKenApp):
         last = st.assignment.decided_at if st.assignment else None
         if last is None or time.time() - last < 1.5 * self.slot_s:
             return                                  # the policy is alive (or not started yet)
+        slot = (st.assignment.slot + 1) if st.assignment else 0
         with st.lock:
-            waiting = sorted((t.since, u) for u, t in st.pending.items() if t.mec is None)
-            servers = [m for m in st.servers if m not in st.down]
+            waiting = [u for _, u in sorted((t.since, u) for u, t in st.pending.items() if t.mec is None)]
+            serve = round_robin(list(st.servers), st.down, waiting, turn=slot)
             k = self.cfg.equal_level
-        serve = {m: None for m in st.servers}
-        for m, (_, u) in zip(servers, waiting):
-            serve[m] = u
-        a = st.assign(slot=(st.assignment.slot + 1) if st.assignment else 0, serve=serve,
+        a = st.assign(slot=slot, serve=serve,
                       levels={m: k for m in st.servers}, fallback=True)
         self.logger.warning("no decision for %.0f s: fallback round-robin (%d UEs)", time.time() - last,
                             sum(u is not None for u in serve.values()))

@@ -21,6 +21,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 
+def round_robin(servers: list[str], down, waiting: list[str], turn: int = 0) -> dict[str, str | None]:
+    """The one round-robin (the ``round_robin`` policy and the controller's fallback): the
+    waiting UEs, oldest first, to the servers that are up, in order, starting ``turn`` servers
+    further each slot; one UE per server, None where no UE is left. Hash levels are the
+    caller's (both split the budget equally)."""
+    up = [m for m in servers if m not in set(down)]
+    k = turn % max(1, len(up))
+    serve: dict[str, str | None] = {m: None for m in servers}
+    for m, u in zip(up[k:] + up[:k], waiting):
+        serve[m] = u
+    return serve
+
+
 class Refused(ValueError):
     """A request that changes nothing: the message says what is wrong."""
 

@@ -50,11 +50,11 @@ import socketserver
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from agent.model import task_gcycles
 from chain.keys import Key, recover_message
+from nodes.api_client import ApiClient
 from contracts.txsender import ContractRevert
 from nodes.wire import (Conn, Refusal, ack_bytes, read_exact, read_line, receipt_bytes,  # noqa: F401
                         request_digest, send_line)
@@ -77,6 +77,7 @@ class Executor:
         self.name = name
         self.me = self.info.servers[name]
         self.key = Key(key)                      # signs its answers, receipts and API calls
+        self.api = ApiClient(self.info.api_url, signer=name, key=self.key)
         self.account = Account.from_key(key)     # signs its transactions
         if self.account.address.lower() != self.me.address.lower():
             raise SystemExit(f"{name}: the key is not {name}'s account")
@@ -368,16 +369,12 @@ class Executor:
     def _report(self, rec: dict) -> None:
         # T_u^m of eqs. (2), (3), (11): the execution time (queue + compute) of the task
         paid = rec.get("paid_wei") if "complete_error" not in rec else 0
-        body = json.dumps({"source": "executor", "mec": self.name, "ue": rec["ue_name"],
-                           "task_id": rec["task_id"], "desired_s": rec["desired_s"] or 1e-9,
-                           "latency_s": rec["execution_s"], "ok": "complete_error" not in rec,
-                           "detail": {**{k: rec[k] for k in ("queue_s", "compute_s", "upload_s", "service_s", "gcycles")},
-                                      "paid_wei": paid or 0}}).encode()
-        req = urllib.request.Request(self.info.api_url + "/report", data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "X-Signer": self.name,
-                                              "X-Signature": self.key.sign_message(body)})
+        body = {"source": "executor", "mec": self.name, "ue": rec["ue_name"], "task_id": rec["task_id"],
+                "desired_s": rec["desired_s"] or 1e-9, "latency_s": rec["execution_s"], "ok": "complete_error" not in rec,
+                "detail": {**{k: rec[k] for k in ("queue_s", "compute_s", "upload_s", "service_s", "gcycles")},
+                           "paid_wei": paid or 0}}
         try:
-            urllib.request.urlopen(req, timeout=10).read()
+            self.api.request("POST", "/report", body)
         except Exception as e:
             self._log({"event": "report_failed", "task": rec["task_id"], "why": str(e)})
 

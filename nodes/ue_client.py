@@ -53,12 +53,12 @@ import signal
 import socket
 import sys
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+
 from chain.keys import Key
+from nodes.api_client import ApiClient
 from nodes.wire import Conn, read_exact, read_line, request_digest, request_hash, send_line
 from nodes.work import WorkResult, verify
 
@@ -87,6 +87,7 @@ class UEClient:
         self.account = Key(key)
         if self.account.address.lower() != self.info.ues[name].address.lower():
             raise SystemExit(f"{name}: the key is not {name}'s account")
+        self.api = ApiClient(self.info.api_url, signer=name, key=self.account, timeout_s=40.0)
         cfg = self.scn.contract
         # reads over plain JSON-RPC; the web3 binding (``trade``) only once a transaction is sent
         self.reader = ContractReader(self.info.gateway_url, self.info.contract, timeout_s=cfg.rpc_timeout_s)
@@ -220,18 +221,6 @@ class UEClient:
                 time.sleep(0.5)
 
     # ---- controller API -------------------------------------------------------------------
-    def api(self, method: str, path: str, body: dict | None = None, timeout: float = 40.0) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"}
-        if data is not None:
-            headers.update({"X-Signer": self.name, "X-Signature": self.account.sign_message(data)})
-        req = urllib.request.Request(self.info.api_url + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"controller refused {method} {path}: {e.read().decode(errors='replace')}") from None
-
     # ---- one task ---------------------------------------------------------------------------
     def draw(self):
         from scenario import units
@@ -245,7 +234,7 @@ class UEClient:
         give_up = time.monotonic() + self.scn.model.max_wait_slots * self.scn.model.slot_s
         while not self.stopping and time.monotonic() < give_up:
             wait = min(10.0, max(0.5, give_up - time.monotonic()))
-            a = self.api("GET", f"/assignment/{self.name}?task={task_id}&wait={wait:.1f}", timeout=wait + 10)
+            a = self.api.request("GET", f"/assignment/{self.name}?task={task_id}&wait={wait:.1f}", timeout=wait + 10)
             if a.get("mec"):
                 return a
         return None
@@ -419,13 +408,13 @@ class UEClient:
         rec = {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb, "demand": task.demand,
                "desired_s": task.desired_s, "gcycles": task.gcycles, "t_start": time.time(),
                "iterations": self.mapping.kernel_iterations(task.gcycles)}
-        self.api("POST", "/task", {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb,
-                                   "demand": task.demand, "desired_s": task.desired_s})
+        self.api.request("POST", "/task", {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb,
+                                           "demand": task.demand, "desired_s": task.desired_s})
         t0 = time.monotonic()
         a = self.wait_for_server(task_id)
         rec["wait_s"] = time.monotonic() - t0
         if a is None:
-            self.api("POST", "/task", {"ue": self.name, "task_id": task_id, "cancel": True})
+            self.api.request("POST", "/task", {"ue": self.name, "task_id": task_id, "cancel": True})
             rec["outcome"] = "stopped" if self.stopping else "dropped"
             return rec
         mec = a["mec"]
@@ -492,11 +481,10 @@ class UEClient:
         if rec["outcome"] != "completed" and "evidence" not in rec and rec.get("_ack"):
             rec["evidence"] = {"ack": rec["_ack"], "verdict": rec["_ack_verdict"]}
         try:
-            self.api("POST", "/report", {"source": "ue", "mec": mec, "ue": self.name, "task_id": task_id,
-                                         "desired_s": task.desired_s, "latency_s": rec.get("service_s", 0.0),
-                                         "ok": rec["outcome"] == "completed",
-                                         "detail": {"outcome": rec["outcome"],
-                                                    **({"evidence": rec["evidence"]} if "evidence" in rec else {})}})
+            self.api.request("POST", "/report", {
+                "source": "ue", "mec": mec, "ue": self.name, "task_id": task_id, "desired_s": task.desired_s,
+                "latency_s": rec.get("service_s", 0.0), "ok": rec["outcome"] == "completed",
+                "detail": {"outcome": rec["outcome"], **({"evidence": rec["evidence"]} if "evidence" in rec else {})}})
         except Exception as e:
             rec["report_error"] = str(e)
         return rec

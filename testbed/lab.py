@@ -404,7 +404,7 @@ class Lab:
     def _tell_controller(self) -> None:
         """Static ARP entries for the service and probe addresses, then the hosts' addresses
         and switch ports to the controller (steering and probes need them)."""
-        from testbed.live_env import ApiClient
+        from nodes.api_client import ApiClient
         hosts = {}
         for h in self.net.hosts:
             node = self.topo.plan.nodes.get(h.name)

@@ -38,10 +38,7 @@ then tears it all down, so a script can train on the testbed as it trains on the
 """
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -51,32 +48,8 @@ from gymnasium import spaces
 
 from agent.env import split_action
 from testbed.policy import observation, project, to_assignment
+from nodes.api_client import ApiClient
 from scenario.runinfo import LabInfo
-
-
-class ApiClient:
-    """The policy's side of the controller API (it holds the bearer token)."""
-
-    def __init__(self, url: str, token: str):
-        self.url, self.token = url, token
-
-    def call(self, method: str, path: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {self.token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
-    def state(self) -> dict:
-        status, snap = self.call("GET", "/state")
-        if status != 200:
-            raise RuntimeError(f"GET /state answered {status}: {snap}")
-        return snap
-
 
 
 class LiveEnv(gym.Env):

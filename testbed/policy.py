@@ -26,6 +26,7 @@ import numpy as np
 from agent import actions
 from agent.baselines import levels_by_reputation
 from agent.model import ObsLayout
+from controller.state import round_robin
 
 
 def observation(snap: dict, model_cfg) -> tuple[np.ndarray, list[str]]:
@@ -105,13 +106,9 @@ class RoundRobin:
         self.turn = 0
 
     def decide(self, snap: dict) -> tuple[dict, dict, dict]:
-        servers = [m for m in snap["servers"] if m not in set(snap.get("down", []))]
-        waiting = sorted((t["since"], u) for u, t in snap["pending"].items() if t.get("mec") is None)
-        order = servers[self.turn % max(1, len(servers)):] + servers[:self.turn % max(1, len(servers))]
+        waiting = [u for _, u in sorted((t["since"], u) for u, t in snap["pending"].items() if t.get("mec") is None)]
+        serve = round_robin(snap["servers"], snap.get("down", []), waiting, self.turn)
         self.turn += 1
-        serve = {m: None for m in snap["servers"]}
-        for m, (_, u) in zip(order, waiting):
-            serve[m] = u
         levels = {m: int(k) for m, k in zip(snap["servers"], actions.equal_levels(self.cfg))}
         return serve, levels, {}
 

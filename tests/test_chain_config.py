@@ -135,3 +135,36 @@ def test_wilson_interval_contains_the_share_even_at_the_edges():
         assert 0 <= lo <= k / n <= hi <= 1
     lo, hi = _wilson(19, 150)
     assert lo == pytest.approx(0.0829, abs=1e-3) and hi == pytest.approx(0.1899, abs=1e-3)
+
+
+def test_the_one_quota_writer_writes_v1_and_v2_as_the_group_says(tmp_path):
+    """chain.cgroup.write_quota is the lab's and the controller's one CPU-quota writer: v1 files
+    where the group has them, v2 otherwise; a quota the kernel would not enforce is refused;
+    and on this machine's real CPU controller the quota reads back."""
+    import os
+
+    from chain.cgroup import CpuQuota, QuotaError, available, write_quota
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "cpu.cfs_quota_us").write_text("-1")
+    write_quota(v1, 0.25, 100_000)
+    assert [(v1 / f).read_text() for f in ("cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.shares")] == \
+        ["100000", "25000", "256"]
+    write_quota(v1, None)
+    assert ((v1 / "cpu.cfs_quota_us").read_text(), (v1 / "cpu.shares").read_text()) == ("-1", "1024")
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    write_quota(v2, 0.25, 100_000, weight=0.5)
+    assert ((v2 / "cpu.max").read_text(), (v2 / "cpu.weight").read_text()) == ("25000 100000", "50")
+    with pytest.raises(QuotaError, match="below the kernel's minimum"):
+        write_quota(v2, 0.001, 100_000)
+    assert (v2 / "cpu.max").read_text() == "25000 100000"          # nothing written
+    if available() is None or os.geteuid() != 0:
+        pytest.skip("no writable cgroup CPU controller here")
+    q = CpuQuota(f"quota-test-{os.getpid()}", parent="mec-test")
+    try:
+        q.set(0.3)
+        f = q.dir / ("cpu.cfs_quota_us" if (q.dir / "cpu.cfs_quota_us").exists() else "cpu.max")
+        assert f.read_text().split()[0] == "30000"
+    finally:
+        q.remove()

@@ -13,7 +13,8 @@ import time
 import pytest
 from eth_account import Account
 
-from controller.api import Api, sign_body
+from controller.api import Api
+from nodes.api_client import sign_body
 from controller.api_server import make_api_server
 from controller.state import LabState
 
@@ -310,3 +311,27 @@ def test_the_controller_settings_are_all_the_scenarios():
         LabSettings.from_dict({k: v for k, v in full.items() if k != "slot_s"})
     with pytest.raises(ValueError, match="unknown \\['slot_length'\\]"):
         LabSettings.from_dict({**full, "slot_length": 10.0})
+
+
+def test_the_one_api_client_calls_as_the_operator_or_as_a_signed_host(api):
+    """nodes.api_client.ApiClient is the policy's, the UE client's and the executor's client:
+    the bearer token, or a host's name and key signing each body; refusals come back as ApiError
+    with the controller's status, and a key that is not the named host's is refused."""
+    from nodes.api_client import ApiClient, ApiError
+    url = f"http://127.0.0.1:{api.port}"
+    operator = ApiClient(url, TOKEN)
+    assert set(operator.state()["servers"]) == {"mec1", "mec2"}
+    ue1 = ApiClient(url, signer="ue1", key=api.keys["ue1"])
+    assert ue1.request("POST", "/task", {"ue": "ue1", "task_id": 7, "data_mb": 2.0, "demand": 1.0,
+                                         "desired_s": 1.0})
+    assert "ue1" in operator.state()["pending"]
+    status, _ = ue1.call("PUT", "/assignment", {"slot": 1, "serve": {"mec1": "ue1"},
+                                               "levels": {"mec1": 0, "mec2": 0}})   # the operator's only
+    assert status in (401, 403)
+    forger = ApiClient(url, signer="ue2", key=api.keys["ue1"])
+    with pytest.raises(ApiError) as e:
+        forger.request("POST", "/task", {"ue": "ue2", "task_id": 8, "data_mb": 2.0, "demand": 1.0, "desired_s": 1.0})
+    assert e.value.status in (401, 403)
+    assert "ue2" not in operator.state()["pending"]
+    with pytest.raises(ValueError, match="exactly one"):
+        ApiClient(url, TOKEN, signer="ue1", key=api.keys["ue1"])

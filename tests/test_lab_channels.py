@@ -21,7 +21,7 @@ from nodes.ue_client import UEClient
 from nodes.wire import Conn, read_line, request_digest, request_hash
 from scenario import units
 from testbed.experiments.live import audit, drain, finish_executors
-from testbed.live_env import ApiClient
+from nodes.api_client import ApiClient
 from base.processes import ManagedProcess, log_ready
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]

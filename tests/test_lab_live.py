@@ -17,14 +17,14 @@ import pytest
 
 from contracts.binding import EscrowState, TradingContract
 from contracts.txsender import TxSender
-from controller.api import sign_body
+from nodes.api_client import sign_body
 from nodes.executor import Conn, read_line, request_digest
 from nodes.ue_client import UEClient
 from scenario import units
 from conftest import fault_free, SMALL_LAB, chain_overrides, drive, running_lab, served
 from testbed.experiments.live import audit, drain
 from testbed.lab import KEY_MOUNT
-from testbed.live_env import ApiClient
+from nodes.api_client import ApiClient
 from base.processes import ManagedProcess, log_ready
 
 pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
@@ -450,7 +450,7 @@ def test_a_ue_may_not_steer_the_controller_nor_forge_a_report(lab):
     script = (
         "import json, urllib.request\n"
         "from eth_account import Account\n"
-        "from controller.api import sign_body\n"
+        "from nodes.api_client import sign_body\n"
         f"api = '{lab.api_url}'\n"
         "me = Account.from_key(open('/run/secrets/key').read().strip())\n"
         "def call(method, path, body, signer=None, token=None):\n"

@@ -530,7 +530,7 @@ def live_lab(tmp_path_factory, network_ready):
 @pytest.mark.chain
 def test_live_view_during_a_run(live_lab, tmp_path):
     chromium_ready()
-    from testbed.live_env import ApiClient
+    from nodes.api_client import ApiClient
     lab = live_lab
     api = ApiClient(lab.api_url, lab.token)
     status, ctype, html = http_get(lab.api_url + "/")

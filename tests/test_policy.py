@@ -146,3 +146,23 @@ def test_the_policy_is_checked_before_the_lab_and_an_agent_in_a_child_process(tm
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "agent:ddqn"
+
+
+def test_one_round_robin_for_the_policy_and_the_controllers_fallback():
+    """controller.state.round_robin is both the round_robin policy's and the fallback's: oldest
+    waiting UE first, servers that are down skipped, the start rotating with the turn."""
+    from controller.state import round_robin
+    from scenario.config import load_scenario
+    from testbed.policy import RoundRobin
+
+    servers = ["mec1", "mec2", "mec3"]
+    assert round_robin(servers, [], ["ue5", "ue2"]) == {"mec1": "ue5", "mec2": "ue2", "mec3": None}
+    assert round_robin(servers, ["mec1"], ["ue5", "ue2"], turn=1) == {"mec1": None, "mec2": "ue2", "mec3": "ue5"}
+    assert round_robin(servers, [], ["ue1", "ue2", "ue3", "ue4"], turn=4) == {"mec2": "ue1", "mec3": "ue2", "mec1": "ue3"}
+    rr = RoundRobin(load_scenario("lab", ["model.n_servers=3"]).model)
+    snap = {"servers": servers, "down": [], "pending": {"ue5": {"since": 1.0, "mec": None},
+                                                       "ue2": {"since": 2.0, "mec": None},
+                                                       "ue7": {"since": 0.5, "mec": "mec1"}}}
+    first, second = rr.decide(snap)[0], rr.decide(snap)[0]
+    assert first == round_robin(servers, [], ["ue5", "ue2"], turn=0)
+    assert second == round_robin(servers, [], ["ue5", "ue2"], turn=1)

@@ -27,7 +27,7 @@ import psutil
 
 from scenario.config import Scenario
 from testbed.lab import Lab
-from testbed.live_env import ApiClient
+from nodes.api_client import ApiClient
 from testbed.policy import check_policy
 
 
