@@ -6,6 +6,10 @@ cheap: the user selection is an assignment problem (Hungarian algorithm,
 ``scipy.optimize.linear_sum_assignment``) and the hash levels a multiple-choice knapsack under
 the budget (dynamic programming over servers). Both are used by the learners to act and, for
 DQN/DDQN, to pick the next action inside the target.
+
+An action, wherever it leaves an agent, is the env's flat ``MultiDiscrete`` vector (2M,): the
+M users first, then the M hash levels. :func:`join_action` builds it and :func:`split_action`
+is the one way back to (users, levels).
 """
 from __future__ import annotations
 
@@ -16,6 +20,21 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from agent.config import ModelConfig
+
+
+def join_action(users: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """The flat action (2M,) of the env's action space: users (M,) (``U`` = idle), then levels (M,)."""
+    return np.concatenate([users, levels]).astype(np.int64)
+
+
+def split_action(action, n_servers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users (M,), levels (M,)) from a flat (2M,) action; a (2, M) array (row 0 users, row 1
+    levels) from a foreign policy reads the same."""
+    a = np.asarray(action, dtype=np.int64)
+    if a.size != 2 * n_servers:
+        raise ValueError(f"action must have 2 x {n_servers} entries (users, hash levels), got shape {a.shape}")
+    a = a.reshape(2, n_servers)
+    return a[0], a[1]
 
 
 def match_users(scores: np.ndarray, pending: np.ndarray) -> np.ndarray:
@@ -127,4 +146,5 @@ def equal_levels(cfg: ModelConfig) -> np.ndarray:
 
 
 def random_action(cfg: ModelConfig, pending: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.stack([random_users(cfg, pending, rng), random_levels(cfg, rng)])
+    """A uniformly random feasible action (2M,)."""
+    return join_action(random_users(cfg, pending, rng), random_levels(cfg, rng))

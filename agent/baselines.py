@@ -42,7 +42,7 @@ class GreedyAgent(Agent):
         fastest = np.lexsort((-rep, levels))               # lowest level first, then higher Υ
         users = np.full(M, U, dtype=np.int64)
         users[fastest[:len(chosen)]] = chosen
-        return np.stack([users, levels])
+        return actions.join_action(users, levels)
 
 
 class GAAgent(Agent):
@@ -123,4 +123,4 @@ class GAAgent(Agent):
             pop_u = np.concatenate([pop_u[elite], self._repair_users(cu, pending)])
             pop_l = np.concatenate([pop_l[elite], self._repair_levels(cl)])
         best = int(np.argmax(fit))
-        return np.stack([pop_u[best], pop_l[best]])
+        return actions.join_action(pop_u[best], pop_l[best])

@@ -18,6 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from agent import model
+from agent.actions import join_action, split_action
 from agent.config import ModelConfig
 
 
@@ -26,9 +27,9 @@ class MecChainEnv(gym.Env):
 
     Action: the flat ``MultiDiscrete([U+1]*M + [K]*M)`` vector (2M,) that any Gymnasium library
     handles: the first M entries are the UE served by each server m (``U`` = idle), the last M
-    the index of server m's hash level in ``cfg.hash_levels_mhs``. The project's own agents emit
-    the same numbers as a (2, M) array (row 0 users, row 1 levels); :meth:`step` accepts both
-    (:func:`split_action` is the one conversion). Infeasible actions raise ``ValueError``
+    the index of server m's hash level in ``cfg.hash_levels_mhs``. The project's agents emit
+    members of this space; :meth:`step` also reads a (2, M) array (row 0 users, row 1 levels)
+    (:func:`agent.actions.split_action` is the one conversion). Infeasible actions raise ``ValueError``
     (see :func:`agent.model.action_problems`): agents must emit feasible ones, and generic
     libraries wrap the env in :class:`RepairAction` (``gymnasium.make("MecChain-v0", repair=True)``).
 
@@ -135,15 +136,6 @@ class MecChainEnv(gym.Env):
         return self._obs(), float(terms.total), False, truncated, info
 
 
-def split_action(action, n_servers: int) -> tuple[np.ndarray, np.ndarray]:
-    """(users (M,), levels (M,)) from a flat (2M,) action or a (2, M) one."""
-    a = np.asarray(action, dtype=np.int64)
-    if a.size != 2 * n_servers:
-        raise ValueError(f"action must have 2 x {n_servers} entries (users, hash levels), got shape {a.shape}")
-    a = a.reshape(2, n_servers)
-    return a[0], a[1]
-
-
 class RepairAction(gym.ActionWrapper):
     """Make any action of the ``MultiDiscrete`` space feasible, so generic RL libraries (which
     sample the whole space) can drive :class:`MecChainEnv`. Deterministic: a UE chosen twice
@@ -169,7 +161,7 @@ class RepairAction(gym.ActionWrapper):
         p = np.asarray(c.hash_levels_mhs)
         while p[levels].sum() > c.hash_budget_mhs + 1e-9:
             levels[np.argmax(levels)] -= 1
-        return np.concatenate([out, levels])
+        return join_action(out, levels)
 
 
 def make_env(cfg: ModelConfig | dict | None = None, repair: bool = False, **model_fields) -> gym.Env:

@@ -8,9 +8,9 @@
 The stream: the simulated system (:class:`agent.env.MecChainEnv`) reset with ``EVAL_SEED +
 seed``, each ended episode reset with ``EVAL_SEED + seed * 1000 + episode``; so two policies
 scored with the same ``seed`` meet the same arrivals, tasks and channel draws until their
-actions make the states differ. A policy's action (a flat (2M,) array or a (2, M) one) must be
-a member of the env's action space; an infeasible one (a UE twice, a UE without a task, the
-budget exceeded) raises, unless ``repair=True`` (what a generic RL library trained with:
+actions make the states differ. A policy's action must be a member (2M,) of the env's action
+space (a (2, M) array, row 0 users and row 1 levels, is read as one); an infeasible one (a UE
+twice, a UE without a task, the budget exceeded) raises, unless ``repair=True`` (what a generic RL library trained with:
 :class:`agent.env.RepairAction`).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from agent import model
+from agent import actions, model
 from agent.config import ModelConfig
 from agent.env import MecChainEnv, RepairAction
 
@@ -58,11 +58,11 @@ def evaluate(policy: Any, cfg: ModelConfig, seed: int, slots: int, *, repair: bo
         t0 = time.perf_counter()
         a = decide(obs)
         dec.append(time.perf_counter() - t0)
-        flat = np.asarray(a, dtype=np.int64).reshape(-1)
+        flat = actions.join_action(*actions.split_action(a, M))
         if not env.action_space.contains(flat):
             raise ValueError(f"the policy's action {flat.tolist()} is not in the env's action space "
                              f"{env.action_space}")
-        users = np.asarray(env.action(flat) if repair else flat)[:M]     # what the env will apply
+        users = actions.split_action(env.action(flat) if repair else flat, M)[0]     # what the env will apply
         served = np.zeros(U, dtype=bool)
         served[users[users < U]] = True
         obs, r, term, trunc, info = env.step(flat)

@@ -28,7 +28,7 @@ from agent.learners.base import Agent
 
 
 def solve_slot_milp(cfg: ModelConfig, data_mb: np.ndarray, demand: np.ndarray, pending: np.ndarray) -> np.ndarray:
-    """Exact best action (2, M) for one slot, by integer programming (slow; for checks)."""
+    """Exact best action (2M,) for one slot, by integer programming (slow; for checks)."""
     M, U, K = cfg.n_servers, cfg.n_users, cfg.n_levels
     cand = np.flatnonzero(pending)
     n = len(cand)
@@ -58,11 +58,11 @@ def solve_slot_milp(cfg: ModelConfig, data_mb: np.ndarray, demand: np.ndarray, p
     users[:len(js)] = cand[js]
     levels[:len(js)] = ks
     levels[len(js):] = np.repeat(np.arange(K), x[nz:])
-    return np.stack([users, levels])
+    return actions.join_action(users, levels)
 
 
 def solve_slot(cfg: ModelConfig, data_mb: np.ndarray, demand: np.ndarray, pending: np.ndarray) -> np.ndarray:
-    """Exact best action (2, M) for one slot, by dynamic programming.
+    """Exact best action (2M,) for one slot, by dynamic programming.
 
     F[s, c]: best utility of the UEs seen so far with s of them served using c budget units
     (exactly); G[r, c]: best utility of r idle servers using c units. The answer joins
@@ -117,7 +117,7 @@ def solve_slot(cfg: ModelConfig, data_mb: np.ndarray, demand: np.ndarray, pendin
         k = int(gk[i, c2])
         levels[slot] = k
         slot, c2 = slot + 1, c2 - w[k]
-    return np.stack([users, levels])
+    return actions.join_action(users, levels)
 
 
 class OracleAgent(Agent):

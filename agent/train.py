@@ -15,8 +15,6 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import numpy as np
-
 from agent.learners.base import Agent, Transition
 
 
@@ -42,7 +40,7 @@ def run_slots(agent: Agent, env, slots: int, *, seed: int | None = None, explore
         nxt, reward, term, trunc, info = env.step(action)
         got = None
         if learn:
-            got = agent.learn(Transition(obs, np.asarray(action).reshape(2, -1), reward, info["server_utility"],
+            got = agent.learn(Transition(obs, action, reward, info["server_utility"],
                                          nxt, term, trunc))
         loss.append((got or {}).get("loss"))
         q_mean.append((got or {}).get("q"))

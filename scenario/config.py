@@ -25,6 +25,8 @@ fields.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +290,20 @@ SECTIONS: dict[str, type] = {
 }
 
 
+#: Fields :meth:`Scenario.digest` leaves out: what the scenario is called and where its files go
+#: (results, chain datadirs), and how many processes compute the paper's runs; none changes a number.
+NOT_DIGESTED = ("name", "results_dir", "paper.jobs", "chain.workdir")
+
+
+def _canonical(value: Any) -> Any:
+    """Plain data with tuples as lists and 6.0 as 6 (a TOML file may write either for one number)."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 @dataclass(kw_only=True)
 class Scenario:
     name: str = "smoke"
@@ -324,6 +340,19 @@ class Scenario:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for results files): every field of every section."""
         return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of :meth:`to_dict` (sorted keys), without the
+        fields of :data:`NOT_DIGESTED`: every results file records it, and one read back for
+        reuse is refused when it differs from the current scenario's, so a changed scenario
+        cannot pass as the old one. The same for a scenario loaded again or rebuilt by
+        :func:`scenario_from_dict`."""
+        data = self.to_dict()
+        for key in NOT_DIGESTED:
+            section, _, leaf = key.rpartition(".")
+            (data[section] if section else data).pop(leaf)
+        text = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- linked fields

@@ -46,7 +46,6 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from agent.env import split_action
 from testbed.policy import observation, project, to_assignment
 from nodes.api_client import ApiClient
 from scenario.runinfo import LabInfo
@@ -121,8 +120,7 @@ class LiveEnv(gym.Env):
         if isinstance(action, tuple) and len(action) == 2 and isinstance(action[0], dict):
             serve, levels = action
         else:
-            users, levels_arr = split_action(action, len(self.servers))
-            serve, levels = to_assignment(np.stack([users, levels_arr]), snap["servers"], snap["ues"])
+            serve, levels = to_assignment(action, snap["servers"], snap["ues"])
         serve, levels, projected = project(serve, levels, snap, self.cfg)
         t_dec = time.time()
         status, resp = self.apply(serve, levels)

@@ -47,10 +47,10 @@ def observation(snap: dict, model_cfg) -> tuple[np.ndarray, list[str]]:
 
 
 def to_assignment(action, servers: list[str], ues: list[str]) -> tuple[dict, dict]:
-    """Action (10) as a (2, M) array (or flat 2M) -> ({server: UE or None}, {server: level})."""
-    a = np.asarray(action, dtype=np.int64).reshape(2, len(servers))
-    serve = {m: (ues[u] if u < len(ues) else None) for m, u in zip(servers, a[0])}
-    levels = {m: int(k) for m, k in zip(servers, a[1])}
+    """Action (10), the env's flat (2M,) -> ({server: UE or None}, {server: level})."""
+    users, hash_levels = actions.split_action(action, len(servers))
+    serve = {m: (ues[u] if u < len(ues) else None) for m, u in zip(servers, users)}
+    levels = {m: int(k) for m, k in zip(servers, hash_levels)}
     return serve, levels
 
 

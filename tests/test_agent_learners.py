@@ -18,14 +18,15 @@ SMALL_LEARNER = LearnerConfig(batch_size=16, learning_starts=16, replay_size=100
 
 
 def run(agent, cfg, slots, seed=0, explore=True, learn=True):
-    """Drive agent for `slots`; every action is checked for feasibility before the env sees it."""
+    """Drive agent for `slots`; every action is checked to be a member of the env's action space
+    and feasible before the env sees it."""
     env = MecChainEnv(cfg)
     obs, _ = env.reset(seed=seed)
     rewards, acts = [], []
     for _ in range(slots):
         a = agent.act(obs, explore=explore)
-        assert a.shape == (2, cfg.n_servers)
-        assert model.action_problems(cfg, a[0], a[1], env.pending) == [], (agent.name, a)
+        assert env.action_space.contains(a), (agent.name, a)
+        assert model.action_problems(cfg, *actions.split_action(a, cfg.n_servers), env.pending) == [], (agent.name, a)
         nxt, r, term, trunc, info = env.step(a)
         if learn:
             agent.learn(Transition(obs, a, r, info["server_utility"], nxt, term, trunc))
@@ -55,7 +56,8 @@ def test_registry_names_every_agent():
 
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("users,arrival", [(7, 0.5), (2, 1.0)])
-def test_every_agent_emits_feasible_actions(name, users, arrival):
+def test_every_agent_emits_feasible_members_of_the_action_space(name, users, arrival):
+    """Every agent of agent.registry (and the DQN variants), exploring and greedy."""
     # a binding budget (minimum 3 x 20 = 60) and, with arrival 0.5 or U < M, slots with fewer tasks than servers
     cfg = ModelConfig(n_servers=3, n_users=users, hash_budget_mhs=130.0, arrival_prob=arrival, horizon_slots=25,
                       demand_reading="per_mb", cpu_per_mhs=0.02)
@@ -96,14 +98,15 @@ def test_oracle_dp_equals_integer_programme_and_bounds_every_agent():
         d, xi = rng.uniform(1, 5, U), rng.uniform(0.6, 1.6, U)
         pending = rng.random(U) < 0.8
         a, b = solve_slot(cfg, d, xi, pending), solve_slot_milp(cfg, d, xi, pending)
-        assert model.action_problems(cfg, a[0], a[1], pending) == []
-        va = model.slot_terms(cfg, d, xi, a[0], a[1]).total
-        assert va == pytest.approx(model.slot_terms(cfg, d, xi, b[0], b[1]).total, abs=1e-9)
+        a, b = (actions.split_action(x, cfg.n_servers) for x in (a, b))
+        assert model.action_problems(cfg, *a, pending) == []
+        va = model.slot_terms(cfg, d, xi, *a).total
+        assert va == pytest.approx(model.slot_terms(cfg, d, xi, *b).total, abs=1e-9)
         # no feasible action does better in this slot
         obs = model.ObsLayout(U, cfg.n_servers).join(xi, d, np.zeros(U), pending, np.ones(cfg.n_servers))
         for agent in (RandomAgent(cfg, seed=trial), GreedyAgent(cfg), GAAgent(cfg, seed=trial)):
-            act = agent.act(obs)
-            assert model.slot_terms(cfg, d, xi, act[0], act[1]).total <= va + 1e-9
+            act = actions.split_action(agent.act(obs), cfg.n_servers)
+            assert model.slot_terms(cfg, d, xi, *act).total <= va + 1e-9
 
 
 def _tiny_flat_net(cfg, a_bias, b_bias):
@@ -148,7 +151,7 @@ def test_agent_update_regresses_on_its_target(cls, y):
     agent.opt = torch.optim.SGD(agent.q.parameters(), lr=0.0)
     obs = np.zeros(10)
     obs[6:8] = 1.0                                                          # both UEs have a task
-    a = np.array([[0, 1], [0, 0]])                                          # Q_online(s, a) = [1 + 0, 2 + 0]
+    a = np.array([0, 1, 0, 0])                        # users (0, 1), levels (0, 0): Q_online(s, a) = [1 + 0, 2 + 0]
     out = agent.learn(Transition(obs, a, float(R.sum()), R, obs, False, False))
     assert out["loss"] == pytest.approx(np.mean((np.array([1.0, 2.0]) - y) ** 2), rel=1e-5)
 

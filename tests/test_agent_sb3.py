@@ -51,7 +51,7 @@ def test_evaluate_scores_a_ppo_model_and_the_ddqn_on_the_same_stream():
         assert r["slots"] == 60 and np.isfinite(r["avg_utility"]) and r["decision_ms_p99"] > 0
     greedy = make_agent("greedy", cfg, LearnerConfig(), seed=0)
     x = evaluate(greedy, cfg, seed=3, slots=60)                                  # act(obs, explore)
-    y = evaluate(lambda obs: greedy.act(obs, explore=False).reshape(-1), cfg, seed=3, slots=60)   # a callable
+    y = evaluate(lambda obs: greedy.act(obs, explore=False).reshape(2, -1), cfg, seed=3, slots=60)   # a callable, (2, M)
     assert x["avg_utility"] == y["avg_utility"] and x["served_gcycles"] == y["served_gcycles"]
     with pytest.raises(ValueError, match="not in the env's action space"):
         evaluate(lambda obs: np.full(2 * cfg.n_servers, 99), cfg, seed=3, slots=1)

@@ -1,7 +1,11 @@
-"""Scenario loading: defaults, overrides and clear errors naming the field."""
+"""Scenario loading: defaults, overrides and clear errors naming the field; the digest."""
+import copy
+import dataclasses
+import json
+
 import pytest
 
-from scenario.config import ConfigError, load_scenario
+from scenario.config import NOT_DIGESTED, SECTIONS, ConfigError, load_scenario, scenario_from_dict
 
 
 def test_smoke_scenario_loads_with_override():
@@ -27,3 +31,43 @@ def test_bad_values_name_the_field(override, field):
 def test_missing_scenario_file():
     with pytest.raises(ConfigError, match="not found"):
         load_scenario("/nonexistent/scenario.toml")
+
+
+def test_the_digest_is_stable_and_leaves_out_only_names_places_and_workers():
+    scn = load_scenario("lab")
+    again = scenario_from_dict(json.loads(json.dumps(scn.to_dict())))          # as lab.json hands it on
+    assert scn.digest() == load_scenario("lab").digest() == again.digest()
+    assert len(scn.digest()) == 64 and scn.digest() != load_scenario("paper").digest()
+    assert load_scenario("lab", ["model.slot_s=10"]).digest() == scn.digest()    # 10 and 10.0: one number
+    elsewhere = ["name='other'", "results_dir='/tmp/elsewhere'", "paper.jobs=64", "chain.workdir='/tmp/dd'"]
+    assert load_scenario("lab", elsewhere).digest() == scn.digest()
+
+
+def _other(value):
+    """Another value of the same kind (the digest reads plain data, so no check is needed)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, (list, tuple)):
+        return [*value, "x"]
+    if isinstance(value, dict):
+        return {**value, "x": 1}
+    return f"{value}x"
+
+
+def test_the_digest_changes_with_every_other_field():
+    scn = load_scenario("lab")
+    same = []
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(scn, section)):
+            if f"{section}.{f.name}" in NOT_DIGESTED:
+                continue
+            changed = copy.deepcopy(scn)
+            part = getattr(changed, section)
+            object.__setattr__(part, f.name, _other(getattr(part, f.name)))    # a frozen section too
+            if changed.digest() == scn.digest():
+                same.append(f"{section}.{f.name}")
+    assert same == []
+    assert load_scenario("lab", ["seed=1"]).digest() != scn.digest()
+    assert load_scenario("lab", ["model.cpu_ghz=5.5"]).digest() != scn.digest()

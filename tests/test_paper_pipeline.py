@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scenario.config import load_scenario
+from scenario.config import ConfigError, load_scenario
 from testbed.experiments.paper import paper_jobs, run_paper
 from testbed.experiments.paper.runner import convergence_slot, execute, job
 
@@ -98,6 +98,12 @@ def test_paper_writes_every_output_and_the_claim_table(tmp_path):
     again = run_paper(scn, out, engine="pool", jobs=1)
     assert again["ran"] == 0 and again["resumed"] == res["runs"]
     assert json.loads((out / "summary.json").read_text())["readings"]["per_mb_w01"]["fig5"] == r["fig5"]
+    # every file records the scenario's digest; a changed scenario does not resume these runs
+    stored = {json.loads(x)["scenario_digest"] for x in (out / "runs.jsonl").read_text().splitlines()}
+    assert stored == {s["meta"]["scenario_digest"]} == {scn.digest()}
+    changed = load_scenario(scen, ["model.cpu_ghz=6.0"])
+    with pytest.raises(ConfigError, match=f"{out / 'runs.jsonl'}.*{scn.digest()}.*{changed.digest()}"):
+        run_paper(changed, out, engine="pool", jobs=1)
 
 
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):

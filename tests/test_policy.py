@@ -63,7 +63,7 @@ def test_observation_counts_only_waiting_tasks_and_reads_back():
     assert pending.tolist() == [True, True, False, False]        # ue3 is with mec1, ue4 has none
     assert demand.tolist()[:2] == [1.0, 1.5] and rep.tolist() == [1.0, 0.5, 2.0]
     assert age[0] == min(CFG.max_wait_slots, 20.0 // CFG.slot_s)
-    serve, levels = to_assignment(np.array([[1, 4, 0], [0, 1, 2]]), ["mec1", "mec2", "mec3"], ues)
+    serve, levels = to_assignment(np.array([1, 4, 0, 0, 1, 2]), ["mec1", "mec2", "mec3"], ues)
     assert serve == {"mec1": "ue2", "mec2": None, "mec3": "ue1"} and levels == {"mec1": 0, "mec2": 1, "mec3": 2}
 
 

@@ -261,7 +261,7 @@ def test_one_eq11_for_the_simulator_the_live_lab_and_fidelity():
 
 def test_bench_lab_reads_its_figures_from_the_summary_and_judges_each_target():
     from testbed.experiments.bench_lab import extract
-    summary = {"M": 10, "U": 20, "slots": 15, "slot_s": 10.0, "policy": "greedy",
+    summary = {"scenario": "lab", "scenario_digest": "d" * 64, "M": 10, "U": 20, "slots": 15, "slot_s": 10.0, "policy": "greedy",
                "bring_up": {"network": 8.0, "chain": 9.0, "bring_up_s": 31.5}, "teardown_s": 3.2,
                "lab_peak_memory_mib": 2900.0, "machine_peak_used_mib": 4100.0,
                "resources": {"miners": {"cores_mean": 0.588, "rss_mib_max": 820.0},
@@ -271,7 +271,7 @@ def test_bench_lab_reads_its_figures_from_the_summary_and_judges_each_target():
                "tasks": {"offered": 170, "completed": 160, "failed": 0, "refunded": 0},
                "lost": {"books_close": True}}
     b = extract(summary)
-    assert b["bring_up_s"] == 31.5 and b["bring_up_steps_s"] == {"network": 8.0, "chain": 9.0}
+    assert b["scenario_digest"] == "d" * 64 and b["bring_up_s"] == 31.5 and b["bring_up_steps_s"] == {"network": 8.0, "chain": 9.0}
     assert b["memory_mib_by_part"] == {"miners": 820.0, "controller": 66.0}
     t = b["targets"]
     assert not t["bring_up_s"]["met"] and not t["lab_peak_memory_mib"]["met"]      # 31.5 > 30, 2900 > 1536

@@ -25,7 +25,7 @@ FILE_VERSION = 1
 class Transition:
     """One slot: (s_t, a_t, r_t, s_{t+1}) with r_t split into its M per-server terms of (11)."""
     obs: np.ndarray            # s_t, (D,)
-    action: np.ndarray         # a_t, (2, M): users, hash levels
+    action: np.ndarray         # a_t, (2M,): users, then hash levels (agent.actions.split_action)
     reward: float              # r_t = Σ_m server_reward (token)
     server_reward: np.ndarray  # (M,) R_m + φ_u - w·T_u^m
     next_obs: np.ndarray       # s_{t+1}
@@ -34,8 +34,9 @@ class Transition:
 
 
 class Agent:
-    """Base class: ``act(obs) -> action (2, M)``, ``learn(transition)``; stateless baselines
-    simply ignore ``learn``. ``explore=False`` asks for the greedy (evaluation) policy."""
+    """Base class: ``act(obs) -> action``, a member (2M,) of the env's action space (users, then
+    hash levels: :func:`agent.actions.join_action`), and ``learn(transition)``; stateless
+    baselines simply ignore ``learn``. ``explore=False`` asks for the greedy (evaluation) policy."""
     name = "agent"
     trains = False             # whether `learn` does anything (the experiments skip training otherwise)
     variant = "full"           # Fig. 7's ablations change this for the DQN family

@@ -194,16 +194,16 @@ class DQNAgent(Agent):
             users = actions.random_users(self.cfg, pending, self.rng)
             levels = (actions.equal_levels(self.cfg) if self.hash_mode == "equal"
                       else actions.random_levels(self.cfg, self.rng))        # "random" and "learned" explore alike
-            return np.stack([users, levels])
+            return actions.join_action(users, levels)
         with torch.no_grad():
             A, B = self.q(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
         users, levels = self._select(A.numpy(), B.numpy(), pending[None])
-        return np.stack([users[0], levels[0]])
+        return actions.join_action(users[0], levels[0])
 
     # --- learning -----------------------------------------------------------------------------
     def learn(self, tr: Transition) -> dict | None:
         i = self._pos
-        self._obs[i], self._next[i], self._act[i] = tr.obs, tr.next_obs, tr.action
+        self._obs[i], self._next[i], self._act[i] = tr.obs, tr.next_obs, actions.split_action(tr.action, self.cfg.n_servers)
         self._rew[i], self._term[i] = tr.server_reward, float(tr.terminated)
         self._pos = (i + 1) % self.lcfg.replay_size
         self.n_stored = min(self.n_stored + 1, self.lcfg.replay_size)

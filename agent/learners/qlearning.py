@@ -68,7 +68,7 @@ class QLearningAgent(Agent):
         if explore and self.rng.random() < self.epsilon:
             return actions.random_action(self.cfg, self.layout.split(obs)[3], self.rng)
         users, levels, _, _ = self._greedy(obs)
-        return np.stack([users, levels])
+        return actions.join_action(users, levels)
 
     def state(self) -> dict:
         import torch
@@ -87,7 +87,7 @@ class QLearningAgent(Agent):
     def learn(self, tr: Transition) -> dict:
         self.slot += 1
         lc, U = self.lcfg, self.cfg.n_users
-        users, levels = tr.action
+        users, levels = actions.split_action(tr.action, self.cfg.n_servers)
         ue_class, srv, _ = self._features(tr.obs)
         m = self._servers
         served = users < U

@@ -32,6 +32,7 @@ def extract(s: dict) -> dict:
     res = s.get("resources") or {}
     vm = psutil.virtual_memory()
     out = {
+        "scenario": s.get("scenario"), "scenario_digest": s.get("scenario_digest"),
         "M": s.get("M"), "U": s.get("U"), "slots": s.get("slots"), "slot_s": s.get("slot_s"), "policy": s.get("policy"),
         "bring_up_s": bring.pop("bring_up_s", None), "bring_up_steps_s": bring,
         "teardown_s": s.get("teardown_s"),

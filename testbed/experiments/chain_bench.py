@@ -201,7 +201,7 @@ def run(scn: Scenario, which: str, *, generate: bool = False, out_dir: Path | No
         res = bench_dag(scn.chain, generate, b.dag_run_s)
     else:
         raise ValueError(f"unknown chain benchmark {which!r}: startup, budget or dag")
-    res = clean_json(res)
+    res = clean_json({**res, "scenario_digest": scn.digest()})
     out = out_dir or scn.results_path
     out.mkdir(parents=True, exist_ok=True)
     (out / f"chain_bench_{which}.json").write_text(json.dumps(res, indent=2))

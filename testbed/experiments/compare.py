@@ -53,15 +53,14 @@ def run(scn, out_dir: Path, progress=print) -> dict:
         folder = out_dir / f"pair{i}-{name.replace(':', '_').replace('/', '_')}"
         progress(f"[compare] run {k + 1}/{len(plan)}: {name}, pair {i} (seed {scn.seed + i}), {slots} slots")
         t0 = time.monotonic()
+        rec = {"pair": i, "policy": name, "seed": scn.seed + i, "run_dir": str(folder),
+               "scenario_digest": scn_r.digest()}
         try:
             s = live.run(scn_r, folder)
-            rec = {"pair": i, "policy": name, "seed": scn.seed + i, "run_dir": str(folder),
-                   "slots": s["slots"], "books_close": s["lost"]["books_close"],
-                   "tasks": s["tasks"], "chain": s.get("chain"),
-                   **{key: s["utility"][field] for key, _, field in TERMS}}
+            rec.update(slots=s["slots"], books_close=s["lost"]["books_close"], tasks=s["tasks"], chain=s.get("chain"),
+                       **{key: s["utility"][field] for key, _, field in TERMS})
         except Exception as e:         # one failed run does not hide the others
-            rec = {"pair": i, "policy": name, "seed": scn.seed + i, "run_dir": str(folder),
-                   "error": f"{type(e).__name__}: {e}"}
+            rec["error"] = f"{type(e).__name__}: {e}"
             progress(f"[compare] run {k + 1} failed: {rec['error']}")
         rec["wall_s"] = round(time.monotonic() - t0, 1)
         runs.append(rec)
@@ -90,7 +89,7 @@ def verdict(scn, runs: list[dict], slots: int, trained: dict | None = None) -> d
         per_policy[name]["books_close"] = all(r["books_close"] for r in rs)
     diffs = {key: paired([by[(p, a_name)][key] for p in pairs], [by[(p, b_name)][key] for p in pairs])
              for key, _, _ in TERMS}
-    return {"scenario": scn.name, "M": scn.model.n_servers, "U": scn.model.n_users, "slots": slots,
+    return {"scenario": scn.name, "scenario_digest": scn.digest(), "M": scn.model.n_servers, "U": scn.model.n_users, "slots": slots,
             "slot_s": scn.model.slot_s, "seed": scn.seed, "policies": [a_name, b_name],
             "outside": scn.chain.outside, "payment": scn.contract.payment, "trained": trained or None,
             "pairs": len(pairs), "runs": runs, "per_policy": per_policy, "difference": diffs,

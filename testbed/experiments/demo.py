@@ -145,7 +145,7 @@ def summarize(scn, runs: dict, trained: dict) -> dict:
                        f"{terms['latency_mean_s']:+.3f} s per slot (DDQN minus greedy); it was trained on the "
                        "simulator, whose constants differ from the testbed's (see `python -m testbed fidelity`), "
                        "and greedy reads the measured reputation directly")}
-    return {"scenario": scn.name, "M": scn.model.n_servers, "U": scn.model.n_users, "slots": scn.lab.slots,
+    return {"scenario": scn.name, "scenario_digest": scn.digest(), "M": scn.model.n_servers, "U": scn.model.n_users, "slots": scn.lab.slots,
             "outside": scn.chain.outside, "payment": scn.contract.payment,
             "slot_s": scn.model.slot_s, "seed": scn.seed, "trained": trained or None,
             "ddqn_model": str(model_path(scn)), "policies": per, "verdict": verdict}

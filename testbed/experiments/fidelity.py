@@ -394,6 +394,7 @@ def run(scn, out_dir: Path, run_dir: Path | None = None, slots: int | None = Non
     trace = load_trace(Path(run_dir))
     res = compare(trace)
     res["run_dir"] = str(run_dir)
+    res["scenario_digest"] = trace["summary"].get("scenario_digest")     # the run's: the one compared
     res["own_draws"] = simulate_own_draws(trace["scn"], max(1, len(trace["slots"])))
     (out_dir / "fidelity.json").write_text(json.dumps(res, indent=1))
     write_csv(out_dir / "quantities.csv", rows(res), ["fit", "quantity", "key", "simulated", "measured", "ratio"])

@@ -391,7 +391,7 @@ def compare_schemes(lab: Scenario) -> dict:
         targets[f"channel gas per task over the {horizon} <= {limit:,.0f}"] = \
             rows[f"channel, {horizon}"]["gas_per_task"] <= limit
     return {
-        "scenario": lab.name, "mec_servers": n_mecs, "ues": n_ues, "slot_s": slot_s, "seed": lab.seed,
+        "scenario": lab.name, "scenario_digest": lab.digest(), "mec_servers": n_mecs, "ues": n_ues, "slot_s": slot_s, "seed": lab.seed,
         "run_slots": RUN_SLOTS, "hour_slots": hour_slots, "task_price_wei": price,
         "channel_deposit_wei": config.channel_deposit_wei, "cap_per_lane_wei": config.channel_deposit_wei // n_mecs,
         "redeem_every_s": config.redeem_every_s, "dispute_window_s": config.dispute_window_s,
@@ -459,6 +459,7 @@ def run(scn: Scenario, out_dir: Path | None = None) -> dict:
                              wait_past=lambda t: node.increase_time(t - node.web3().eth.get_block("latest")["timestamp"] + 1))
     result = summarize(reports, n_ues, task)
     result["conditions"]["wall_time_s"] = round(time.monotonic() - t0, 2)
+    result["scenario_digest"] = scn.digest()
     # The schemes at the lab's scale: the lab scenario is the one that says what that scale is.
     result["payment_schemes"] = compare_schemes(load_scenario("lab"))
     out.mkdir(parents=True, exist_ok=True)

@@ -301,7 +301,7 @@ def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dic
     t_run = time.monotonic()
     lab = Lab(scn, run_dir)
     vm = psutil.virtual_memory()
-    result: dict = {"scenario": scn.name, "policy": policy_name, "run_dir": str(run_dir),
+    result: dict = {"scenario": scn.name, "scenario_digest": scn.digest(), "policy": policy_name, "run_dir": str(run_dir),
                     "machine_used_before_mib": (vm.total - vm.available) / 2**20}
     try:
         lab.start()

@@ -183,7 +183,8 @@ def summarize(scn, run_dir: Path, res: dict) -> dict:
     budgets = read_jsonl([run_dir / "budgets.jsonl"]) if (run_dir / "budgets.jsonl").exists() else []
     fallback = [b for b in budgets if b.get("fallback")]
     summary = {
-        "scenario": scn.name, "policy": res.get("policy"), "M": scn.model.n_servers, "U": scn.model.n_users,
+        "scenario": scn.name, "scenario_digest": scn.digest(), "policy": res.get("policy"),
+        "M": scn.model.n_servers, "U": scn.model.n_users,
         "topology": scn.topology.kind, "slots": len(slots), "slot_s": scn.model.slot_s,
         "tasks": {"offered": len(tasks), "paid": len(paid), "completed": len(done),
                   "failed": len(failed), "failed_by_server": failed_by_mec, "refunded": len(refunded),

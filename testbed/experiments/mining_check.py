@@ -198,7 +198,7 @@ def run(scn: Scenario, out_dir: Path | None = None) -> dict:
               f"{s['uncle_rate']:.3f}, chi2 p={s['chi2_vs_budget']['p_value']:.3g}, "
               f"max error {s['max_abs_error_pp']:.1f} pp", file=sys.stderr)
     primary = runs[modes[0]]
-    result = {**primary, "runs": {m: {k: v for k, v in s.items()} for m, s in runs.items()}}
+    result = {**primary, "scenario_digest": scn.digest(), "runs": {m: {k: v for k, v in s.items()} for m, s in runs.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "mining.json").write_text(json.dumps(clean_json(result), indent=2))
     plot(runs, out / "mining.png")

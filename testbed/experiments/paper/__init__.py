@@ -9,7 +9,9 @@
     run_sweep(scn, Path("scenarios/sweeps/readings.toml"), Path("results/sweep"))
 
 ``python -m testbed paper|sweep`` calls exactly these. Both resume: runs already in
-``<out>/runs.jsonl`` are not run again (delete the folder to start afresh).
+``<out>/runs.jsonl`` are not run again (delete the folder to start afresh). Every file they
+write records the scenario's digest (:meth:`scenario.config.Scenario.digest`), and a folder
+holding runs of another scenario is refused.
 """
 from __future__ import annotations
 
@@ -90,8 +92,9 @@ def run_paper(scn, out_dir: Path, *, jobs: int | None = None, engine: str = "ray
     all_jobs = paper_jobs(scn)
     print(f"paper: {len(all_jobs)} runs ({len({j.key for j in all_jobs})} distinct) on {engine} with {workers} "
           f"workers -> {out_dir}", file=sys.stderr)
-    res = execute(all_jobs, out_dir, engine=engine, workers=workers, address=address, desc="paper")
-    meta = {"wall_seconds": time.time() - t0, "engine": engine, "workers": workers, "address": address,
+    res = execute(all_jobs, out_dir, scenario_digest=scn.digest(), engine=engine, workers=workers,
+                  address=address, desc="paper")
+    meta = {"scenario": scn.name, "scenario_digest": scn.digest(), "wall_seconds": time.time() - t0, "engine": engine, "workers": workers, "address": address,
             "runs": len({j.key for j in all_jobs}), "ran": res.ran, "resumed": res.resumed, "failed": res.failed}
     summary = report.write_report(res.rows, out_dir, scn, meta)
     result = {"wall_seconds": round(meta["wall_seconds"], 1), "out": str(out_dir), "engine": engine,
@@ -157,7 +160,8 @@ def run_sweep(scn, out_dir: Path, *, engine: str = "ray", address: str | None = 
     t0 = time.time()
     all_jobs = sweep_jobs(scn, sweep)
     print(f"sweep: {len(all_jobs)} runs on {engine} with {workers} workers -> {out_dir}", file=sys.stderr)
-    res = execute(all_jobs, out_dir, engine=engine, workers=workers, address=address, desc="sweep")
+    res = execute(all_jobs, out_dir, scenario_digest=scn.digest(), engine=engine, workers=workers,
+                  address=address, desc="sweep")
     cells: dict[str, dict] = {}
     for r in res.rows:
         cells.setdefault(r["reading"], {}).setdefault(r["algo"], {})[r["seed"]] = r["avg_utility"]
@@ -179,7 +183,8 @@ def run_sweep(scn, out_dir: Path, *, engine: str = "ray", address: str | None = 
         w.writeheader()
         for r in sorted(res.rows, key=lambda r: (r["reading"], r["algo"], r["seed"])):
             w.writerow(r)
-    result = {"wall_seconds": round(time.time() - t0, 1), "out": str(out_dir), "engine": engine, "workers": workers,
+    result = {"scenario": scn.name, "scenario_digest": scn.digest(),
+              "wall_seconds": round(time.time() - t0, 1), "out": str(out_dir), "engine": engine, "workers": workers,
               "runs": len({j.key for j in all_jobs}), "ran": res.ran, "resumed": res.resumed,
               "failed": sorted(res.failed), "cells": table}
     (out_dir / "sweep.json").write_text(json.dumps(result, indent=1, default=lambda o: None))

@@ -16,7 +16,9 @@ gives the same numbers in any process, on any engine (timings aside).
 
 with a progress bar, each finished run appended at once to ``runs.jsonl`` in the output folder
 (so an interrupted run resumes where it stopped: jobs already there are not run again), and a
-job that raises reported by name without stopping the others.
+job that raises reported by name without stopping the others. Each stored run records the
+digest of the scenario it was run for (:meth:`scenario.config.Scenario.digest`); a store holding
+runs of another scenario is refused, not resumed.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from base.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINES = ("ray", "pool")
@@ -146,8 +150,10 @@ def run_job_safely(job: Job) -> dict[str, Any]:
 
 # --- resume store ----------------------------------------------------------------------------
 
-def read_store(out_dir: Path) -> dict[str, dict]:
-    """Finished runs already in ``out_dir/runs.jsonl``, by key (a torn last line is ignored)."""
+def read_store(out_dir: Path, scenario_digest: str | None = None) -> dict[str, dict]:
+    """Finished runs already in ``out_dir/runs.jsonl``, by key (a torn last line is ignored).
+    ConfigError, naming both digests and the file, when a run there was recorded for another
+    scenario than ``scenario_digest``."""
     path = Path(out_dir) / STORE
     done: dict[str, dict] = {}
     if path.exists():
@@ -156,23 +162,29 @@ def read_store(out_dir: Path) -> dict[str, dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if row.get("scenario_digest") != scenario_digest:
+                raise ConfigError(f"{path} holds runs of scenario digest {row.get('scenario_digest')}, this "
+                                  f"scenario's is {scenario_digest}: a changed scenario does not resume another's "
+                                  f"runs; give another --out, or delete {path.parent} to start afresh")
             if "error" not in row and "key" in row:
                 done[row["key"]] = row
     return done
 
 
 class _Store:
-    """Appends each finished run to ``runs.jsonl`` as it arrives (flushed and fsynced)."""
+    """Appends each finished run to ``runs.jsonl`` as it arrives (flushed and fsynced), with
+    the scenario's digest."""
 
-    def __init__(self, out_dir: Path | None):
+    def __init__(self, out_dir: Path | None, scenario_digest: str | None):
         self.f = None
+        self.stamp = {} if scenario_digest is None else {"scenario_digest": scenario_digest}
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             self.f = open(Path(out_dir) / STORE, "a")
 
     def add(self, row: dict) -> None:
         if self.f is not None and "error" not in row:
-            self.f.write(json.dumps(row, default=lambda o: None) + "\n")
+            self.f.write(json.dumps({**row, **self.stamp}, default=lambda o: None) + "\n")
             self.f.flush()
             os.fsync(self.f.fileno())
 
@@ -241,9 +253,10 @@ def _on_ray(todo: list[Job], workers: int, address: str | None) -> Iterable[dict
             ray.shutdown()
 
 
-def execute(jobs: list[Job], out_dir: Path | None = None, *, engine: str = "ray", workers: int = 2,
-            address: str | None = None, desc: str = "runs") -> Outcome:
-    """Run every distinct job once (cheapest first), resuming from ``out_dir/runs.jsonl``."""
+def execute(jobs: list[Job], out_dir: Path | None = None, *, scenario_digest: str | None = None,
+            engine: str = "ray", workers: int = 2, address: str | None = None, desc: str = "runs") -> Outcome:
+    """Run every distinct job once (cheapest first), resuming from ``out_dir/runs.jsonl``, which
+    must hold runs of the scenario ``scenario_digest`` only (None: jobs of no scenario)."""
     from tqdm import tqdm
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -253,13 +266,13 @@ def execute(jobs: list[Job], out_dir: Path | None = None, *, engine: str = "ray"
         first = unique.setdefault(j.key, j)
         if j.keep_curve and not first.keep_curve:
             unique[j.key] = replace(first, keep_curve=True)
-    done = {k: v for k, v in (read_store(out_dir) if out_dir is not None else {}).items()
+    done = {k: v for k, v in (read_store(out_dir, scenario_digest) if out_dir is not None else {}).items()
             if k in unique and (not unique[k].keep_curve or "curve" in v)}
     # Cheapest first: an interrupted run then has every baseline and the cheap learners, and the
     # longest runs (which decide the makespan only by one run's length at the end) come last.
     todo = sorted((j for k, j in unique.items() if k not in done), key=lambda j: j.cost)
     failed: dict[str, str] = {}
-    store = _Store(out_dir)
+    store = _Store(out_dir, scenario_digest)
     try:
         runs = _on_ray(todo, workers, address) if engine == "ray" and todo else _on_pool(todo, workers)
         bar = tqdm(runs, total=len(todo), desc=f"{desc} ({engine})", unit="run", file=sys.stderr,
