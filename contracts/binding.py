@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from eth_account.signers.local import LocalAccount
@@ -43,12 +42,11 @@ from eth_keys import keys
 from eth_utils import event_abi_to_log_topic, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import ContractLogicError
 
 from contracts.build import load_artifact
 from contracts.config import ContractConfig
 from contracts.reads import LANE_CLOSED, Channel, Escrow, EscrowState, Lane  # noqa: F401 (the binding's types)
-from contracts.txsender import ContractRevert, ErrorTable, TransactionTimeout, TxSender
+from contracts.txsender import ContractRevert, ErrorTable, TransactionTimeout, TxReport, TxSender, name_revert
 from contracts.vouchers import Voucher
 
 __all__ = ["TradingContract", "Escrow", "EscrowState", "Channel", "Lane", "TxReport", "ContractRevert",
@@ -65,41 +63,6 @@ CHANNEL_EVENTS = ("ChannelOpened", "ChannelToppedUp", "VoucherRedeemed", "LaneCl
 LANE_EVENTS = ("VoucherRedeemed", "LaneClosing", "LaneSettled", "LaneReopened")   # those naming a MEC
 #: Errors of a redeem batch as a whole, not of one of its vouchers.
 BATCH_ERRORS = ("UnknownMec", "TransferFailed")
-
-
-@dataclass(frozen=True)
-class TxReport:
-    """What one confirmed transaction cost and how long it took.
-
-    Attributes:
-        function: contract function (or "deploy").
-        gas_used: gas units consumed.
-        gas_price_wei: effective gas price, wei per gas.
-        fee_wei: gas_used * gas_price_wei, wei.
-        inclusion_latency_s: first broadcast -> receipt seen, seconds.
-        confirmation_latency_s: first broadcast -> `confirmations` blocks seen, seconds.
-        resends: re-broadcasts, fee bumps and fresh-nonce retries this transaction needed.
-        events: decoded logs, as (event name, arguments) pairs.
-    """
-    function: str
-    tx_hash: str
-    sender: str
-    nonce: int
-    block_number: int
-    gas_used: int
-    gas_price_wei: int
-    fee_wei: int
-    inclusion_latency_s: float
-    confirmation_latency_s: float
-    resends: int
-    events: tuple[tuple[str, dict], ...] = field(default=(), repr=False)
-
-    def event(self, name: str) -> dict:
-        """Arguments of the first event called `name` (KeyError if the transaction emitted none)."""
-        for event_name, args in self.events:
-            if event_name == name:
-                return args
-        raise KeyError(f"{self.function} emitted no {name} event (emitted: {[n for n, _ in self.events]})")
 
 
 # ---------------------------------------------------------------------------- the contract
@@ -144,7 +107,7 @@ class TradingContract:
         errors = ErrorTable(artifact["abi"])
         receipt, included, confirmed, resends = sender.transact(
             provider, {"data": data, "value": 0}, function="deploy",
-            estimate=lambda tx: errors.estimate(w3, tx, "deploy", config.gas_limit_margin))
+            estimate=lambda tx: errors.estimate(sender.node, tx, "deploy", config.gas_limit_margin))
         if receipt["status"] != 1 or not receipt.get("contractAddress"):
             raise ContractRevert("deploy", "DeployFailed", {}, "0x", receipt)
         trade = cls(w3, receipt["contractAddress"], config, sender=sender, artifact=artifact)
@@ -430,7 +393,7 @@ class TradingContract:
         return self._report(function, account, receipt, included, confirmed, resends)
 
     def _estimate(self, tx: dict, function: str) -> int:
-        return self.errors.estimate(self.w3, tx, function, self.config.gas_limit_margin)
+        return self.errors.estimate(self.sender.node, tx, function, self.config.gas_limit_margin)
 
     def _estimate_redeem(self, tx: dict, vouchers: list[Voucher]) -> int:
         """Gas of a redeem batch; if it would revert, ContractRevert naming the first bad voucher:
@@ -467,41 +430,12 @@ class TradingContract:
                                                       "voucher_nonce": v.nonce}, exc.data) from None
 
     def _failed(self, function: str, account: LocalAccount, tx: dict, receipt) -> ContractRevert:
-        """Name the error of a transaction that reverted on chain.
-
-        From the node's call trace (debug_traceTransaction, callTracer: exact), else by replaying
-        the call on the parent block's state (exact when no earlier transaction of the same block
-        changed what it reads, and the deadline checks are not within a block interval).
-        """
-        data = None
-        try:
-            trace = self.w3.provider.make_request(
-                "debug_traceTransaction", [receipt["transactionHash"].to_0x_hex(), {"tracer": "callTracer"}])
-            data = (trace.get("result") or {}).get("output")
-        except Exception:  # debug API not enabled on this node: replay instead
-            data = None
-        if data and len(data) >= 10:
-            name, args, data = self.errors.decode(ContractLogicError("reverted", data=data))
-            return ContractRevert(function, name, args, data, receipt)
-        call = {"from": account.address, "to": tx["to"], "data": tx["data"], "value": tx["value"],
-                "gas": receipt["gasUsed"] * 2 + 50_000}
-        try:
-            self.w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)
-        except ContractLogicError as exc:
-            name, args, data = self.errors.decode(exc)
-            return ContractRevert(function, name, args, data, receipt)
-        return ContractRevert(function, "Unknown", {}, "0x", receipt)
+        return name_revert(self.sender.node, self.errors, function, account.address, tx, receipt)
 
     def _report(self, function: str, account: LocalAccount, receipt, included: float,
                 confirmed: float, resends: int) -> TxReport:
-        sent = self.w3.eth.get_transaction(receipt["transactionHash"])
-        price = receipt.get("effectiveGasPrice") or sent["gasPrice"]
-        report = TxReport(
-            function=function, tx_hash=receipt["transactionHash"].to_0x_hex(), sender=account.address,
-            nonce=sent["nonce"],
-            block_number=receipt["blockNumber"], gas_used=receipt["gasUsed"], gas_price_wei=price,
-            fee_wei=receipt["gasUsed"] * price, inclusion_latency_s=included,
-            confirmation_latency_s=confirmed, resends=resends, events=self._decode_logs(receipt))
+        report = TxReport.of(self.sender.node, function, account.address, receipt, included, confirmed, resends,
+                             self._decode_logs(receipt))
         with self._reports_lock:
             self.reports.append(report)
         return report

@@ -753,7 +753,7 @@ def test_no_mecs_and_zero_dispute_window_are_refused(w):
     artifact = load_artifact("TradingContract")
     data = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"]).constructor(MU, 0).data_in_transaction
     with pytest.raises(ContractRevert) as exc:
-        trade.errors.estimate(w3, {"from": w["esp"].address, "data": data, "value": 0}, "deploy", 1.0)
+        trade.errors.estimate(trade.sender.node, {"from": w["esp"].address, "data": data, "value": 0}, "deploy", 1.0)
     assert exc.value.error == "ZeroDisputeWindow"
 
 
