@@ -208,6 +208,7 @@ class Abi:
     """One contract's functions, events and errors, by name, topic and selector."""
 
     def __init__(self, abi: list[dict]):
+        self.items = list(abi)
         self.functions = {f["name"]: f for f in abi if f.get("type") == "function"}
         self.events = {keccak(signature(e).encode()): e for e in abi if e.get("type") == "event"}
         self.topics = {e["name"]: topic for topic, e in self.events.items()}

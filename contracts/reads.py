@@ -25,7 +25,8 @@ from typing import Any
 from chain.keys import is_address, is_checksummed, to_checksum_address
 from contracts.abi import Abi
 
-__all__ = ["EscrowState", "Escrow", "Channel", "Lane", "LANE_CLOSED", "ContractReader", "ReadError", "RpcRefused"]
+__all__ = ["EscrowState", "Escrow", "Channel", "Lane", "LANE_CLOSED", "ContractReader", "ReadError", "RpcRefused",
+           "check_address", "check_uint"]
 
 LANE_CLOSED = 2**32 - 1   # Lane.closesAt of a settled lane
 
@@ -151,17 +152,17 @@ class ContractReader:
 
     def mec(self, server: str) -> tuple[str, int] | None:
         """(wallet W_m, index) of MEC server `server`, None if not registered."""
-        wallet, index = self.call("mecs", _address("server", server))
+        wallet, index = self.call("mecs", check_address("server", server))
         return None if index == 0 else (wallet, index)
 
     def channel(self, ue: str, block: int | str = "latest") -> Channel | None:
         """UE `ue`'s payment channel (as of `block`), None if it never opened one."""
-        ue = _address("ue", ue)
+        ue = check_address("ue", ue)
         return Channel.from_getter(ue, self.call("channels", ue, block=block))
 
     def lane(self, ue: str, mec: str, block: int | str = "latest") -> Lane:
         """The lane of UE `ue` with MEC server `mec` (ValueError if `mec` is not registered)."""
-        ue, mec = _address("ue", ue), _address("mec", mec)
+        ue, mec = check_address("ue", ue), check_address("mec", mec)
         registered = self.mec(mec)
         if registered is None:
             raise ValueError(f"mec {mec} is not a registered MEC server")
@@ -202,9 +203,15 @@ class ContractReader:
 # ---------------------------------------------------------------------------- arguments
 
 
-def _address(name: str, value: Any) -> str:
+def check_address(name: str, value: Any) -> str:
     """`value` checksummed; ValueError naming the argument if it is no address (or a mixed-case
     one with a wrong checksum)."""
     if not (is_address(value) and is_checksummed(value)):
         raise ValueError(f"{name} must be a 20-byte hex address, got {value!r}")
     return to_checksum_address(value)
+
+
+def check_uint(name: str, value: Any, maximum: int) -> None:
+    """ValueError naming the argument unless `value` is an int in [0, maximum]."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise ValueError(f"{name} must be an integer in [0, {maximum}], got {value!r}")
