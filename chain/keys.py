@@ -12,18 +12,22 @@ signatures are the same bytes as eth_account's (RFC 6979 nonces, low s, v in {27
     assert recover_message(body, sig) == key.address
     v, r, s = key.sign_hash(digest)              # an EIP-712 digest (vouchers)
 
-Transactions are still signed by eth_account (``contracts.txsender``): the programs load it only
-when they send one.
+    signed = key.sign_transaction({"to": contract, "data": calldata, "value": 0, "gas": 90_000,
+                                   "gasPrice": 10**9, "nonce": 4, "chainId": 1337})
+    signed.raw_transaction, signed.hash          # == Account.sign_transaction(...)'s (legacy, EIP-155)
+
+A transaction is signed as a legacy (EIP-155) one, RLP-encoded here in a few lines: the only
+kind the lab's senders send (a ``gasPrice``, no access list), on geth and anvil alike.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import coincurve
 from Crypto.Hash import keccak as _keccak
 
-__all__ = ["Key", "SignatureError", "keccak", "to_checksum_address", "is_address", "recover_hash",
+__all__ = ["Key", "SignedTransaction", "SignatureError", "keccak", "to_checksum_address", "is_address", "recover_hash",
            "recover_message", "message_hash"]
 
 #: secp256k1's group order, and half of it (a signature's s must be at most this: EIP-2).
@@ -79,6 +83,41 @@ def message_hash(message: bytes) -> bytes:
     return keccak(b"\x19Ethereum Signed Message:\n" + str(len(message)).encode() + message)
 
 
+class SignedTransaction(NamedTuple):
+    """A signed transaction as eth_account names its parts: the bytes to send, and their keccak."""
+    raw_transaction: bytes
+    hash: bytes
+
+
+def rlp(item: bytes | list) -> bytes:
+    """Recursive-length-prefix encoding of bytes and (nested) lists of them (Ethereum yellow paper, app. B)."""
+    if isinstance(item, list):
+        body = b"".join(rlp(i) for i in item)
+        return _rlp_length(len(body), 0xC0) + body
+    if len(item) == 1 and item[0] < 0x80:
+        return bytes(item)
+    return _rlp_length(len(item), 0x80) + bytes(item)
+
+
+def _rlp_length(length: int, offset: int) -> bytes:
+    if length < 56:
+        return bytes([offset + length])
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([offset + 55 + len(size)]) + size
+
+
+def _rlp_int(value: int) -> bytes:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"a transaction's integer field is an int >= 0, got {value!r}")
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+def _hex_bytes(value: bytes | str) -> bytes:
+    if isinstance(value, str):
+        return bytes.fromhex(value[2:] if value[:2] in ("0x", "0X") else value)
+    return bytes(value)
+
+
 def _address_of(public: coincurve.PublicKey) -> str:
     return to_checksum_address(keccak(public.format(compressed=False)[1:])[12:])
 
@@ -110,6 +149,18 @@ class Key:
             raise SignatureError(f"a hash to sign is 32 bytes, got {len(digest)}")
         sig = self._secret.sign_recoverable(bytes(digest), hasher=None)
         return 27 + sig[64], int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big")
+
+    def sign_transaction(self, tx: dict) -> SignedTransaction:
+        """Sign a legacy transaction (EIP-155) given as eth_account takes it: nonce, gasPrice, gas,
+        to (absent: a contract creation), value, data, chainId; the same bytes as
+        ``Account.sign_transaction``."""
+        to = _hex_bytes(tx["to"]) if tx.get("to") else b""
+        fields = [_rlp_int(tx["nonce"]), _rlp_int(tx["gasPrice"]), _rlp_int(tx["gas"]), to,
+                  _rlp_int(tx.get("value", 0)), _hex_bytes(tx.get("data", b""))]
+        chain_id = tx["chainId"]
+        v, r, s = self.sign_hash(keccak(rlp(fields + [_rlp_int(chain_id), b"", b""])))
+        raw = rlp(fields + [_rlp_int(v - 27 + 35 + 2 * chain_id), _rlp_int(r), _rlp_int(s)])
+        return SignedTransaction(raw, keccak(raw))
 
     def sign_message(self, message: bytes) -> str:
         """The 0x-hex 65-byte EIP-191 signature of `message` (r || s || v)."""

@@ -35,78 +35,36 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from eth_keys import keys
 from eth_utils import event_abi_to_log_topic, to_checksum_address
-from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import ContractLogicError
 
 from contracts.build import load_artifact
 from contracts.config import ContractConfig
+from contracts.light import CHANNEL_EVENTS, LANE_EVENTS, TradeWriter
 from contracts.reads import LANE_CLOSED, Channel, Escrow, EscrowState, Lane  # noqa: F401 (the binding's types)
-from contracts.txsender import ContractRevert, ErrorTable, TransactionTimeout, TxSender
-from contracts.vouchers import Voucher
+from contracts.reads import check_address as _address, check_uint as _check_uint
+from contracts.txsender import ContractRevert, ErrorTable, TransactionTimeout, TxReport, TxSender
 
 __all__ = ["TradingContract", "Escrow", "EscrowState", "Channel", "Lane", "TxReport", "ContractRevert",
            "TransactionTimeout", "TxSender"]
 
 CONTRACT_NAME = "TradingContract"
-UINT32_MAX = 2**32 - 1
 UINT40_MAX = 2**40 - 1
 UINT64_MAX = 2**64 - 1
 UINT128_MAX = 2**128 - 1
 ZERO_ADDRESS = "0x" + "00" * 20
-CHANNEL_EVENTS = ("ChannelOpened", "ChannelToppedUp", "VoucherRedeemed", "LaneClosing", "LaneSettled",
-                  "LaneReopened", "FreeWithdrawn", "ChannelReclaimed")
-LANE_EVENTS = ("VoucherRedeemed", "LaneClosing", "LaneSettled", "LaneReopened")   # those naming a MEC
-#: Errors of a redeem batch as a whole, not of one of its vouchers.
-BATCH_ERRORS = ("UnknownMec", "TransferFailed")
-
-
-@dataclass(frozen=True)
-class TxReport:
-    """What one confirmed transaction cost and how long it took.
-
-    Attributes:
-        function: contract function (or "deploy").
-        gas_used: gas units consumed.
-        gas_price_wei: effective gas price, wei per gas.
-        fee_wei: gas_used * gas_price_wei, wei.
-        inclusion_latency_s: first broadcast -> receipt seen, seconds.
-        confirmation_latency_s: first broadcast -> `confirmations` blocks seen, seconds.
-        resends: re-broadcasts, fee bumps and fresh-nonce retries this transaction needed.
-        events: decoded logs, as (event name, arguments) pairs.
-    """
-    function: str
-    tx_hash: str
-    sender: str
-    nonce: int
-    block_number: int
-    gas_used: int
-    gas_price_wei: int
-    fee_wei: int
-    inclusion_latency_s: float
-    confirmation_latency_s: float
-    resends: int
-    events: tuple[tuple[str, dict], ...] = field(default=(), repr=False)
-
-    def event(self, name: str) -> dict:
-        """Arguments of the first event called `name` (KeyError if the transaction emitted none)."""
-        for event_name, args in self.events:
-            if event_name == name:
-                return args
-        raise KeyError(f"{self.function} emitted no {name} event (emitted: {[n for n, _ in self.events]})")
 
 
 # ---------------------------------------------------------------------------- the contract
 
 
-class TradingContract:
-    """A deployed TradingContract: the ESP's, UE's and MEC server's calls, and reads.
+class TradingContract(TradeWriter):
+    """A deployed TradingContract: the ESP's, UE's and MEC server's calls, and reads (the MEC
+    server's ``complete`` and ``redeem``, and the sending, are :class:`contracts.light.TradeWriter`'s).
 
     Args:
         w3: connection to the node.
@@ -144,7 +102,7 @@ class TradingContract:
         errors = ErrorTable(artifact["abi"])
         receipt, included, confirmed, resends = sender.transact(
             provider, {"data": data, "value": 0}, function="deploy",
-            estimate=lambda tx: errors.estimate(w3, tx, "deploy", config.gas_limit_margin))
+            estimate=lambda tx: errors.estimate(sender.node, tx, "deploy", config.gas_limit_margin))
         if receipt["status"] != 1 or not receipt.get("contractAddress"):
             raise ContractRevert("deploy", "DeployFailed", {}, "0x", receipt)
         trade = cls(w3, receipt["contractAddress"], config, sender=sender, artifact=artifact)
@@ -214,15 +172,6 @@ class TradingContract:
 
     # ------------------------------------------------------------------ MEC
 
-    def complete(self, mec: LocalAccount, *, ue: str, task_id: int, result_hash: bytes, **kw) -> TxReport:
-        """Record completion of UE `ue`'s task `task_id` (result_hash: 32-byte digest of the
-        result) before its deadline; phi_u goes to the MEC server's wallet W_m."""
-        _check_uint("task_id", task_id, UINT64_MAX)
-        result_hash = bytes(HexBytes(result_hash))
-        if len(result_hash) != 32:
-            raise ValueError(f"result_hash must be 32 bytes, got {len(result_hash)}")
-        return self.transact(mec, "complete", [_address("ue", ue), task_id, result_hash], **kw)
-
     # ------------------------------------------------------------------ channel: UE
 
     def open_channel(self, ue: LocalAccount, *, deposit_wei: int, cap_per_lane_wei: int, expiry: int,
@@ -272,21 +221,6 @@ class TradingContract:
         return self.transact(ue, "reclaim", [], **kw)
 
     # ------------------------------------------------------------------ channel: MEC
-
-    def redeem(self, mec: LocalAccount, vouchers: Sequence[Voucher], **kw) -> TxReport:
-        """Redeem `vouchers` (in order) as MEC server `mec`, paid in one transfer to its wallet W_m.
-
-        Before sending, a batch whose gas estimate fails is taken apart: the ContractRevert raised
-        names the error and the first bad voucher (its error arguments plus voucher_index,
-        voucher_ue, voucher_nonce), and nothing is sent. With `gas=` nothing is estimated.
-        """
-        vouchers = list(vouchers)
-        if not vouchers:
-            raise ValueError("vouchers must not be empty")
-        for i, v in enumerate(vouchers):
-            _check_voucher(i, v)
-        return self.transact(mec, "redeem", [[_voucher_args(v) for v in vouchers]],
-                             estimate=lambda tx: self._estimate_redeem(tx, vouchers), **kw)
 
     def release_lane(self, mec: LocalAccount, *, ue: str, **kw) -> TxReport:
         """As MEC server `mec`, settle its lane of UE `ue` at once, giving up what it has not
@@ -338,6 +272,10 @@ class TradingContract:
         index = registered[1]
         redeemed, nonce, generation, closes_at = self.contract.functions.lanes(ue, index).call(block_identifier=block)
         return Lane(ue, mec, index, redeemed, nonce, generation, closes_at)
+
+    def block_number(self) -> int:
+        """The head's number."""
+        return self.w3.eth.block_number
 
     @property
     def domain(self) -> dict:
@@ -413,98 +351,10 @@ class TradingContract:
                         "transactionHash": log["transactionHash"].to_0x_hex(), "logIndex": log["logIndex"]})
         return sorted(out, key=lambda e: (e["blockNumber"], e["logIndex"]))
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ TradeWriter's means
 
-    def transact(self, account: LocalAccount, function: str, args: list, *, value: int = 0,
-                 gas: int | None = None, estimate: Callable[[dict], int] | None = None) -> TxReport:
-        """Send one call of any contract function with raw arguments (the named methods above
-        check their arguments first; this does not). `gas` skips estimation, so a doomed call
-        is mined and fails on chain; `estimate(tx)` replaces the plain gas estimate."""
-        tx = {"to": self.address, "data": self.contract.encode_abi(function, args=args), "value": value}
-        if gas is not None:
-            tx["gas"] = gas
-        receipt, included, confirmed, resends = self.sender.transact(
-            account, tx, function=function, estimate=estimate or (lambda t: self._estimate(t, function)))
-        if receipt["status"] != 1:
-            raise self._failed(function, account, tx, receipt)
-        return self._report(function, account, receipt, included, confirmed, resends)
-
-    def _estimate(self, tx: dict, function: str) -> int:
-        return self.errors.estimate(self.w3, tx, function, self.config.gas_limit_margin)
-
-    def _estimate_redeem(self, tx: dict, vouchers: list[Voucher]) -> int:
-        """Gas of a redeem batch; if it would revert, ContractRevert naming the first bad voucher:
-        the first that fails alone, else (it fails only after others, e.g. an older voucher of a
-        lane behind a newer one) the last of the shortest failing prefix."""
-        try:
-            return self._estimate(tx, "redeem")
-        except ContractRevert as batch:
-            if batch.error in BATCH_ERRORS:
-                raise
-
-            def failure(part: list[Voucher]) -> ContractRevert | None:
-                data = self.contract.encode_abi("redeem", args=[[_voucher_args(v) for v in part]])
-                try:
-                    self._estimate({**tx, "data": data}, "redeem")
-                    return None
-                except ContractRevert as exc:
-                    return exc
-
-            found = next(((i, exc) for i, v in enumerate(vouchers) if (exc := failure([v])) is not None), None)
-            if found is None:
-                # Failing prefixes are monotone (vouchers run in order): bisect for the shortest.
-                lo, hi, exc = 1, len(vouchers), batch
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    if (at_mid := failure(vouchers[:mid])) is not None:
-                        hi, exc = mid, at_mid
-                    else:
-                        lo = mid + 1
-                found = (hi - 1, exc)
-            i, exc = found
-            v = vouchers[i]
-            raise ContractRevert("redeem", exc.error, {**exc.error_args, "voucher_index": i, "voucher_ue": v.ue,
-                                                      "voucher_nonce": v.nonce}, exc.data) from None
-
-    def _failed(self, function: str, account: LocalAccount, tx: dict, receipt) -> ContractRevert:
-        """Name the error of a transaction that reverted on chain.
-
-        From the node's call trace (debug_traceTransaction, callTracer: exact), else by replaying
-        the call on the parent block's state (exact when no earlier transaction of the same block
-        changed what it reads, and the deadline checks are not within a block interval).
-        """
-        data = None
-        try:
-            trace = self.w3.provider.make_request(
-                "debug_traceTransaction", [receipt["transactionHash"].to_0x_hex(), {"tracer": "callTracer"}])
-            data = (trace.get("result") or {}).get("output")
-        except Exception:  # debug API not enabled on this node: replay instead
-            data = None
-        if data and len(data) >= 10:
-            name, args, data = self.errors.decode(ContractLogicError("reverted", data=data))
-            return ContractRevert(function, name, args, data, receipt)
-        call = {"from": account.address, "to": tx["to"], "data": tx["data"], "value": tx["value"],
-                "gas": receipt["gasUsed"] * 2 + 50_000}
-        try:
-            self.w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)
-        except ContractLogicError as exc:
-            name, args, data = self.errors.decode(exc)
-            return ContractRevert(function, name, args, data, receipt)
-        return ContractRevert(function, "Unknown", {}, "0x", receipt)
-
-    def _report(self, function: str, account: LocalAccount, receipt, included: float,
-                confirmed: float, resends: int) -> TxReport:
-        sent = self.w3.eth.get_transaction(receipt["transactionHash"])
-        price = receipt.get("effectiveGasPrice") or sent["gasPrice"]
-        report = TxReport(
-            function=function, tx_hash=receipt["transactionHash"].to_0x_hex(), sender=account.address,
-            nonce=sent["nonce"],
-            block_number=receipt["blockNumber"], gas_used=receipt["gasUsed"], gas_price_wei=price,
-            fee_wei=receipt["gasUsed"] * price, inclusion_latency_s=included,
-            confirmation_latency_s=confirmed, resends=resends, events=self._decode_logs(receipt))
-        with self._reports_lock:
-            self.reports.append(report)
-        return report
+    def encode_call(self, function: str, args: list) -> str:
+        return self.contract.encode_abi(function, args=args)
 
     def _decode_logs(self, receipt) -> tuple[tuple[str, dict], ...]:
         out = []
@@ -520,17 +370,6 @@ class TradingContract:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _address(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not Web3.is_address(value):
-        raise ValueError(f"{name} must be a 20-byte hex address, got {value!r}")
-    return to_checksum_address(value)
-
-
-def _check_uint(name: str, value: Any, maximum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
-        raise ValueError(f"{name} must be an integer in [0, {maximum}], got {value!r}")
-
-
 def _public_key(ue: LocalAccount) -> bytes:
     """PK_u: the 64-byte uncompressed key without its 0x04 prefix (hashes to the address Id_u)."""
     return keys.PrivateKey(ue.key).public_key.to_bytes()
@@ -538,22 +377,3 @@ def _public_key(ue: LocalAccount) -> bytes:
 
 def _address_topic(address: str) -> str:
     return "0x" + "00" * 12 + address[2:].lower()
-
-
-def _check_voucher(i: int, v: Any) -> None:
-    """A voucher the ABI can encode (ranges and types); whether it pays is the contract's call."""
-    if not isinstance(v, Voucher):
-        raise ValueError(f"vouchers[{i}] must be a Voucher, got {type(v).__name__}")
-    _address(f"vouchers[{i}].ue", v.ue)
-    for name, maximum in (("generation", UINT32_MAX), ("cumulative", UINT128_MAX), ("nonce", UINT64_MAX),
-                          ("task_id", UINT64_MAX)):
-        _check_uint(f"vouchers[{i}].{name}", getattr(v, name), maximum)
-    if not isinstance(v.request_digest, (bytes, bytearray)) or len(v.request_digest) != 32:
-        raise ValueError(f"vouchers[{i}].request_digest must be 32 bytes, got {v.request_digest!r}")
-    if not isinstance(v.signature, (bytes, bytearray)):
-        raise ValueError(f"vouchers[{i}].signature must be bytes, got {v.signature!r}")
-
-
-def _voucher_args(v: Voucher) -> tuple:
-    """The contract's calldata Voucher struct (the MEC server is the caller, not a field)."""
-    return (v.ue, v.generation, v.cumulative, v.nonce, v.task_id, bytes(v.request_digest), bytes(v.signature))

@@ -5,9 +5,9 @@ The data types (:class:`Escrow`, :class:`Channel`, :class:`Lane`) are the bindin
 (``eth_call``) with the compiled ABI, for a program that must not load web3.py for a handful of
 reads: a UE client on a payment channel reads the unit price, its channel and now and then a
 lane, and signs vouchers (:mod:`contracts.vouchers`); it loads the web3 binding only to send a
-transaction (a top-up, an escrow). It decodes the static ABI types the contract's getters return
-(uintN, address, bool, bytes32); ``tests/test_contract_channels.py`` checks every read against
-the web3 binding on a live anvil.
+transaction (a top-up, an escrow); the MEC executor reads and writes through its subclass
+:class:`contracts.light.LightTrade`. The ABI is :mod:`contracts.abi`'s;
+``tests/test_contract_channels.py`` checks every read against the web3 binding on a live anvil.
 
     reader = ContractReader(gateway_url, contract_address, timeout_s=10)
     mu = reader.unit_price()
@@ -22,9 +22,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from chain.keys import is_address, keccak, to_checksum_address
+from chain.keys import is_address, is_checksummed, to_checksum_address
+from contracts.abi import Abi
 
-__all__ = ["EscrowState", "Escrow", "Channel", "Lane", "LANE_CLOSED", "ContractReader", "ReadError"]
+__all__ = ["EscrowState", "Escrow", "Channel", "Lane", "LANE_CLOSED", "ContractReader", "ReadError", "RpcRefused",
+           "check_address", "check_uint"]
 
 LANE_CLOSED = 2**32 - 1   # Lane.closesAt of a settled lane
 
@@ -112,6 +114,14 @@ class ReadError(RuntimeError):
     """The node did not answer a read, or refused it (its JSON-RPC error is in the message)."""
 
 
+class RpcRefused(ReadError):
+    """The node answered with a JSON-RPC error: ``error`` is its object (code, message, data)."""
+
+    def __init__(self, message: str, error: dict):
+        super().__init__(message)
+        self.error = error
+
+
 class ContractReader:
     """The trading contract's reads over JSON-RPC ``eth_call``, without web3.py.
 
@@ -127,7 +137,7 @@ class ContractReader:
             from contracts.build import load_artifact
             abi = load_artifact("TradingContract")["abi"]
         self.url, self.address, self.timeout_s = url, to_checksum_address(address), timeout_s
-        self._functions = {f["name"]: f for f in abi if f.get("type") == "function"}
+        self.abi = Abi(abi)
         self._id = 0
 
     # ------------------------------------------------------------------ the contract's reads
@@ -142,17 +152,17 @@ class ContractReader:
 
     def mec(self, server: str) -> tuple[str, int] | None:
         """(wallet W_m, index) of MEC server `server`, None if not registered."""
-        wallet, index = self.call("mecs", _address("server", server))
+        wallet, index = self.call("mecs", check_address("server", server))
         return None if index == 0 else (wallet, index)
 
     def channel(self, ue: str, block: int | str = "latest") -> Channel | None:
         """UE `ue`'s payment channel (as of `block`), None if it never opened one."""
-        ue = _address("ue", ue)
+        ue = check_address("ue", ue)
         return Channel.from_getter(ue, self.call("channels", ue, block=block))
 
     def lane(self, ue: str, mec: str, block: int | str = "latest") -> Lane:
         """The lane of UE `ue` with MEC server `mec` (ValueError if `mec` is not registered)."""
-        ue, mec = _address("ue", ue), _address("mec", mec)
+        ue, mec = check_address("ue", ue), check_address("mec", mec)
         registered = self.mec(mec)
         if registered is None:
             raise ValueError(f"mec {mec} is not a registered MEC server")
@@ -166,22 +176,15 @@ class ContractReader:
     # ------------------------------------------------------------------ the means
 
     def call(self, name: str, *args, block: int | str = "latest") -> tuple:
-        """The outputs of the contract's view function `name` called with `args` (static types)."""
-        f = self._functions.get(name)
-        if f is None:
-            raise ValueError(f"the contract has no function {name!r}")
-        types_in = [i["type"] for i in f["inputs"]]
-        if len(args) != len(types_in):
-            raise ValueError(f"{name} takes {len(types_in)} argument(s) ({', '.join(types_in)}), got {len(args)}")
-        selector = keccak(f"{name}({','.join(types_in)})".encode())[:4]
-        data = selector + b"".join(_encode(t, a) for t, a in zip(types_in, args))
+        """The outputs of the contract's view function `name` called with `args`."""
+        data = self.abi.encode_call(name, args)
         tag = hex(block) if isinstance(block, int) else block
         out = bytes.fromhex(self.rpc("eth_call", [{"to": self.address, "data": "0x" + data.hex()}, tag])[2:])
-        types_out = [o["type"] for o in f["outputs"]]
-        if len(out) != 32 * len(types_out):
-            raise ReadError(f"{name}: {len(out)} bytes returned, {32 * len(types_out)} expected "
-                            f"(is {self.address} the trading contract?)")
-        return tuple(_decode(t, out[32 * i:32 * i + 32]) for i, t in enumerate(types_out))
+        try:
+            return self.abi.decode_output(name, out)
+        except ValueError:
+            raise ReadError(f"{name}: {len(out)} bytes returned, not its outputs "
+                            f"(is {self.address} the trading contract?)") from None
 
     def rpc(self, method: str, params: list) -> Any:
         self._id += 1
@@ -193,43 +196,22 @@ class ContractReader:
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise ReadError(f"{method} to {self.url} failed: {e}") from None
         if "error" in reply:
-            raise ReadError(f"{method} refused by {self.url}: {reply['error']}")
+            raise RpcRefused(f"{method} refused by {self.url}: {reply['error']}", reply["error"])
         return reply["result"]
 
 
-# ---------------------------------------------------------------------------- the static ABI
+# ---------------------------------------------------------------------------- arguments
 
 
-def _address(name: str, value: Any) -> str:
-    if not is_address(value):
+def check_address(name: str, value: Any) -> str:
+    """`value` checksummed; ValueError naming the argument if it is no address (or a mixed-case
+    one with a wrong checksum)."""
+    if not (is_address(value) and is_checksummed(value)):
         raise ValueError(f"{name} must be a 20-byte hex address, got {value!r}")
     return to_checksum_address(value)
 
 
-def _encode(abi_type: str, value: Any) -> bytes:
-    if abi_type == "address":
-        return bytes(12) + bytes.fromhex(_address("argument", value)[2:])
-    if abi_type.startswith("uint"):
-        bits = int(abi_type[4:] or 256)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**bits:
-            raise ValueError(f"a {abi_type} is an integer in [0, 2**{bits}), got {value!r}")
-        return value.to_bytes(32, "big")
-    if abi_type == "bool":
-        return int(bool(value)).to_bytes(32, "big")
-    if abi_type == "bytes32":
-        if not isinstance(value, (bytes, bytearray)) or len(value) != 32:
-            raise ValueError(f"a bytes32 is 32 bytes, got {value!r}")
-        return bytes(value)
-    raise ValueError(f"the light reader encodes static types only, not {abi_type}")
-
-
-def _decode(abi_type: str, word: bytes) -> Any:
-    if abi_type == "address":
-        return to_checksum_address(word[12:])
-    if abi_type.startswith("uint"):
-        return int.from_bytes(word, "big")
-    if abi_type == "bool":
-        return word[-1] == 1
-    if abi_type == "bytes32":
-        return word
-    raise ValueError(f"the light reader decodes static types only, not {abi_type}")
+def check_uint(name: str, value: Any, maximum: int) -> None:
+    """ValueError naming the argument unless `value` is an int in [0, maximum]."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise ValueError(f"{name} must be an integer in [0, {maximum}], got {value!r}")

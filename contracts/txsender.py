@@ -1,13 +1,17 @@
 """Signing, sending and confirming transactions from local keys, on any JSON-RPC node.
 
-Every transaction is signed here with the sender's local key (eth_account) and sent with
-``eth_sendRawTransaction``; a node's ``personal`` API is never used, so the same code runs on
-anvil and on the lab's geth chain.
+Every transaction is signed here with the sender's local key (a :class:`chain.keys.Key`, or an
+eth_account account: the same bytes) and sent with ``eth_sendRawTransaction``; a node's
+``personal`` API is never used, so the same code runs on anvil and on the lab's geth chain.
 
-    sender = TxSender(w3, config)                    # one per process and node: owns the nonces
+    sender = TxSender(node, config)                  # one per process and node: owns the nonces
     receipt, included_s, confirmed_s, resends = sender.transact(
         account, {"to": addr, "data": data, "value": 0}, function="trading",
-        estimate=lambda tx: errors.estimate(w3, tx, "trading", config.gas_limit_margin))
+        estimate=lambda tx: errors.estimate(node, tx, "trading", config.gas_limit_margin))
+
+The node is a :class:`ChainNode`: :class:`contracts.web3node.Web3Node` over a web3.py connection
+(a ``Web3`` given to TxSender is wrapped in one), :class:`contracts.light.RpcNode` over plain
+JSON-RPC for a program that must not load web3.py (the MEC executor). This module loads neither.
 
 Many concurrent senders are safe: :class:`TxSender` hands out nonces per account under a lock,
 and a transaction that the node dropped is re-broadcast byte for byte (same hash), one stuck in
@@ -16,22 +20,19 @@ by a transaction we never signed leads to a new nonce. Same-nonce copies can't b
 so a retry never pays twice.
 
 :class:`ErrorTable` names a contract's custom errors from revert data (a doomed call is refused
-at gas estimation with :class:`ContractRevert` naming the Solidity error, before anything is sent).
+at gas estimation with :class:`ContractRevert` naming the Solidity error, before anything is sent),
+and :func:`name_revert` the error of one that failed on chain. :class:`TxReport` is what a
+confirmed transaction cost.
 """
 from __future__ import annotations
 
 import math
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
-import eth_abi
-from eth_account.signers.local import LocalAccount
-from eth_utils import function_signature_to_4byte_selector
-from hexbytes import HexBytes
-from web3 import Web3
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
-
+from contracts.abi import Abi
 from contracts.config import ContractConfig
 
 
@@ -53,6 +54,89 @@ class TransactionTimeout(Exception):
     """A transaction did not confirm within the configured time or number of resends."""
 
 
+class SendRefused(RuntimeError):
+    """The node refused a raw transaction (its message: "nonce too low", "already known", ...)."""
+
+
+class CallReverted(Exception):
+    """The node refused a call or a gas estimate because the contract reverted.
+
+    ``data``: the revert data (0x-hex), None if the node gave none; ``kind``: what web3.py would
+    call the error (the name of a revert without data).
+    """
+
+    def __init__(self, message: str, data: str | None, kind: str = "ContractLogicError"):
+        super().__init__(message)
+        self.message, self.data, self.kind = message, data, kind
+
+
+class ChainNode(Protocol):
+    """What sending and naming a revert need of a node. Hashes are bytes; receipts and
+    transactions are mappings with int fields (blockNumber, gasUsed, status, nonce, gasPrice, ...)."""
+    chain_id: int
+
+    def gas_price(self) -> int: ...
+    def transaction_count(self, address: str, block: str) -> int: ...
+    def send_raw(self, raw: bytes) -> None: ...                       # SendRefused
+    def receipt(self, tx_hash: bytes) -> Any | None: ...
+    def transaction(self, tx_hash: bytes) -> Any | None: ...
+    def block_number(self) -> int: ...
+    def estimate_gas(self, tx: dict) -> int: ...                      # CallReverted
+    def call(self, tx: dict, block: int | str) -> bytes: ...          # CallReverted
+    def trace_output(self, tx_hash: bytes) -> str | None: ...         # None: no debug API
+
+
+@dataclass(frozen=True)
+class TxReport:
+    """What one confirmed transaction cost and how long it took.
+
+    Attributes:
+        function: contract function (or "deploy").
+        gas_used: gas units consumed.
+        gas_price_wei: effective gas price, wei per gas.
+        fee_wei: gas_used * gas_price_wei, wei.
+        inclusion_latency_s: first broadcast -> receipt seen, seconds.
+        confirmation_latency_s: first broadcast -> `confirmations` blocks seen, seconds.
+        resends: re-broadcasts, fee bumps and fresh-nonce retries this transaction needed.
+        events: decoded logs, as (event name, arguments) pairs.
+    """
+    function: str
+    tx_hash: str
+    sender: str
+    nonce: int
+    block_number: int
+    gas_used: int
+    gas_price_wei: int
+    fee_wei: int
+    inclusion_latency_s: float
+    confirmation_latency_s: float
+    resends: int
+    events: tuple[tuple[str, dict], ...] = field(default=(), repr=False)
+
+    @classmethod
+    def of(cls, node: ChainNode, function: str, sender: str, receipt, included: float, confirmed: float,
+           resends: int, events: tuple[tuple[str, dict], ...]) -> "TxReport":
+        """The report of a mined transaction, from its receipt and the node's copy of it."""
+        sent = node.transaction(receipt["transactionHash"])
+        price = receipt.get("effectiveGasPrice") or sent["gasPrice"]
+        return cls(function=function, tx_hash=hex_hash(receipt["transactionHash"]), sender=sender, nonce=sent["nonce"],
+                   block_number=receipt["blockNumber"], gas_used=receipt["gasUsed"], gas_price_wei=price,
+                   fee_wei=receipt["gasUsed"] * price, inclusion_latency_s=included,
+                   confirmation_latency_s=confirmed, resends=resends, events=events)
+
+    def event(self, name: str) -> dict:
+        """Arguments of the first event called `name` (KeyError if the transaction emitted none)."""
+        for event_name, args in self.events:
+            if event_name == name:
+                return args
+        raise KeyError(f"{self.function} emitted no {name} event (emitted: {[n for n, _ in self.events]})")
+
+
+def hex_hash(h: bytes | str) -> str:
+    """A hash as 0x-hex (bytes, HexBytes or a hex string)."""
+    return h if isinstance(h, str) else "0x" + bytes(h).hex()
+
+
 # ---------------------------------------------------------------------------- sending
 
 
@@ -64,10 +148,14 @@ class TxSender:
     when the node says one is too low (another process used the account).
     """
 
-    def __init__(self, w3: Web3, config: ContractConfig):
-        self.w3 = w3
+    def __init__(self, node: ChainNode, config: ContractConfig):
+        if hasattr(node, "eth"):
+            # a web3.py connection (the binding's callers): loaded only by those that have one
+            from contracts.web3node import Web3Node
+            node = Web3Node(node)
+        self.node = node
         self.config = config
-        self.chain_id = w3.eth.chain_id
+        self.chain_id = node.chain_id
         self._nonces: dict[str, int] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -88,7 +176,7 @@ class TxSender:
         with self._lock(address):
             self._nonces.pop(address, None)
 
-    def _broadcast(self, account: LocalAccount, tx: dict, nonce: int | None) -> tuple[int, HexBytes, HexBytes]:
+    def _broadcast(self, account, tx: dict, nonce: int | None) -> tuple[int, bytes, bytes]:
         """Sign `tx` with `nonce` (None: the account's next one) and send it; return (nonce, raw, hash)."""
         address = account.address
         with self._lock(address):
@@ -97,11 +185,11 @@ class TxSender:
                 if use is None:
                     use = self._nonces.get(address)
                     if use is None:
-                        use = self.w3.eth.get_transaction_count(address, "pending")
+                        use = self.node.transaction_count(address, "pending")
                 signed = account.sign_transaction({**tx, "nonce": use, "chainId": self.chain_id})
                 try:
-                    self.w3.eth.send_raw_transaction(signed.raw_transaction)
-                except Web3RPCError as exc:
+                    self.node.send_raw(signed.raw_transaction)
+                except SendRefused as exc:
                     message = str(exc).lower()
                     if "already known" in message or "already imported" in message:
                         pass  # the node has these exact bytes already: sent
@@ -115,24 +203,16 @@ class TxSender:
                 return use, signed.raw_transaction, signed.hash
             raise TransactionTimeout(f"could not find a free nonce for {address} in 5 attempts")
 
-    def _receipt(self, hashes: list[HexBytes]):
+    def _receipt(self, hashes: list[bytes]):
         for h in hashes:
-            try:
-                return self.w3.eth.get_transaction_receipt(h)
-            except TransactionNotFound:
-                continue
+            if (receipt := self.node.receipt(h)) is not None:
+                return receipt
         return None
 
-    def _known(self, tx_hash: HexBytes) -> bool:
-        try:
-            self.w3.eth.get_transaction(tx_hash)
-            return True
-        except TransactionNotFound:
-            return False
-
-    def transact(self, account: LocalAccount, tx: dict, *, function: str,
+    def transact(self, account, tx: dict, *, function: str,
                  estimate: Callable[[dict], int]) -> tuple[Any, float, float, int]:
-        """Send `tx` (to, data, value) from `account`, wait for confirmation.
+        """Send `tx` (to, data, value) from `account` (a Key or an eth_account account), wait for
+        confirmation.
 
         `estimate(tx)` returns the gas limit (and raises ContractRevert for a doomed call).
         Returns (receipt, inclusion latency s, confirmation latency s, resends).
@@ -142,7 +222,7 @@ class TxSender:
         explicit_gas = "gas" in tx
         if not explicit_gas:
             tx["gas"] = estimate(tx)
-        tx["gasPrice"] = cfg.gas_price_wei or self.w3.eth.gas_price
+        tx["gasPrice"] = cfg.gas_price_wei or self.node.gas_price()
         unsigned = {k: v for k, v in tx.items() if k != "from"}
         t0 = time.monotonic()
         nonce, raw, first = self._broadcast(account, unsigned, None)
@@ -152,13 +232,13 @@ class TxSender:
             now = time.monotonic()
             if now - t0 > cfg.receipt_timeout_s:
                 raise TransactionTimeout(f"{function} from {account.address} (nonce {nonce}) not mined "
-                                         f"after {cfg.receipt_timeout_s} s; sent as {[h.hex() for h in hashes]}")
+                                         f"after {cfg.receipt_timeout_s} s; sent as {[hex_hash(h) for h in hashes]}")
             if now - last_action >= cfg.resend_after_s:
                 if resends >= cfg.max_resends:
                     raise TransactionTimeout(f"{function} from {account.address} (nonce {nonce}) not mined "
                                              f"after {resends} resends")
                 resends, last_action = resends + 1, now
-                if self.w3.eth.get_transaction_count(account.address, "latest") > nonce:
+                if self.node.transaction_count(account.address, "latest") > nonce:
                     if (receipt := self._receipt(hashes)) is not None:
                         break
                     # The nonce went to a transaction we never signed: ours can no longer run.
@@ -168,11 +248,11 @@ class TxSender:
                         unsigned["gas"] = estimate(tx)
                     nonce, raw, new = self._broadcast(account, unsigned, None)
                     hashes.append(new)
-                elif not self._known(hashes[-1]):
+                elif self.node.transaction(hashes[-1]) is None:
                     # Dropped by the node: the same bytes again (same hash, cannot run twice).
                     try:
-                        self.w3.eth.send_raw_transaction(raw)
-                    except Web3RPCError as exc:
+                        self.node.send_raw(raw)
+                    except SendRefused as exc:
                         if "nonce too low" not in str(exc).lower() and "already" not in str(exc).lower():
                             raise
                 else:
@@ -185,7 +265,7 @@ class TxSender:
         receipt = self._confirm(receipt, hashes, t0)
         return receipt, included, time.monotonic() - t0, resends
 
-    def _confirm(self, receipt, hashes: list[HexBytes], t0: float):
+    def _confirm(self, receipt, hashes: list[bytes], t0: float):
         """Wait until `confirmations` blocks hold the transaction (the including one counts).
 
         The receipt is re-read on every poll, so a re-org that moves or drops the transaction
@@ -196,10 +276,10 @@ class TxSender:
             return receipt  # the including block is the one confirmation asked for
         while True:
             if time.monotonic() - t0 > self.config.receipt_timeout_s:
-                raise TransactionTimeout(f"transaction {hashes[-1].hex()} not {need} blocks deep after "
+                raise TransactionTimeout(f"transaction {hex_hash(hashes[-1])} not {need} blocks deep after "
                                          f"{self.config.receipt_timeout_s} s")
             fresh = self._receipt(hashes)
-            if fresh is not None and self.w3.eth.block_number - fresh["blockNumber"] + 1 >= need:
+            if fresh is not None and self.node.block_number() - fresh["blockNumber"] + 1 >= need:
                 return fresh
             time.sleep(self.config.poll_interval_s)
 
@@ -210,41 +290,52 @@ class TxSender:
 class ErrorTable:
     """A contract's custom errors, by 4-byte selector, to name a revert.
 
-    ``decode(exc)`` -> (error name, arguments, revert data); ``estimate(w3, tx, function,
+    ``decode(reverted)`` -> (error name, arguments, revert data); ``estimate(node, tx, function,
     margin)`` -> gas limit, or :class:`ContractRevert` naming the error if the call would revert.
     """
 
     def __init__(self, abi: list[dict]):
-        self.by_selector: dict[bytes, tuple[str, list[str], list[str]]] = {}
-        for item in abi:
-            if item["type"] == "error":
-                types = [i["type"] for i in item["inputs"]]
-                sig = f"{item['name']}({','.join(types)})"
-                self.by_selector[function_signature_to_4byte_selector(sig)] = (
-                    item["name"], [i["name"] for i in item["inputs"]], types)
+        self.abi = Abi([item for item in abi if item["type"] == "error"])
 
-    def merged(self, other: "ErrorTable") -> "ErrorTable":
-        """A table that knows the errors of both (a wrapper contract bubbling up another's)."""
-        out = ErrorTable([])
-        out.by_selector = {**self.by_selector, **other.by_selector}
-        return out
-
-    def decode(self, exc: ContractLogicError) -> tuple[str, dict, str]:
-        data = exc.data if isinstance(exc.data, str) else None
+    def decode(self, reverted: CallReverted) -> tuple[str, dict, str]:
+        data = reverted.data
         if not data or len(data) < 10:
-            return type(exc).__name__, {"message": exc.message}, data or "0x"
-        raw = bytes(HexBytes(data))
-        if raw[:4] in self.by_selector:
-            name, names, types = self.by_selector[raw[:4]]
-            values = eth_abi.decode(types, raw[4:])
-            return name, dict(zip(names, values)), data
-        return "Unknown", {"data": data, "message": exc.message}, data
+            return reverted.kind, {"message": reverted.message}, data or "0x"
+        named = self.abi.decode_error(data)
+        if named is not None:
+            return named[0], named[1], data
+        return "Unknown", {"data": data, "message": reverted.message}, data
 
-    def estimate(self, w3: Web3, tx: dict, function: str, margin: float) -> int:
+    def estimate(self, node: ChainNode, tx: dict, function: str, margin: float) -> int:
         """eth_estimateGas × ``margin``; a reverting call raises :class:`ContractRevert`."""
         try:
-            gas = w3.eth.estimate_gas({k: v for k, v in tx.items() if k in ("from", "to", "data", "value")})
-        except ContractLogicError as exc:
+            gas = node.estimate_gas({k: v for k, v in tx.items() if k in ("from", "to", "data", "value")})
+        except CallReverted as exc:
             name, args, data = self.decode(exc)
             raise ContractRevert(function, name, args, data) from None
         return math.ceil(gas * margin)
+
+
+def name_revert(node: ChainNode, errors: ErrorTable, function: str, sender: str, tx: dict,
+                receipt) -> ContractRevert:
+    """Name the error of a transaction that reverted on chain.
+
+    From the node's call trace (debug_traceTransaction, callTracer: exact), else by replaying
+    the call on the parent block's state (exact when no earlier transaction of the same block
+    changed what it reads, and the deadline checks are not within a block interval).
+    """
+    try:
+        data = node.trace_output(receipt["transactionHash"])
+    except Exception:  # debug API not enabled on this node: replay instead
+        data = None
+    if data and len(data) >= 10:
+        name, args, data = errors.decode(CallReverted("reverted", data))
+        return ContractRevert(function, name, args, data, receipt)
+    call = {"from": sender, "to": tx["to"], "data": tx["data"], "value": tx["value"],
+            "gas": receipt["gasUsed"] * 2 + 50_000}
+    try:
+        node.call(call, receipt["blockNumber"] - 1)
+    except CallReverted as exc:
+        name, args, data = errors.decode(exc)
+        return ContractRevert(function, name, args, data, receipt)
+    return ContractRevert(function, "Unknown", {}, "0x", receipt)

@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from chain.keys import to_checksum_address
 from contracts.vouchers import Voucher, VoucherError, sign_voucher, voucher_signer
 
 
@@ -170,9 +171,9 @@ class PayeeLanes:
     def load(self, ues: list[str]) -> None:
         """The channels of ``ues`` as the chain holds them ``confirmations`` blocks below the head
         (a lab whose set-up is in its genesis has no events for them), then events from there."""
-        head = self.trade.w3.eth.block_number
+        head = self.trade.block_number()
         final = max(0, head - self.confirmations + 1)
-        me = self.trade.w3.to_checksum_address(self.me)
+        me = to_checksum_address(self.me)
         for ue in ues:
             ch = self.trade.channel(ue, block=final)
             if ch is None:
@@ -191,7 +192,7 @@ class PayeeLanes:
 
     def watch(self) -> None:
         """Read the channel events that are ``confirmations`` deep and not read yet."""
-        head = self.trade.w3.eth.block_number
+        head = self.trade.block_number()
         final = head - self.confirmations + 1
         if final <= self.scanned:
             return
@@ -224,7 +225,7 @@ class PayeeLanes:
                     lane["redeemed"] = max(lane["redeemed"], int(ev["cumulative"]))
             self.scanned = final
         for ue in settled:          # a settled lane's next generation starts from nothing
-            lane = self.trade.lane(ue, self.trade.w3.to_checksum_address(self.me))
+            lane = self.trade.lane(ue, to_checksum_address(self.me))
             with self.lock:
                 self.facts[ue]["generation"] = lane.generation
                 self.lanes[ue] = {"earned": 0, "voucher": None, "nonce": 0, "redeemed": 0, "pending": {}}

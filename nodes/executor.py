@@ -65,21 +65,17 @@ class Executor:
 
     def __init__(self, lab_path: Path, name: str, key: str, dishonest: bool = False, lazy: bool = False,
                  stall_s: float = 0.0):
-        from contracts.binding import TradingContract
-        from contracts.txsender import TxSender
-        from eth_account import Account
+        from contracts.light import LightTrade
         from scenario import units
         from scenario.runinfo import LabInfo
-        from web3 import HTTPProvider, Web3
 
         self.info = LabInfo.load(lab_path, wait_s=300)
         self.scn = self.info.scenario_obj()
         self.name = name
         self.me = self.info.servers[name]
-        self.key = Key(key)                      # signs its answers, receipts and API calls
+        self.key = Key(key)              # signs its answers, receipts, API calls and transactions
         self.api = ApiClient(self.info.api_url, signer=name, key=self.key)
-        self.account = Account.from_key(key)     # signs its transactions
-        if self.account.address.lower() != self.me.address.lower():
+        if self.key.address.lower() != self.me.address.lower():
             raise SystemExit(f"{name}: the key is not {name}'s account")
         self.dishonest = dishonest or name in self.scn.lab.dishonest
         self.lazy = lazy              # fault injection: a true hash chain of one iteration, said so
@@ -88,8 +84,7 @@ class Executor:
         self.mapping = units.LiveMapping(self.scn.model, self.scn.lab.mining_cores,
                                          self.scn.lab.host_cores, cal)
         cfg = self.scn.contract
-        w3 = Web3(HTTPProvider(self.info.gateway_url, request_kwargs={"timeout": cfg.rpc_timeout_s}))
-        self.trade = TradingContract(w3, self.info.contract, cfg, sender=TxSender(w3, cfg))
+        self.trade = LightTrade(self.info.gateway_url, self.info.contract, cfg)   # no web3.py: ~40 MB less
         self.cpu = threading.Lock()               # one task at a time
         self.seen: set[tuple[str, int]] = set()   # (ue, task) served or being served
         self.seen_lock = threading.Lock()
@@ -340,7 +335,7 @@ class Executor:
             while attempt < 5 or time.time() < float(task.get("deadline") or 0) + 30:
                 attempt += 1
                 try:
-                    r = self.trade.complete(self.account, ue=task["ue"], task_id=task["task_id"],
+                    r = self.trade.complete(self.key, ue=task["ue"], task_id=task["task_id"],
                                             result_hash=digest)
                     rec.update(complete_gas=r.gas_used, complete_s=time.monotonic() - t0,
                                complete_block=r.block_number, complete_attempts=attempt + 1)
@@ -440,7 +435,7 @@ class Executor:
             if not vouchers:
                 return
             try:
-                r = self.trade.redeem(self.account, vouchers)
+                r = self.trade.redeem(self.key, vouchers)
                 self.lanes.redeemed(vouchers, r)
                 self._log({"event": "redeemed", "vouchers": len(vouchers), "gas": r.gas_used, "tx": r.tx_hash,
                            "wei": sum(v.cumulative for v in vouchers), "block": r.block_number})

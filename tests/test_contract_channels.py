@@ -1,7 +1,8 @@
 """Payment channels of the trading contract on a real node (anvil, London rules): the happy path of
 many tasks on several lanes, attacks (stale, replayed, over-cap, expired, forged and malleated
 vouchers, early closes by either side, a reorganised deposit, racing redemptions, 2**128 amounts,
-re-entrant wallets), every other refusal, the binding's pre-check and the voucher codec.
+re-entrant wallets), every other refusal, the binding's pre-check and the voucher codec; the UE's
+light reader and the MEC executor's light client (contracts.light) against the binding.
 
 Every refusal is checked twice, as in test_contract_trading.py: through gas estimation (nothing is
 sent, no balance moves) and mined with a fixed gas limit (only the sender's fee is spent)."""
@@ -9,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -25,8 +30,12 @@ from contracts.testing import (attacker_call, deploy_attacker, deploy_with_mecs,
 from contracts.vouchers import (Voucher, VoucherError, domain_separator, sign_voucher, typed_data, voucher_digest,
                                 voucher_signer)
 from chain.anvil import AnvilNode
+from chain.keys import Key
+from contracts.light import LightTrade
 
 pytestmark = pytest.mark.chain
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MU = 150_000_000_000_000_000          # wei per Gcycle
 CAP = 10**17                          # wei per lane and generation
@@ -54,7 +63,8 @@ def world(node):
     unregistered (open_channel registers them; ue2 into a separate wallet)."""
     acct = dict(zip(NAMES, node.accounts))
     trade = deploy_with_mecs(node, acct["esp"], CONFIG, [(acct[m], acct[f"{m}_wallet"]) for m in ("mec1", "mec2")])
-    return dict(acct, trade=trade, node=node, w3=node.web3())
+    light = LightTrade(node.rpc_url, trade.address, CONFIG)      # the MEC executor's client, at the end
+    return dict(acct, trade=trade, light=light, node=node, w3=node.web3())
 
 
 @pytest.fixture
@@ -62,6 +72,7 @@ def w(world):
     """The world, rolled back after each test."""
     with rolled_back(world["node"], world["trade"]):
         yield world
+    world["light"].sender.reset_nonces()
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -753,7 +764,7 @@ def test_no_mecs_and_zero_dispute_window_are_refused(w):
     artifact = load_artifact("TradingContract")
     data = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"]).constructor(MU, 0).data_in_transaction
     with pytest.raises(ContractRevert) as exc:
-        trade.errors.estimate(w3, {"from": w["esp"].address, "data": data, "value": 0}, "deploy", 1.0)
+        trade.errors.estimate(trade.sender.node, {"from": w["esp"].address, "data": data, "value": 0}, "deploy", 1.0)
     assert exc.value.error == "ZeroDisputeWindow"
 
 
@@ -838,3 +849,152 @@ def test_the_light_reader_reads_what_the_binding_reads(w):
         ContractReader(w["node"].rpc_url, w["stranger"].address).unit_price()
     with pytest.raises(ReadError, match="failed"):
         ContractReader("http://127.0.0.1:9/", trade.address, timeout_s=2).unit_price()
+
+# ---------------------------------------------------------------------------- the MEC executor's light client
+# contracts.light.LightTrade (JSON-RPC, chain.keys, contracts.abi) against the web3 binding: the same
+# transactions leave the same state and events, refusals are named alike, the same logs are read.
+
+XI = 10**8                            # cycles, the service demand of the escrow tests' tasks
+
+
+def key(w, name: str) -> Key:
+    return Key(w[name].key)
+
+
+def both_ways(w, act):
+    """`act(client, signer)` done by the light client, then undone and done by the binding:
+    (light's result, the binding's result), each as `act` returns it."""
+    node, trade, light = w["node"], w["trade"], w["light"]
+    snap = node.snapshot()
+    ours = act(light, lambda name: key(w, name))
+    node.revert(snap)
+    trade.sender.reset_nonces()
+    light.sender.reset_nonces()
+    theirs = act(trade, lambda name: w[name])
+    return ours, theirs
+
+
+def _report(r) -> tuple:
+    """What two reports of the same transaction share (not its hash, fee or latencies)."""
+    return r.function, r.sender, r.nonce, r.block_number, r.gas_used, r.events
+
+
+def test_complete_leaves_the_state_and_events_the_binding_leaves(w):
+    trade, light = w["trade"], w["light"]
+    trade.create_trade(w["ue1"])
+    for task_id, mec in ((1, "mec1"), (2, "mec1"), (3, "mec2")):
+        trade.trading(w["ue1"], mec=w[mec].address, task_id=task_id, data_size_bits=8_000, service_demand_cycles=XI,
+                      execution_time_s=600)
+    ue = w["ue1"].address
+    assert light.escrow(ue, 1) == trade.escrow(ue, 1) and light.escrow(ue, 9) == trade.escrow(ue, 9)
+    for filters in ({}, {"ue": ue}, {"ue": ue, "task_id": 2}, {"mec": w["mec2"].address}, {"task_id": 7},
+                    {"from_block": trade.reports[-1].block_number}):
+        assert light.opened_escrows(**filters) == trade.opened_escrows(**filters), filters
+    assert len(light.opened_escrows(ue=ue)) == 3 and light.opened_escrows(ue=ue, task_id=2)[0]["taskId"] == 2
+    digest = hashlib.sha256(b"result").digest()
+
+    def complete(client, signer):
+        r = client.complete(signer("mec1"), ue=ue, task_id=1, result_hash=digest)
+        return _report(r), client.escrow(ue, 1), trade.balance(), trade.paid_escrows(ue=ue)
+
+    ours, theirs = both_ways(w, complete)
+    assert ours == theirs
+    assert ours[0][5][0][0] == "EscrowPaid" and ours[0][5][0][1]["resultHash"] == digest
+    assert ours[1].state.name == "PAID"
+    assert light.reports[-1].fee_wei == light.reports[-1].gas_used * light.reports[-1].gas_price_wei > 0
+
+
+def test_a_refused_complete_is_named_alike_at_estimation_and_on_chain(w):
+    trade, light = w["trade"], w["light"]
+    ue = w["ue1"].address
+    trade.create_trade(w["ue1"])
+    trade.trading(w["ue1"], mec=w["mec1"].address, task_id=1, data_size_bits=8_000, service_demand_cycles=XI,
+                  execution_time_s=600)
+    digest = b"\x01" * 32
+    for gas in (None, GAS):
+        kw = {} if gas is None else {"gas": gas}
+        errors = []
+        for client, signer in ((light, key(w, "mec2")), (trade, w["mec2"])):
+            with pytest.raises(ContractRevert) as exc:
+                client.complete(signer, ue=ue, task_id=1, result_hash=digest, **kw)
+            errors.append((exc.value.error, exc.value.error_args, exc.value.receipt is None))
+        assert errors[0] == errors[1] and errors[0][:2] == ("NotTaskMec", {"caller": w["mec2"].address}) \
+            and errors[0][2] == (gas is None), errors
+    with pytest.raises(ValueError, match="result_hash must be 32 bytes"):
+        light.complete(key(w, "mec1"), ue=ue, task_id=1, result_hash=b"short")
+    with pytest.raises(ValueError, match="ue must be"):
+        light.complete(key(w, "mec1"), ue="0x12", task_id=1, result_hash=digest)
+
+
+def test_redeem_leaves_the_state_and_events_the_binding_leaves_and_the_logs_read_alike(w):
+    trade, light = w["trade"], w["light"]
+    open_(w, "ue1")
+    open_(w, "ue2")
+    batch = [voucher(w, "ue1", cumulative=2 * PHI, nonce=2), voucher(w, "ue2", cumulative=PHI, nonce=1)]
+
+    def redeem(client, signer):
+        r = client.redeem(signer("mec1"), batch)
+        lanes = [client.lane(w[u].address, w["mec1"].address) for u in ("ue1", "ue2")]
+        return _report(r), lanes, [client.channel(w[u].address) for u in ("ue1", "ue2")], trade.balance()
+
+    ours, theirs = both_ways(w, redeem)
+    assert ours == theirs
+    assert [name for name, _ in ours[0][5]] == ["VoucherRedeemed", "VoucherRedeemed"]
+    assert ours[1][0].redeemed_wei == 2 * PHI
+    trade.close_lane(w["ue2"], mec=w["mec2"].address)
+    trade.redeem(w["mec1"], [voucher(w, "ue1", cumulative=3 * PHI, nonce=3)])
+    head = light.block_number()
+    assert head == trade.block_number()
+    for filters in ({}, {"ue": w["ue1"].address}, {"mec": w["mec1"].address}, {"mec": w["mec2"].address},
+                    {"ue": w["ue2"].address, "mec": w["mec2"].address}, {"from_block": head, "to_block": head},
+                    {"from_block": head - 1, "to_block": "latest"}):
+        assert light.channel_events(**filters) == trade.channel_events(**filters), filters
+    assert {e["event"] for e in light.channel_events()} == {"ChannelOpened", "VoucherRedeemed", "LaneClosing"}
+
+
+def test_a_bad_voucher_batch_is_named_as_the_binding_names_it_and_nothing_is_sent(w):
+    trade, light = w["trade"], w["light"]
+    open_(w, "ue1")
+    open_(w, "ue2")
+    trade.redeem(w["mec1"], [voucher(w, cumulative=2 * PHI, nonce=2)])
+    good, stale = voucher(w, "ue2", cumulative=PHI), voucher(w, cumulative=PHI, nonce=1)
+    v3, v4 = voucher(w, cumulative=3 * PHI, nonce=3), voucher(w, cumulative=4 * PHI, nonce=4)
+    nonce = w["node"].web3().eth.get_transaction_count(w["mec1"].address)
+    for who, batch, expected in [("mec1", [good, stale], ("StaleVoucher", 1)), ("mec1", [good, v4, v3], ("StaleVoucher", 2)),
+                                 ("stranger", [good], ("UnknownMec", None))]:
+        named = []
+        for client, signer in ((light, key(w, who)), (trade, w[who])):
+            with pytest.raises(ContractRevert) as exc:
+                client.redeem(signer, batch)
+            named.append((exc.value.error, exc.value.error_args, exc.value.receipt))
+        assert named[0] == named[1], named
+        assert (named[0][0], named[0][1].get("voucher_index")) == expected and named[0][2] is None
+    assert w["node"].web3().eth.get_transaction_count(w["mec1"].address) == nonce
+    with pytest.raises(ValueError, match="empty"):
+        light.redeem(key(w, "mec1"), [])
+    r = light.redeem(key(w, "mec1"), [good, v3, v4])                   # in order, all three pay
+    assert r.event("VoucherRedeemed")["ue"] == w["ue2"].address
+    assert trade.lane(w["ue1"].address, w["mec1"].address).redeemed_wei == 4 * PHI
+
+
+def test_the_executor_and_its_chain_client_load_no_eth_stack(world, tmp_path):
+    """nodes.executor, nodes.channels and the light client, built and used against anvil (a
+    read, the head, the channel events, PayeeLanes), leave web3.py, eth_account, eth_abi,
+    eth_utils, eth_keys and hexbytes out of the process: the weight issue 21 measured per MEC."""
+    code = (
+        "import sys\n"
+        "import nodes.executor, nodes.channels\n"
+        "from contracts.light import LightTrade\n"
+        "from contracts.config import ContractConfig\n"
+        f"trade = LightTrade({world['node'].rpc_url!r}, {world['trade'].address!r}, ContractConfig())\n"
+        "assert trade.unit_price() > 0 and trade.block_number() > 0\n"
+        "trade.channel_events(from_block=0, to_block=trade.block_number())\n"
+        f"lanes = nodes.channels.PayeeLanes(trade, {world['mec1'].address!r}, confirmations=1,\n"
+        f"    log={str(tmp_path / 'vouchers.jsonl')!r}, chain_id=trade.sender.chain_id, expiry_margin_s=60)\n"
+        "lanes.load([]); lanes.watch()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "               ('web3', 'eth_account', 'eth_abi', 'eth_utils', 'eth_keys', 'hexbytes'))\n"
+        "assert not heavy, heavy\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stderr

@@ -40,6 +40,26 @@ def test_addresses_and_signatures_are_eth_accounts_bytes():
     assert "0x" not in repr(Key(bytes(31) + b"\x01"))[5:] and "Key(0x" in repr(Key(bytes(31) + b"\x01"))
 
 
+def test_signed_transactions_are_eth_accounts_bytes():
+    """Legacy (EIP-155) transactions as TxSender sends them: with and without data and value, a
+    contract creation (no `to`), large and zero fields, chain ids of one byte and several."""
+    rng = random.Random(11)
+    to = "0x" + rng.randbytes(20).hex()
+    cases = [dict(to=eth_checksum(to), value=0, data="0x", gas=21_000, gasPrice=1, nonce=0, chainId=1),
+             dict(to=eth_checksum(to), value=10**18 + 1, data="0x" + rng.randbytes(68).hex(), gas=90_000,
+                  gasPrice=2_000_000_000, nonce=127, chainId=1337),
+             dict(to=to, value=2**128, data=rng.randbytes(4000), gas=3_000_000, gasPrice=2**64, nonce=2**20,
+                  chainId=31337),
+             dict(value=0, data="0x" + rng.randbytes(300).hex(), gas=5_000_000, gasPrice=10**9, nonce=1, chainId=90_001),
+             dict(to=eth_checksum(to), value=0, data="0x00", gas=50_000, gasPrice=0, nonce=128, chainId=2**40)]
+    for i, tx in enumerate(cases):
+        secret = rng.randbytes(32)
+        ours, theirs = Key(secret).sign_transaction(tx), Account.sign_transaction(
+            {**tx, "to": eth_checksum(tx["to"])} if "to" in tx else tx, secret)
+        assert (ours.raw_transaction, ours.hash) == (bytes(theirs.raw_transaction), bytes(theirs.hash)), i
+        assert Account.recover_transaction(ours.raw_transaction) == Key(secret).address
+
+
 def test_malformed_keys_and_signatures_are_refused_by_name():
     key = Key(bytes(31) + b"\x07")
     sig = bytes.fromhex(key.sign_message(b"body")[2:])

@@ -99,7 +99,7 @@ def attacker_call(trade: TradingContract, account: LocalAccount, attacker: Contr
     tx = {"to": attacker.address, "data": attacker.encode_abi(function, args=list(args)), "value": value}
     receipt, *_ = trade.sender.transact(
         account, tx, function=f"attacker.{function}",
-        estimate=lambda t: trade.errors.estimate(trade.w3, t, f"attacker.{function}",
+        estimate=lambda t: trade.errors.estimate(trade.sender.node, t, f"attacker.{function}",
                                                  trade.config.gas_limit_margin))
     assert receipt["status"] == 1, receipt
     return receipt
