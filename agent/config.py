@@ -152,7 +152,6 @@ class ModelConfig(_TomlMixin):
     @property
     def max_execution_s(self) -> float:
         """Longest execution time of eq. (2): largest task, top hash level (s)."""
-        from agent.model import task_gcycles      # the one definition of a task's cycles (lazy: model imports us)
         cycles = task_gcycles(self, self.data_mb_range[1], self.demand_gcycles_range[1])
         return float(cycles) / (self.cpu_ghz - self.cpu_per_mhs * self.hash_levels_mhs[-1])
 
@@ -161,6 +160,19 @@ class ModelConfig(_TomlMixin):
         """Index of the largest level an equal split of the budget allows ("no resource allocation")."""
         share = self.hash_budget_mhs / self.n_servers
         return max(i for i, v in enumerate(self.hash_levels_mhs) if v <= share + 1e-9)
+
+
+def task_gcycles(cfg: ModelConfig, data_mb, demand):
+    """Total Gcycles of task R_u = (d_u, ξ_u, τ_u): the numerator of eq. (2).
+
+    ``cfg.demand_reading == "total"``: ξ_u is "the number of CPU cycles of the task" (the
+    paper's words, Table I in Gcycles), so the task needs ξ_u Gcycles and d_u does not enter.
+    ``"per_mb"``: ξ_u is Gcycles per MB of data, as the product d_u·ξ_u of eq. (2) implies.
+    The one place where the two readings differ: eq. (2), the oracle, the environment, the
+    genetic algorithm and the live testbed's unit conversion all call this (floats here, in the
+    host programs without numpy; arrays through :func:`agent.model.task_gcycles`).
+    """
+    return data_mb * demand if cfg.demand_reading == "per_mb" else demand
 
 
 @dataclass(kw_only=True)

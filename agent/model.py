@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent import config
 from agent.config import ModelConfig
 
 
@@ -27,18 +28,11 @@ def service_cost(unit_price: float, demand):
 
 
 def task_gcycles(cfg: ModelConfig, data_mb, demand):
-    """Total Gcycles of task R_u = (d_u, ξ_u, τ_u): the numerator of eq. (2).
-
-    ``cfg.demand_reading == "total"``: ξ_u is "the number of CPU cycles of the task" (the
-    paper's words, Table I in Gcycles), so the task needs ξ_u Gcycles and d_u does not enter.
-    ``"per_mb"``: ξ_u is Gcycles per MB of data, as the product d_u·ξ_u of eq. (2) implies.
-    The one place where the two readings differ: eq. (2), the oracle, the environment, the
-    genetic algorithm and the live testbed's unit conversion all call this.
-    """
-    demand = np.asarray(demand, dtype=float)
-    if cfg.demand_reading == "per_mb":
-        return np.asarray(data_mb, dtype=float) * demand
-    return demand * np.ones_like(np.asarray(data_mb, dtype=float))
+    """Total Gcycles of task R_u = (d_u, ξ_u, τ_u), the numerator of eq. (2), over arrays: the
+    rule is :func:`agent.config.task_gcycles` (once, numpy-free for the host programs); the
+    result has the broadcast shape of ``data_mb`` and ``demand``."""
+    d, xi = np.asarray(data_mb, dtype=float), np.asarray(demand, dtype=float)
+    return config.task_gcycles(cfg, d, xi) * np.ones(np.broadcast_shapes(d.shape, xi.shape))
 
 
 def task_capacity(cpu_ghz, hash_mhs, cpu_per_mhs: float):

@@ -52,7 +52,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.model import task_gcycles
+from agent.config import task_gcycles
 from chain.keys import Key, recover_message
 from nodes.api_client import ApiClient
 from contracts.txsender import ContractRevert

@@ -55,10 +55,9 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from chain.keys import Key
 from nodes.api_client import ApiClient
+from nodes.rng import TaskRng
 from nodes.wire import Conn, read_exact, read_line, request_digest, request_hash, send_line
 from nodes.work import WorkResult, verify
 
@@ -93,7 +92,7 @@ class UEClient:
         self.reader = ContractReader(self.info.gateway_url, self.info.contract, timeout_s=cfg.rpc_timeout_s)
         self._trade = None                     # (TradingContract, LocalAccount), see _chain
         self._chain_lock = threading.Lock()
-        self.rng = np.random.default_rng([self.scn.seed, self.index])
+        self.rng = TaskRng([self.scn.seed, self.index])   # numpy's default_rng, without numpy
         # The segments a UE re-checks come from the OS's randomness: a server cannot predict them
         # (a seeded draw would follow from lab.json, which every server reads).
         self.check_rng = random.SystemRandom()

@@ -21,6 +21,10 @@ Machine (measured by ``testbed calibrate`` into ``results/calibration.json``, ma
     a task of C Gcycles (eq. (2)'s d_u·ξ_u or ξ_u) -> C · work_scale · 10^9 real cycles
                     = that / cycles_per_iteration iterations of the work kernel,
     with work_scale chosen so that C Gcycles at executor_cores take C / f_m seconds.
+
+numpy is imported by the functions that take arrays (the hash-power mappings), not here: the UE
+clients, twenty processes of a lab, use the money, task and work conversions without it (13 MB
+each, issue 21).
 """
 from __future__ import annotations
 
@@ -31,8 +35,6 @@ import platform
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-
-import numpy as np
 
 TOKEN_WEI = 10**18          # wei per token (1 token = 1 ether on the lab chain)
 CYCLES_PER_GCYCLE = 10**9
@@ -75,7 +77,7 @@ class ChainTask:
         data_bits: d_u in bits (the contract's ``dataSize``).
         service_demand: ξ_u × 10^9, the contract's ``serviceDemand`` (uint64).
         gcycles: the task's computation in model Gcycles (eq. (2)'s numerator, by the
-            scenario's reading of ξ: ``agent.model.task_gcycles``).
+            scenario's reading of ξ: ``agent.config.task_gcycles``).
     """
     data_mb: float
     demand: float
@@ -95,7 +97,7 @@ def kernel_iterations(gcycles: float, iterations_per_gcycle: float) -> int:
 def chain_task(model_cfg, data_mb: float, demand: float, desired_s: float) -> ChainTask:
     """The model's task in chain units. ξ_u is quantized to whole cycles first, so the model's
     price of the returned task and the contract's are the same number (:func:`task_price_wei`)."""
-    from agent.model import task_gcycles
+    from agent.config import task_gcycles
     service_demand = int(round(float(demand) * CYCLES_PER_GCYCLE))
     if not 0 < service_demand <= UINT64_MAX:
         raise ValueError(f"service demand {demand!r} Gcycles does not fit the contract's uint64 cycles")
@@ -145,6 +147,7 @@ class Calibration:
     def hashrate_at(self, cores) -> np.ndarray | float:
         """Expected hash rate (H/s) of one geth miner under a CPU quota of ``cores``: linear
         between the measured points (and 0 at 0), proportional beyond the largest."""
+        import numpy as np
         pts = sorted((p["quota_cores"], p["hashrate_hps"]) for p in self.hashrate_points
                      if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
         if not pts:
@@ -205,6 +208,7 @@ class LiveMapping:
     # hash power
     def miner_cores(self, p_mhs) -> np.ndarray | float:
         """CPU quota (cores) of a miner given p_m MHash/s of the model."""
+        import numpy as np
         return np.asarray(p_mhs, dtype=float) / self.model.hash_budget_mhs * self.mining_cores
 
     def real_hashrate(self, p_mhs) -> np.ndarray | float:
@@ -225,6 +229,7 @@ class LiveMapping:
         """p̂_m: the hash power a miner really did, in the model's MHash/s, from the CPU it
         really used (cores, averaged over a slot from its cgroup's CPU time): the calibrated
         rate at that CPU (hashes per core-second, interpolated) over X (:attr:`hps_per_mhs`)."""
+        import numpy as np
         return np.asarray(self.cal.hashrate_at(np.asarray(cores, dtype=float)), dtype=float) / self.hps_per_mhs
 
     def difficulty(self, network_hash_mhs: float, block_interval_s: float) -> int:
@@ -235,6 +240,7 @@ class LiveMapping:
     def outside_cores(self, hash_mhs: float) -> float:
         """CPU quota (cores) at which one geth miner hashes ``hash_mhs`` model MHash/s: the
         calibration's rate curve inverted (linear between its points, proportional beyond)."""
+        import numpy as np
         target = hash_mhs * self.hps_per_mhs
         pts = sorted((p["quota_cores"], p["hashrate_hps"]) for p in self.cal.hashrate_points
                      if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
@@ -264,6 +270,7 @@ class LiveMapping:
         return gcycles / self.model.cpu_ghz
 
     def as_dict(self) -> dict:
+        import numpy as np
         levels = list(self.model.hash_levels_mhs)
         return {"mining_cores": self.mining_cores, "executor_cores": self.executor_cores,
                 "hash_budget_mhs": self.model.hash_budget_mhs,

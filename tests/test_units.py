@@ -2,6 +2,7 @@
 refused naming both fields; a task of the model costs on chain exactly what the model says."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -142,6 +143,58 @@ def test_programs_on_the_hosts_do_not_load_torch():
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_ue_draws_numpys_task_stream_without_numpy():
+    """nodes.rng.TaskRng is numpy's default_rng([seed, index]) for what a UE draws: every
+    uniform equals numpy's, also after bytes() of any length (numpy's half-word buffer, the
+    C division that draws one word for 0 bytes), for seeds of one and several words."""
+    import random
+    from nodes.rng import TaskRng
+    pick = random.Random(3)
+    for seed in ([7, 1], [0, 0], 5, [2**70 + 11, 3], [2**32, 17, 4, 9, 11]):
+        ours, theirs = TaskRng(seed), np.random.default_rng(seed)
+        for _ in range(400):
+            if pick.random() < 0.3:
+                n = pick.choice([0, 1, 3, 4, 5, 8, 9, 1001, 4_558_955])
+                theirs.bytes(n)
+                assert len(ours.bytes(n)) == n
+            else:
+                low, high = pick.uniform(0, 2), pick.uniform(2, 9)
+                assert ours.uniform(low, high) == theirs.uniform(low, high)
+    assert TaskRng([1, 2]).bytes(64) == TaskRng([1, 2]).bytes(64) != TaskRng([1, 3]).bytes(64)
+
+
+def test_programs_on_the_hosts_do_not_load_numpy():
+    """A UE client (twenty in a lab) and an executor draw, price and size their tasks without
+    numpy (13 MB each, issue 21), with the same figures as the model's numpy functions."""
+    import subprocess
+    import sys
+    code = ("import sys, json, nodes.ue_client, nodes.executor\n"
+            "from scenario.config import load_scenario\n"
+            "from scenario import units\n"
+            "from nodes.rng import TaskRng\n"
+            "s = load_scenario('lab', ['model.demand_reading=\"per_mb\"'])\n"
+            "cal = units.Calibration(**json.loads(sys.argv[1]))\n"
+            "m = units.LiveMapping(s.model, s.lab.mining_cores, s.lab.host_cores, cal)\n"
+            "r = TaskRng([s.seed, 1])\n"
+            "t = units.chain_task(s.model, r.uniform(*s.model.data_mb_range), r.uniform(1, 2), 1.5)\n"
+            "r.bytes(t.data_bytes)\n"
+            "print(json.dumps([t.gcycles, m.kernel_iterations(t.gcycles), units.task_price_wei(s.model, t),\n"
+            "                  sorted({n.split('.')[0] for n in sys.modules} & {'numpy', 'web3', 'torch'})]))\n")
+    cal = _calibration()
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cal))], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    gcycles, iterations, price, heavy = json.loads(out.stdout)
+    assert heavy == []
+    s = load_scenario("lab", ['model.demand_reading="per_mb"'])
+    rng = np.random.default_rng([s.seed, 1])
+    d, xi = rng.uniform(*s.model.data_mb_range), rng.uniform(1, 2)
+    task = units.chain_task(s.model, d, xi, 1.5)
+    assert gcycles == float(model.task_gcycles(s.model, task.data_mb, task.demand)) == task.gcycles
+    assert iterations == units.LiveMapping(s.model, s.lab.mining_cores, s.lab.host_cores, cal).kernel_iterations(gcycles)
+    assert price == units.task_price_wei(s.model, task)
 
 
 @pytest.mark.parametrize("overrides, names", [
