@@ -7,6 +7,7 @@ raise the same :class:`ConfigError`, and the command line catches one type.
 from __future__ import annotations
 
 from typing import Any
+import math
 
 
 class ConfigError(ValueError):
@@ -33,5 +34,4 @@ def is_int(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     """A finite int or float that is not a bool."""
-    import math
     return (is_int(value) or isinstance(value, float)) and math.isfinite(value)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Callable, Protocol
 
 import psutil
+import re
 
 
 class ProcessError(RuntimeError):
@@ -344,7 +345,6 @@ def tcp_ready(host: str, port: int) -> ReadyCheck:
 
 def log_ready(pattern: str) -> ReadyCheck:
     """Ready once the process's log matches the regular expression ``pattern``."""
-    import re
     rx = re.compile(pattern)
 
     def check(proc: ManagedProcess) -> bool:

@@ -24,6 +24,7 @@ from chain.accounts import ChainAccounts
 from chain.config import ChainConfig
 from chain.geth import WALLET_APIS, BudgetError, GethError, GethNode, default_launcher
 from base.processes import Launcher
+from concurrent.futures import ThreadPoolExecutor
 
 LONDON_FORKS = ("homesteadBlock", "eip150Block", "eip155Block", "eip158Block", "byzantiumBlock",
                 "constantinopleBlock", "petersburgBlock", "istanbulBlock", "muirGlacierBlock",
@@ -208,7 +209,6 @@ class Chain:
         if self.gateway is not None:     # started last: it may dial every miner at once
             jobs.append((self.gateway, [nd.enode for nd in self.nodes]))
         # geth init is a short CPU-bound process per node: run them side by side
-        from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(lambda job: job[0].init(self.genesis_path, job[1]), jobs))
         self.timings["init_s"] = time.monotonic() - t0

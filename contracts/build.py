@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+import re
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS_DIR = ROOT / "contracts"
@@ -172,6 +173,5 @@ def build(check: bool = False, solcjs: Path = SOLCJS, out: Path = BUILD_DIR) -> 
 
 def _contract_names(src: Path) -> list[str]:
     """Names declared with `contract X` in a source (for --check without compiling)."""
-    import re
     return re.findall(r"^\s*contract\s+(\w+)", src.read_text(), flags=re.MULTILINE)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from chain.keys import is_address, is_checksummed, to_checksum_address
 from contracts.abi import Abi
+from contracts.build import load_artifact
 
 __all__ = ["EscrowState", "Escrow", "Channel", "Lane", "LANE_CLOSED", "ContractReader", "ReadError", "RpcRefused",
            "check_address", "check_uint"]
@@ -134,7 +135,6 @@ class ContractReader:
 
     def __init__(self, url: str, address: str, *, timeout_s: float = 10.0, abi: list | None = None):
         if abi is None:
-            from contracts.build import load_artifact
             abi = load_artifact("TradingContract")["abi"]
         self.url, self.address, self.timeout_s = url, to_checksum_address(address), timeout_s
         self.abi = Abi(abi)

@@ -7,6 +7,8 @@
 import argparse
 import os
 import sys
+import logging
+from controller import settings
 
 DEFAULT_APPS = ["controller.l2_switch"]
 
@@ -18,9 +20,7 @@ def main(argv=None) -> int:
     ap.add_argument("--app", action="append", help="os-ken app module (repeatable)")
     ap.add_argument("--lab-config", default=None, help="the lab run's controller settings (JSON)")
     args = ap.parse_args(argv)
-    import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from controller import settings
     settings.set_path(args.lab_config)
     if args.lab_config:
         try:

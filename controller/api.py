@@ -37,6 +37,11 @@ from typing import Any, Callable
 
 from chain.keys import recover_message
 from controller.state import Assignment, LabState, Refused, Report
+from urllib.parse import parse_qs
+from nodes.wire import ack_bytes
+from nodes.wire import receipt_bytes
+from nodes.work import WorkResult, verify_from
+from scenario.units import kernel_iterations
 
 MAX_BODY = 64 * 1024
 MAX_LATENCY_S = 86_400.0          # a report's measured latency: a day at most
@@ -118,7 +123,6 @@ class Api:
         if method == "GET" and parts == ["reputation"]:
             return 200, self.state.reputation()
         if method == "GET" and parts == ["reports"]:
-            from urllib.parse import parse_qs
             since = number(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["0"])[0], "since", 0)
             return 200, self.state.reports_since(since)
         if method == "GET" and parts == [] and self.page is not None:
@@ -197,7 +201,6 @@ class Api:
         return 200, {"ue": t.ue, "task_id": t.task_id}
 
     def get_assignment(self, ue: str, environ) -> tuple[int, Any]:
-        from urllib.parse import parse_qs
         q = parse_qs(environ.get("QUERY_STRING", ""))
         try:
             task_id = int(q["task"][0])
@@ -215,8 +218,6 @@ class Api:
         (its signature over the UE, the task, h_0 and the result's digest), then the result
         against the iteration count of the announced task and the segment the UE names (with
         segment 0 from h_0). The claim counts only if the result fails; else Refused."""
-        from nodes.wire import receipt_bytes
-        from nodes.work import WorkResult, verify_from
         if self.work is None:
             raise Refused("this controller cannot check a wrong_result claim (no work conversion configured)",
                           status=403)
@@ -238,7 +239,6 @@ class Api:
         if signer != self.accounts[r.mec]:
             raise Refused(f"the receipt is not {r.mec}'s: no proof that it returned this result", status=403)
         gcycles = task["demand"] * (task["data_mb"] if self.work["demand_reading"] == "per_mb" else 1.0)
-        from scenario.units import kernel_iterations
         need = kernel_iterations(gcycles, self.work["iterations_per_gcycle"])
         ok, why = verify_from(h0, res, need, picks={segment})
         if ok:
@@ -254,7 +254,6 @@ class Api:
         evidence, or the server turned the task away (a refusal says the request or its payment
         was not good enough: it costs the server the task's revenue, not its reputation). An
         answer that is not the server's own is refused."""
-        from nodes.wire import ack_bytes
         if evidence is None:
             return None
         try:

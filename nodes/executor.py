@@ -58,6 +58,14 @@ from nodes.api_client import ApiClient
 from contracts.txsender import ContractRevert
 from nodes.wire import (Conn, Refusal, ack_bytes, read_exact, read_line, receipt_bytes,  # noqa: F401
                         request_digest, send_line)
+from contracts.light import LightTrade
+from nodes.channels import PayeeLanes
+from nodes.channels import VoucherRefused
+from nodes.wire import request_hash
+from nodes.work import Kernel
+from nodes.work import fabricate
+from scenario import units
+from scenario.runinfo import LabInfo
 
 
 class Executor:
@@ -65,9 +73,6 @@ class Executor:
 
     def __init__(self, lab_path: Path, name: str, key: str, dishonest: bool = False, lazy: bool = False,
                  stall_s: float = 0.0):
-        from contracts.light import LightTrade
-        from scenario import units
-        from scenario.runinfo import LabInfo
 
         self.info = LabInfo.load(lab_path, wait_s=300)
         self.scn = self.info.scenario_obj()
@@ -98,13 +103,11 @@ class Executor:
         self.ue_names = {e.address.lower(): n for n, e in self.info.ues.items()}
         # the work kernel in its own process, alone in the host's CPU group: a task's cycles are
         # the host's f_m (shared with its miner), the executor's own work is not
-        from nodes.work import Kernel
         self.kernel = Kernel(sys.executable)
         self.channel = cfg.payment == "channel"
         self.lanes = None
         self.stopped = threading.Event()
         if self.channel:
-            from nodes.channels import PayeeLanes
             self.lanes = PayeeLanes(self.trade, self.me.address, confirmations=cfg.confirmations,
                                     log=self.out / f"{name}-vouchers.jsonl", chain_id=self.info.chain_id,
                                     expiry_margin_s=cfg.redeem_every_s + 600)
@@ -112,7 +115,6 @@ class Executor:
     # ---- admission ----------------------------------------------------------------------
     def admit(self, raw: bytes) -> dict:
         """Parse and check one request; return the task to run, or raise :class:`Refusal`."""
-        from scenario import units
         try:
             req = json.loads(raw)
             header, sig = req["header"], req["sig"]
@@ -178,9 +180,6 @@ class Executor:
 
     def _admit_voucher(self, req: dict, header: dict, ue: str, task_id: int, data_bytes: int) -> dict:
         """Channel mode: the voucher in the request pays this task (local checks only)."""
-        from nodes.channels import VoucherRefused
-        from nodes.wire import request_hash
-        from scenario import units
         try:
             demand = int(header["demand"])
             if not 0 < demand < 2**64:
@@ -218,7 +217,6 @@ class Executor:
 
     # ---- one connection -------------------------------------------------------------------
     def handle(self, raw_sock: socket.socket, peer) -> None:
-        from nodes.work import fabricate
         sock = Conn(raw_sock)
         t_conn = time.monotonic()
         raw = b""

@@ -60,6 +60,12 @@ from nodes.api_client import ApiClient
 from nodes.rng import TaskRng
 from nodes.wire import Conn, read_exact, read_line, request_digest, request_hash, send_line
 from nodes.work import WorkResult, verify
+from contracts.reads import ContractReader
+from contracts.reads import EscrowState
+from contracts.txsender import TxSender
+from nodes.channels import PayerLanes
+from scenario import units
+from scenario.runinfo import LabInfo
 
 
 class TaskFailed(Exception):
@@ -72,8 +78,6 @@ class TaskFailed(Exception):
 
 class UEClient:
     def __init__(self, lab_path: Path, name: str, key: str, out: Path):
-        from contracts.reads import ContractReader
-        from scenario.runinfo import LabInfo
 
         t_wait = time.monotonic()
         self.info = LabInfo.load(lab_path, wait_s=300)
@@ -96,7 +100,6 @@ class UEClient:
         # The segments a UE re-checks come from the OS's randomness: a server cannot predict them
         # (a seeded draw would follow from lab.json, which every server reads).
         self.check_rng = random.SystemRandom()
-        from scenario import units
         # The iteration count a task needs is the UE's own figure from the ξ_u it paid for, the
         # same conversion as the executors' (the lab's calibration, public): a server that did
         # fewer iterations and says so is caught, not believed.
@@ -133,7 +136,6 @@ class UEClient:
         with self._chain_lock:
             if self._trade is None:
                 from contracts.binding import TradingContract
-                from contracts.txsender import TxSender
                 from eth_account import Account
                 from web3 import HTTPProvider, Web3
                 cfg = self.scn.contract
@@ -180,7 +182,6 @@ class UEClient:
         """One pass over the open escrows no running task owns: paid or refunded -> forgotten;
         none on chain (the payment never mined) once its deadline passed -> forgotten; open past
         its deadline -> refunded. Returns what was done."""
-        from contracts.reads import EscrowState
         done = []
         for task_id, entry in self.open_escrows().items():
             if task_id in self.in_flight:
@@ -222,7 +223,6 @@ class UEClient:
     # ---- controller API -------------------------------------------------------------------
     # ---- one task ---------------------------------------------------------------------------
     def draw(self):
-        from scenario import units
         m = self.scn.model
         d = self.rng.uniform(*m.data_mb_range)
         xi = self.rng.uniform(*m.demand_gcycles_range)
@@ -374,7 +374,6 @@ class UEClient:
         uncles): then the chain knows no escrow for a while, until the payment is mined again.
         The UE keeps looking until its deadline has passed and nothing of its own is pending;
         an escrow that reappears is refunded like any other, so no payment is left behind."""
-        from contracts.reads import EscrowState
         t0 = time.monotonic()
         while True:
             e = self.trade.escrow(self.account.address, task_id)
@@ -459,7 +458,6 @@ class UEClient:
 
     def _run_channel_task(self, task_id: int, task, mec: str, rec: dict, t0: float) -> dict:
         """Steps 3-5 with a payment channel: the voucher travels with the request."""
-        from scenario import units
         price = units.price_wei(self.unit_price, task.service_demand)
         if self.lanes.headroom(mec) < price:
             self.top_up()
@@ -492,7 +490,6 @@ class UEClient:
     def open_channel(self) -> None:
         """Register and deposit in one transaction (``openChannel``), or pick up a channel this
         UE opened before (a restarted client); then its lanes (:class:`PayerLanes`)."""
-        from nodes.channels import PayerLanes
         cfg = self.scn.contract
         self.unit_price = self.reader.unit_price()
         ch = self.reader.channel(self.account.address)

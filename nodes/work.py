@@ -130,7 +130,7 @@ def serve(inp=None, out=None) -> None:
     kernel so (:class:`Kernel`): only this process sits in the host's CPU quota (f_m), while the
     executor's own work (the network, the data's hash, payment checks, reports) does not take a
     task's cycles."""
-    import sys
+    import sys          # lazy: the kernel process (python -m nodes.work) loads only what it computes with
     inp = inp or sys.stdin.buffer
     out = out or sys.stdout.buffer
     while True:
@@ -148,9 +148,9 @@ class Kernel:
     a Mininet host does not see the cgroup file system)."""
 
     def __init__(self, python: str):
-        import ctypes
-        import subprocess
-        import threading
+        import ctypes       # lazy: the kernel process (python -m nodes.work) need not load
+        import subprocess   # lazy: (the same) what only its parent uses
+        import threading    # lazy: (the same)
 
         def die_with_parent():                       # PR_SET_PDEATHSIG = 1, SIGKILL = 9
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)

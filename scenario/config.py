@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from base.errors import ConfigError, is_int, is_number, require
+from agent.config import AGENT_NAMES as AGENTS
+from scenario.units import token_to_wei
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
@@ -249,7 +251,6 @@ class SweepConfig:
     grid: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from agent.config import AGENT_NAMES as AGENTS
         s = "sweep"
         for name in ("scenarios", "readings", "algos", "seeds"):
             if not isinstance(getattr(self, name), list):
@@ -359,7 +360,6 @@ class Scenario:
 
 
 def _unit_price_wei(model: dict) -> int:
-    from scenario.units import token_to_wei
     return token_to_wei(model.get("unit_price", ModelConfig.unit_price))
 
 

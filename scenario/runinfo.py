@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+import time
+from scenario.config import scenario_from_dict
 
 
 @dataclass
@@ -45,7 +47,6 @@ class LabInfo:
     def load(cls, path: Path, wait_s: float = 0.0) -> "LabInfo":
         """Read ``lab.json``, waiting up to ``wait_s`` for the lab to write it (the programs on
         the hosts start while the chain and the contract are still coming up)."""
-        import time
         deadline = time.monotonic() + wait_s
         while not Path(path).exists():
             if time.monotonic() > deadline:
@@ -57,5 +58,4 @@ class LabInfo:
         return cls(**d)
 
     def scenario_obj(self):
-        from scenario.config import scenario_from_dict
         return scenario_from_dict(self.scenario)

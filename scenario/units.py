@@ -35,6 +35,8 @@ import platform
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from agent.config import task_gcycles
+import psutil
 
 TOKEN_WEI = 10**18          # wei per token (1 token = 1 ether on the lab chain)
 CYCLES_PER_GCYCLE = 10**9
@@ -97,7 +99,6 @@ def kernel_iterations(gcycles: float, iterations_per_gcycle: float) -> int:
 def chain_task(model_cfg, data_mb: float, demand: float, desired_s: float) -> ChainTask:
     """The model's task in chain units. ξ_u is quantized to whole cycles first, so the model's
     price of the returned task and the contract's are the same number (:func:`task_price_wei`)."""
-    from agent.config import task_gcycles
     service_demand = int(round(float(demand) * CYCLES_PER_GCYCLE))
     if not 0 < service_demand <= UINT64_MAX:
         raise ValueError(f"service demand {demand!r} Gcycles does not fit the contract's uint64 cycles")
@@ -173,7 +174,6 @@ class Calibration:
 
     @staticmethod
     def machine_info() -> dict:
-        import psutil
         model = ""
         try:
             for line in Path("/proc/cpuinfo").read_text().splitlines():

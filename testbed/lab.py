@@ -47,6 +47,12 @@ from topologies.network import EmulatedNetwork
 from topologies.platform import detect
 from base.processes import ManagedProcess, ProcessGroup, in_container, in_mininet_host, log_ready
 from scenario.runinfo import Endpoint, LabInfo
+from chain.cgroup import CGROUP_ROOT, _v1_dir
+from chain.config import MIN_DIFFICULTY
+from controller.settings import LabSettings
+from nodes.api_client import ApiClient
+from topologies import build_topo
+import psutil
 
 SECRETS_ROOT = Path("/run/mec-lab")
 SERVICE_IP, SERVICE_MAC = "10.0.0.100", "02:00:00:00:0a:64"   # what UEs address (steered)
@@ -97,8 +103,6 @@ def plan_chain(scn: Scenario, mapping: units.LiveMapping, cores: int | None = No
     so the MEC servers' Σp find Σp/H blocks per slot; ``miner`` adds one real miner hashing
     H − P at that difficulty, where the machine has the cores for it. ``none``: the MEC servers
     are the whole chain, one block per ``lab.block_interval_s`` at the starting budgets."""
-    import psutil
-    from chain.config import MIN_DIFFICULTY
     m, lab, outside = scn.model, scn.lab, scn.chain.outside
     plan: dict = {"outside": outside, "hps_per_mhs": mapping.hps_per_mhs}
     if outside == "none":
@@ -136,9 +140,7 @@ def sweep_dead_runs() -> list[str]:
     """Remove what a lab run killed outright (SIGKILL, a crash) left: its secrets folder in
     /run/mec-lab and its cgroups, both named ``<run>-<pid>``, when that pid is gone. A live run's
     (its pid exists) are not touched. Returns what was removed."""
-    import psutil
 
-    from chain.cgroup import CGROUP_ROOT, _v1_dir
 
     def dead(name: str) -> bool:
         pid = name.rsplit("-", 1)[-1]
@@ -240,7 +242,6 @@ class Lab:
         return self
 
     def _start(self) -> None:
-        from topologies import build_topo
         scn = self.scn
         t0 = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -371,7 +372,6 @@ class Lab:
         plan = self.topo.plan
         levels = list(self.scn.model.hash_levels_mhs)
         names = [f"mec{i}" for i in range(1, self.M + 1)]
-        from controller.settings import LabSettings
         LabSettings(
             servers=names, ues=[f"ue{j}" for j in range(1, self.U + 1)],
             accounts={**{f"mec{i}": a.address for i, a in enumerate(self.accounts.mec_servers, 1)},
@@ -404,7 +404,6 @@ class Lab:
     def _tell_controller(self) -> None:
         """Static ARP entries for the service and probe addresses, then the hosts' addresses
         and switch ports to the controller (steering and probes need them)."""
-        from nodes.api_client import ApiClient
         hosts = {}
         for h in self.net.hosts:
             node = self.topo.plan.nodes.get(h.name)
@@ -567,7 +566,6 @@ class Lab:
         CPU quota (f_m): a task's cycles are the host's, shared with its miner; the executor's
         own network and payment checks go to the run's services group (no quota, ahead of
         the hosts when the machine is busy)."""
-        import psutil
         kernels = [c for c in psutil.Process(executor.pid).children(recursive=True)
                    if "nodes.work" in " ".join(c.cmdline())]
         if len(kernels) != 1:

@@ -49,6 +49,8 @@ from gymnasium import spaces
 from testbed.policy import observation, project, to_assignment
 from nodes.api_client import ApiClient
 from scenario.runinfo import LabInfo
+from scenario.units import Calibration, LiveMapping
+from scenario.units import wei_to_token
 
 
 class LiveEnv(gym.Env):
@@ -67,7 +69,6 @@ class LiveEnv(gym.Env):
         self.trade = TradingContract(self.w3, self.lab.contract, self.scn.contract)
         self.servers = list(self.lab.servers)
         self.miner_of = {e.address.lower(): m for m, e in self.lab.servers.items()}
-        from scenario.units import Calibration, LiveMapping
         self.mapping = LiveMapping(c, self.scn.lab.mining_cores, self.scn.lab.host_cores,
                                    Calibration.load(Path(self.lab.calibration)))
         self.action_space = spaces.MultiDiscrete([c.n_users + 1] * c.n_servers + [c.n_levels] * c.n_servers)
@@ -197,7 +198,6 @@ def measured_terms(cfg, mapping, cores, revenue_wei, latency_s):
     miners' CPU (cores) as hash p̂_m (MHash/s), what each server was paid (wei) and the execution
     times of its tasks (s). Returns (the terms, p̂)."""
     from agent.model import utility_terms
-    from scenario.units import wei_to_token
     hash_mhs = np.asarray(mapping.measured_hash_mhs(cores), dtype=float)
     revenue = np.array([wei_to_token(int(w)) for w in np.asarray(revenue_wei).ravel()]).reshape(np.shape(revenue_wei))
     return utility_terms(cfg, hash_mhs, revenue, latency_s), hash_mhs

@@ -27,6 +27,12 @@ from agent import actions
 from agent.baselines import levels_by_reputation
 from agent.model import ObsLayout
 from controller.state import round_robin
+from pathlib import Path
+import json
+import subprocess
+import sys
+from agent.config import AGENT_NAMES as AGENTS
+from base.errors import ConfigError
 
 
 def observation(snap: dict, model_cfg) -> tuple[np.ndarray, list[str]]:
@@ -155,13 +161,11 @@ class AgentPolicy:
 
 def make_policy(scn):
     """The policy named by ``scn.lab.policy`` for the scenario's model."""
-    from base.errors import ConfigError
     name = scn.lab.policy
     if name == "round_robin":
         return RoundRobin(scn.model)
     if name == "greedy":
         return ReputationGreedy(scn.model, scn.lab.reputation_floor)
-    from agent.config import AGENT_NAMES as AGENTS
     from agent.registry import load_agent, make_agent
     if name.startswith("file:"):
         agent = load_agent(scn.path(name[5:]))
@@ -183,12 +187,7 @@ def check_policy(scn) -> str:
     resident) belongs to the policy loop, not to the orchestrator that waits for the run."""
     if scn.lab.policy in ("round_robin", "greedy"):
         return make_policy(scn).name
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    from base.errors import ConfigError
     root = Path(__file__).resolve().parents[1]
     code = ("import json, sys\n"
             "from base.errors import ConfigError\n"

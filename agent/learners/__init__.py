@@ -4,6 +4,7 @@
 no torch; the torch learners load it when first named here or imported from
 ``agent.learners.dqn``."""
 from agent.learners.base import Agent, Transition
+import importlib
 
 __all__ = ["Agent", "Transition", "DDQNAgent", "DQNAgent", "QNetwork", "q_target", "QLearningAgent"]
 
@@ -12,6 +13,5 @@ _LAZY = {"DDQNAgent": "dqn", "DQNAgent": "dqn", "QNetwork": "dqn", "q_target": "
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
         return getattr(importlib.import_module(f"agent.learners.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'agent.learners' has no attribute {name!r}")

@@ -39,6 +39,8 @@ import numpy as np
 
 from agent import model
 from testbed.experiments.live_report import executor_logs, level_at, read_jsonl, write_csv
+import dataclasses
+from scenario.runinfo import LabInfo
 
 TARGET = 0.15             # issue 11: mean task latency and per-miner block share within 15 %
 UTILITY_TARGET = 0.10     # issue 17: utility per slot within 10 % with the model's own H
@@ -47,7 +49,6 @@ UTILITY_TARGET = 0.10     # issue 17: utility per slot within 10 % with the mode
 # ------------------------------------------------------------------------------ the trace
 def load_trace(run_dir: Path) -> dict:
     """What a live run measured, joined per task: executor record + the UE's task draw."""
-    from scenario.runinfo import LabInfo
     run_dir = Path(run_dir)
     raw = json.loads((run_dir / "raw.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -385,7 +386,6 @@ def run(scn, out_dir: Path, run_dir: Path | None = None, slots: int | None = Non
     out_dir = Path(out_dir) / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     if run_dir is None:
-        import dataclasses
         from testbed.experiments import live
         run_dir = out_dir / "live"
         if slots:

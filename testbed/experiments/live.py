@@ -29,6 +29,8 @@ from scenario.config import Scenario
 from testbed.lab import Lab
 from nodes.api_client import ApiClient
 from testbed.policy import check_policy
+from testbed.experiments import trickle
+from tqdm import tqdm
 
 
 def _children(pids: list[int]) -> list[int]:
@@ -100,7 +102,6 @@ class ResourceSampler:
 
 def wait_slots(lab: Lab, slots: int, stop: threading.Event, progress: bool = True) -> None:
     """Wait for the policy loop to run its slots, with a progress bar read from slots.jsonl."""
-    from tqdm import tqdm
     path = lab.run_dir / "slots.jsonl"
     bar = tqdm(total=slots, desc=f"slots ({lab.scn.lab.policy})", unit="slot", disable=not progress)
     done = 0
@@ -306,7 +307,6 @@ def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dic
     try:
         lab.start()
         if scn.lab.trickle_api or scn.lab.trickle_executor:       # the slow-client load test
-            from testbed.experiments import trickle
             result["attack"] = {"api": scn.lab.trickle_api, "per_executor": scn.lab.trickle_executor,
                                 "from": trickle.start(lab)}
         sampler = ResourceSampler(lab).start()
@@ -325,7 +325,6 @@ def run(scn: Scenario, out_dir: Path | None = None, *, cli: bool = False) -> dic
         result["drain"].update(finish_executors(lab, scn.lab.drain_s))
         sampler.stop()
         if "attack" in result:
-            from testbed.experiments import trickle
             result["attack"]["counts"] = trickle.summary(run_dir)
         result["audit"] = audit(lab)
         result["chain"] = chain_record(lab)

@@ -34,6 +34,7 @@ from chain.network import Chain
 from testbed.experiments.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
 from scenario.config import Scenario
 from base.errors import ConfigError
+import psutil
 
 TOLERANCE_PP = 10.0   # issue 5's target: block share within ±10 percentage points
 # geth updates eth_getHashrate every 5 s: a hash share needs two ticks inside the window, so
@@ -132,7 +133,6 @@ def run_mode(mode: str, scn: Scenario, out_dir: Path) -> dict:
 
 
 def _ncpu() -> int:
-    import psutil
     return psutil.cpu_count() or 1
 
 

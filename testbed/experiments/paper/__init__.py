@@ -25,6 +25,8 @@ from typing import Any
 from base.errors import ConfigError
 from testbed.experiments.paper import report
 from testbed.experiments.paper.runner import ENGINES, Job, execute, job
+import csv
+from scenario.config import load_scenario
 
 __all__ = ["run_paper", "run_sweep", "paper_jobs"]
 
@@ -116,7 +118,6 @@ def _with(section_cfg, over: dict[str, Any]):
 
 
 def sweep_jobs(scn, sweep) -> list[Job]:
-    from scenario.config import load_scenario
     scenarios = [(name, load_scenario(name)) for name in sweep.scenarios] or [(scn.name, scn)]
     keys = list(sweep.grid)
     jobs: list[Job] = []
@@ -178,7 +179,6 @@ def run_sweep(scn, out_dir: Path, *, engine: str = "ray", address: str | None = 
         table[cell] = row
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "runs.csv", "w", newline="") as f:
-        import csv
         w = csv.DictWriter(f, fieldnames=["reading"] + report.RUN_FIELDS[3:], extrasaction="ignore")
         w.writeheader()
         for r in sorted(res.rows, key=lambda r: (r["reading"], r["algo"], r["seed"])):

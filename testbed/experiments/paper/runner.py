@@ -36,6 +36,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from base.errors import ConfigError
+from agent.config import LearnerConfig, ModelConfig
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINES = ("ray", "pool")
@@ -107,7 +109,6 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train (if the algorithm learns) then evaluate; one row of results (plain JSON data)."""
     import torch
 
-    from agent.config import LearnerConfig, ModelConfig
     from agent.env import MecChainEnv
     from agent.evaluate import evaluate
     from agent.registry import make_agent
@@ -257,7 +258,6 @@ def execute(jobs: list[Job], out_dir: Path | None = None, *, scenario_digest: st
             engine: str = "ray", workers: int = 2, address: str | None = None, desc: str = "runs") -> Outcome:
     """Run every distinct job once (cheapest first), resuming from ``out_dir/runs.jsonl``, which
     must hold runs of the scenario ``scenario_digest`` only (None: jobs of no scenario)."""
-    from tqdm import tqdm
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     t0 = time.perf_counter()
