@@ -13,7 +13,7 @@
   service at once; two probes in a row without an answer also do; an answer brings it back.
   A server out of service is in ``state.down``: the API refuses to assign it a UE.
 - **Miners**: each miner's hash rate, whether it mines, its head (JSON-RPC on the management
-  network), every few periods.
+  network, :class:`chain.rpc.JsonRpc`, 2 s per call at most), every few periods.
 """
 from __future__ import annotations
 

@@ -354,6 +354,7 @@ def test_the_controller_apps_decide_apply_fall_back_and_survive_a_restart(tmp_pa
 
     from controller.settings import LabSettings
     from nodes.api_client import ApiClient
+    from testbed.lab import CONTROLLER_APPS           # the lab's apps, in the lab's order
 
     keys = {n: Account.create() for n in ("mec1", "mec2", "ue1", "ue2")}
     (tmp_path / "token").write_text(TOKEN)
@@ -376,9 +377,7 @@ def test_the_controller_apps_decide_apply_fall_back_and_survive_a_restart(tmp_pa
         log = open(tmp_path / f"controller-{n}.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "controller", "--listen", "127.0.0.1",
                                  "--port", str(_free_port()), "--lab-config", str(tmp_path / "controller.json"),
-                                 *[a for app in ("controller.l2_switch", "controller.monitor", "controller.steering",
-                                                 "controller.budgets", "controller.journal", "controller.fallback",
-                                                 "controller.api_app") for a in ("--app", app)]],
+                                 *[a for app in CONTROLLER_APPS for a in ("--app", app)]],
                                 cwd=root, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
