@@ -21,9 +21,9 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Sequence
 
+from chain.rpc import RpcRefused
 from contracts.config import ContractConfig
-from contracts.reads import (ContractReader, Escrow, EscrowState, RpcRefused, check_address,
-                             check_uint)
+from contracts.reads import ContractReader, Escrow, EscrowState, check_address, check_uint
 from contracts.txsender import (CallReverted, ContractRevert, ErrorTable, SendRefused, TxReport, TxSender,
                                 hex_hash, name_revert)
 from contracts.vouchers import Voucher
@@ -183,7 +183,7 @@ def _voucher_args(v: Voucher) -> tuple:
 
 class RpcNode:
     """:class:`contracts.txsender.ChainNode` over JSON-RPC: `rpc(method, params)` -> result, raising
-    :class:`contracts.reads.RpcRefused` for the node's error replies (ContractReader.rpc).
+    :class:`chain.rpc.RpcRefused` for the node's error replies (a :class:`chain.rpc.JsonRpc`).
     Receipts and transactions are dicts with int fields; hashes stay 0x-hex."""
 
     def __init__(self, rpc: Callable[[str, list], Any]):

@@ -16,13 +16,11 @@ transaction (a top-up, an escrow); the MEC executor reads and writes through its
 from __future__ import annotations
 
 import enum
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from chain.keys import is_address, is_checksummed, to_checksum_address
+from chain.rpc import JsonRpc, RpcError, RpcRefused
 from contracts.abi import Abi
 from contracts.build import load_artifact
 
@@ -111,16 +109,9 @@ class Lane:
         return "closed" if self.closes_at == LANE_CLOSED else "closing"
 
 
-class ReadError(RuntimeError):
-    """The node did not answer a read, or refused it (its JSON-RPC error is in the message)."""
-
-
-class RpcRefused(ReadError):
-    """The node answered with a JSON-RPC error: ``error`` is its object (code, message, data)."""
-
-    def __init__(self, message: str, error: dict):
-        super().__init__(message)
-        self.error = error
+#: The node did not answer a read, refused it (:class:`chain.rpc.RpcRefused`), or answered
+#: something that is not the function's outputs.
+ReadError = RpcError
 
 
 class ContractReader:
@@ -138,7 +129,8 @@ class ContractReader:
             abi = load_artifact("TradingContract")["abi"]
         self.url, self.address, self.timeout_s = url, to_checksum_address(address), timeout_s
         self.abi = Abi(abi)
-        self._id = 0
+        #: ``rpc(method, params)``: the node's answer (:class:`chain.rpc.JsonRpc`, the one client)
+        self.rpc = JsonRpc(url, timeout_s=timeout_s)
 
     # ------------------------------------------------------------------ the contract's reads
 
@@ -185,19 +177,6 @@ class ContractReader:
         except ValueError:
             raise ReadError(f"{name}: {len(out)} bytes returned, not its outputs "
                             f"(is {self.address} the trading contract?)") from None
-
-    def rpc(self, method: str, params: list) -> Any:
-        self._id += 1
-        body = json.dumps({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}).encode()
-        req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                reply = json.loads(r.read())
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise ReadError(f"{method} to {self.url} failed: {e}") from None
-        if "error" in reply:
-            raise RpcRefused(f"{method} refused by {self.url}: {reply['error']}", reply["error"])
-        return reply["result"]
 
 
 # ---------------------------------------------------------------------------- arguments

@@ -13,14 +13,12 @@
   service at once; two probes in a row without an answer also do; an answer brings it back.
   A server out of service is in ``state.down``: the API refuses to assign it a UE.
 - **Miners**: each miner's hash rate, whether it mines, its head (JSON-RPC on the management
-  network), every few periods.
+  network, :class:`chain.rpc.JsonRpc`, 2 s per call at most), every few periods.
 """
 from __future__ import annotations
 
-import json
 import secrets
 import time
-import urllib.request
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -29,10 +27,12 @@ from os_ken.lib import hub
 from os_ken.lib.packet import ethernet, icmp, ipv4, packet
 from os_ken.ofproto import ofproto_v1_3
 
+from chain.rpc import JsonRpc
 from controller import settings, shared
 from controller.l2_switch import add_flow
 
 MISSES_DOWN = 2
+MINER_RPC_TIMEOUT_S = 2.0     # per call: a miner that hangs delays the next round this much, no more
 
 
 class Monitor(app_manager.OSKenApp):
@@ -43,7 +43,8 @@ class Monitor(app_manager.OSKenApp):
         cfg = settings.lab()
         # without a lab (the smoke demo) the monitor measures every half second, no miners
         self.period = cfg.monitor_period_s if cfg else 0.5
-        self.miners = cfg.miner_rpc if cfg else {}
+        self.miners = {name: JsonRpc(url, timeout_s=MINER_RPC_TIMEOUT_S)
+                       for name, url in (cfg.miner_rpc if cfg else {}).items()}
         self.datapaths: dict[int, object] = {}
         self.echo_sent: dict[int, float] = {}
         self.echo_rtt: dict[int, float] = {}
@@ -202,23 +203,14 @@ class Monitor(app_manager.OSKenApp):
     # ---- miners ----------------------------------------------------------------------------
     def _poll_miners(self):
         out = {}
-        for name, url in self.miners.items():
+        for name, rpc in self.miners.items():
             try:
-                out[name] = {"hashrate_hps": float(_rpc(url, "eth_getHashrate")),
-                             "mining": bool(_rpc(url, "eth_mining")),
-                             "head": int(_rpc(url, "eth_blockNumber"), 16)}
+                out[name] = {"hashrate_hps": float(rpc("eth_getHashrate")),
+                             "mining": bool(rpc("eth_mining")),
+                             "head": int(rpc("eth_blockNumber"), 16)}
             except Exception as e:
                 out[name] = {"error": str(e)}
         st = shared.state()
         with st.lock:
             st.miners.update(out)
 
-
-def _rpc(url: str, method: str):
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": []}).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=2) as r:
-        reply = json.loads(r.read())
-    if "error" in reply:
-        raise RuntimeError(reply["error"])
-    return reply["result"]

@@ -68,3 +68,11 @@ def lab() -> LabSettings | None:
     if _LAB is None and _PATH is not None:
         _LAB = LabSettings.from_dict(json.loads(_PATH.read_text()))
     return _LAB
+
+
+def required(who: str) -> LabSettings:
+    """The lab's settings for a part that has no job without a lab (``who`` names it)."""
+    cfg = lab()
+    if cfg is None:
+        raise RuntimeError(f"{who}: no lab settings (python -m controller --lab-config PATH)")
+    return cfg

@@ -112,7 +112,7 @@ class LabState:
         # tasks a report may be about, and the τ_u a report counts with (never the reporter's)
         self._assigned: dict[str, dict[tuple[str, int], dict]] = {m: {} for m in self.servers}
         self.slots: deque[dict] = deque(maxlen=30)          # the policy's last measured slots (live view)
-        # read at every snapshot, outside the lock: the miners' CPU time so far (lab_app)
+        # read at every snapshot, outside the lock: the miners' CPU time so far (controller.budgets)
         self.probe: Callable[[], dict] | None = None
         # called under the lock after every change a restart must not lose (an assignment, an
         # announced or dropped task): whoever sees the change sees it only once it is on disk

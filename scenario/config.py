@@ -30,7 +30,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from base.errors import ConfigError, is_int, is_number, require
 from agent.config import AGENT_NAMES as AGENTS
@@ -296,6 +296,15 @@ SECTIONS: dict[str, type] = {
 NOT_DIGESTED = ("name", "results_dir", "paper.jobs", "chain.workdir")
 
 
+def _field(data: dict, key: str) -> Any:
+    """``data``'s section or field named ``key`` ("seed", "model", "demo.train_slots")."""
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            raise KeyError(f"no field {key!r} in a scenario")
+        data = data[part]
+    return data
+
+
 def _canonical(value: Any) -> Any:
     """Plain data with tuples as lists and 6.0 as 6 (a TOML file may write either for one number)."""
     if isinstance(value, dict):
@@ -342,16 +351,23 @@ class Scenario:
         """Plain data (for results files): every field of every section."""
         return dataclasses.asdict(self)
 
-    def digest(self) -> str:
+    def digest(self, only: Sequence[str] = ()) -> str:
         """SHA-256 (hex) of the canonical JSON of :meth:`to_dict` (sorted keys), without the
         fields of :data:`NOT_DIGESTED`: every results file records it, and one read back for
         reuse is refused when it differs from the current scenario's, so a changed scenario
         cannot pass as the old one. The same for a scenario loaded again or rebuilt by
-        :func:`scenario_from_dict`."""
+        :func:`scenario_from_dict`.
+
+        ``only``: the sections and fields (``"model"``, ``"seed"``, ``"demo.train_slots"``)
+        that alone decide a thing kept across scenarios (the demo's trained DDQN), as
+        ``{name: value}``; every other field may change without changing the digest."""
         data = self.to_dict()
-        for key in NOT_DIGESTED:
-            section, _, leaf = key.rpartition(".")
-            (data[section] if section else data).pop(leaf)
+        if only:
+            data = {key: _field(data, key) for key in only}
+        else:
+            for key in NOT_DIGESTED:
+                section, _, leaf = key.rpartition(".")
+                (data[section] if section else data).pop(leaf)
         text = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -57,7 +57,10 @@ import psutil
 SECRETS_ROOT = Path("/run/mec-lab")
 SERVICE_IP, SERVICE_MAC = "10.0.0.100", "02:00:00:00:0a:64"   # what UEs address (steered)
 PROBE_IP, PROBE_MAC = "10.0.0.253", "02:00:00:00:0a:fd"       # the monitor's latency probes
-CONTROLLER_APPS = ["controller.l2_switch", "controller.monitor", "controller.steering", "controller.lab_app"]
+# started in this order: the journal restores the state before the API serves it (the budgets
+# go first among the appliers, ahead of the steering flows, wherever they start)
+CONTROLLER_APPS = ["controller.l2_switch", "controller.monitor", "controller.steering", "controller.budgets",
+                   "controller.journal", "controller.fallback", "controller.api_app"]
 CGROUP_PARENT = "mec-lab"
 LAB_MOUNT = "/lab/public"     # inside a UE container: lab.json and the calibration (read-only)
 OUT_MOUNT = "/lab/out"        # inside a UE container: its own output folder (writable)
@@ -440,7 +443,7 @@ class Lab:
         below their quotas. Inside a host the miner has its quota (p_m's cores) and, with
         ``lab.coupling = "shared"``, the executor's work kernel the rest of the host's,
         ``host_cores`` − the miner's, rewritten with every budget change (the controller's
-        BudgetApplier): a task gets what mining leaves, f_m − κ·p_m as in the model. Two
+        controller.budgets): a task gets what mining leaves, f_m − κ·p_m as in the model. Two
         sibling quotas, not one host quota over both: measured here, a host quota shared by
         weight gave the kernel half of what it left when ten hosts computed at once."""
         lab = self.scn.lab

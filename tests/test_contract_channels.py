@@ -850,6 +850,32 @@ def test_the_light_reader_reads_what_the_binding_reads(w):
     with pytest.raises(ReadError, match="failed"):
         ContractReader("http://127.0.0.1:9/", trade.address, timeout_s=2).unit_price()
 
+def test_the_one_json_rpc_client_answers_refuses_and_gives_up_in_time(w):
+    """chain.rpc.JsonRpc, the one web3-free client (the reader's, the executor's node's, the
+    controller monitor's): a real node's result, its error reply as RpcRefused with the node's
+    error object, and a node that never answers given up after its timeout, as the monitor
+    needs (it polls every miner from its measuring loop)."""
+    import socket
+
+    from chain.rpc import JsonRpc, RpcError, RpcRefused
+    from contracts.reads import ReadError
+    node = JsonRpc(w["node"].rpc_url, timeout_s=5)
+    assert int(node("eth_chainId"), 16) == int(w["node"].rpc("eth_chainId"), 16)
+    assert node("eth_getBlockByNumber", ["latest", False])["number"] == w["node"].rpc("eth_getBlockByNumber",
+                                                                                      "latest", False)["number"]
+    with pytest.raises(RpcRefused, match="no_such_method refused by") as e:
+        node("no_such_method")
+    assert isinstance(e.value.error, dict) and "code" in e.value.error
+    assert issubclass(RpcRefused, ReadError)           # what the contract's readers catch
+    with socket.socket() as mute:                      # accepts, never answers
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        t0 = time.monotonic()
+        with pytest.raises(RpcError, match="eth_blockNumber to .* failed"):
+            JsonRpc(f"http://127.0.0.1:{mute.getsockname()[1]}", timeout_s=0.5)("eth_blockNumber")
+        assert time.monotonic() - t0 < 2.0
+
+
 # ---------------------------------------------------------------------------- the MEC executor's light client
 # contracts.light.LightTrade (JSON-RPC, chain.keys, contracts.abi) against the web3 binding: the same
 # transactions leave the same state and events, refusals are named alike, the same logs are read.

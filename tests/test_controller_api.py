@@ -335,3 +335,90 @@ def test_the_one_api_client_calls_as_the_operator_or_as_a_signed_host(api):
     assert "ue2" not in operator.state()["pending"]
     with pytest.raises(ValueError, match="exactly one"):
         ApiClient(url, TOKEN, signer="ue1", key=api.keys["ue1"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_controller_apps_decide_apply_fall_back_and_survive_a_restart(tmp_path):
+    """The lab's os-ken apps in a real ``python -m controller`` process, without a network: the
+    API app puts a policy's assignment in force (the budgets app answers, its miners' cgroups
+    absent here), the fallback app decides round-robin after 1.5 slots of silence, both are
+    logged in budgets.jsonl, and after a restart the journal app gives the state back."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from controller.settings import LabSettings
+    from nodes.api_client import ApiClient
+    from testbed.lab import CONTROLLER_APPS           # the lab's apps, in the lab's order
+
+    keys = {n: Account.create() for n in ("mec1", "mec2", "ue1", "ue2")}
+    (tmp_path / "token").write_text(TOKEN)
+    port = _free_port()
+    LabSettings(servers=["mec1", "mec2"], ues=["ue1", "ue2"], accounts={k: a.address for k, a in keys.items()},
+                levels_mhs=[20.0, 40.0], budget_mhs=80.0, levels_cores=[0.1, 0.2], window_s=60.0, slot_s=1.0,
+                equal_level=1, monitor_period_s=0.5, api_host="127.0.0.1", api_port=port,
+                api_read_deadline_s=1.0, api_max_connections=40, api_per_client=8,
+                token_file=str(tmp_path / "token"), budget_log=str(tmp_path / "budgets.jsonl"),
+                state_file=str(tmp_path / "state.json"), task_ranges={k: list(v) for k, v in RANGES.items()},
+                work={"iterations_per_gcycle": ITERATIONS_PER_GCYCLE, "demand_reading": "total"},
+                miners={m: {"host_group": f"no-such-lab-{port}/{m}", "period_us": 100_000, "host_cores": 1.0,
+                            "coupling": "shared"} for m in ("mec1", "mec2")},
+                miner_rpc={}).write(tmp_path / "controller.json")
+    root = Path(__file__).resolve().parents[1]
+    url = f"http://127.0.0.1:{port}"
+    operator = ApiClient(url, TOKEN, timeout_s=5.0)
+
+    def start(n: int):
+        log = open(tmp_path / f"controller-{n}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "controller", "--listen", "127.0.0.1",
+                                 "--port", str(_free_port()), "--lab-config", str(tmp_path / "controller.json"),
+                                 *[a for app in CONTROLLER_APPS for a in ("--app", app)]],
+                                cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return proc, operator.state()
+            except OSError:
+                assert proc.poll() is None, (tmp_path / f"controller-{n}.log").read_text()
+                assert time.monotonic() < deadline, "the API never answered"
+                time.sleep(0.2)
+
+    def announce(ue: str, task_id: int):
+        ApiClient(url, signer=ue, key=keys[ue]).request(
+            "POST", "/task", {"ue": ue, "task_id": task_id, "data_mb": 2.0, "demand": 1.0, "desired_s": 1.0})
+
+    proc, _ = start(1)
+    try:
+        announce("ue1", 1)
+        got = operator.request("PUT", "/assignment", {"slot": 0, "serve": {"mec1": "ue1"},
+                                                       "levels": {"mec1": 1, "mec2": 1}})
+        assert "budgets_applied_s" in got["applied"], got       # the budgets app is the first applier
+        announce("ue2", 2)
+        deadline = time.monotonic() + 5
+        while not (a := operator.state()["assignment"])["fallback"]:
+            assert time.monotonic() < deadline, a
+            time.sleep(0.1)
+        # round-robin from the slot's turn (mec2 first in slot 1), the budget split equally
+        assert a["slot"] == 1 and a["serve"] == {"mec1": None, "mec2": "ue2"}, a
+        assert a["levels"] == {"mec1": 1, "mec2": 1} and a["decided_at"] - got["accepted_at"] >= 1.5, a
+        logged = [json.loads(x) for x in (tmp_path / "budgets.jsonl").read_text().splitlines()]
+        assert [(r["slot"], r["fallback"]) for r in logged[:2]] == [(0, False), (1, True)], logged
+        assert all("budgets_applied_s" in r for r in logged)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    proc, st = start(2)
+    try:
+        assert st["counters"]["restored"] == 1
+        assert st["assignment"]["slot"] >= 1 and {"ue1", "ue2"} <= set(st["pending"])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    log = (tmp_path / "controller-1.log").read_text() + (tmp_path / "controller-2.log").read_text()
+    assert "fallback round-robin" in log and "state restored from" in log
+    assert "Traceback" not in log, log

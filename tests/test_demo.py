@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = chain_overrides(SMALL_LAB + ["model.n_users=3", "model.slot_s=6", "lab.slots=8", "demo.slots=8",
                                      "lab.drain_s=60", "contract.confirmations=1", "demo.train_slots=200"], "virtual")
 
-pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
 
 
 def run_testbed(*args, timeout=900):
@@ -27,6 +26,9 @@ def run_testbed(*args, timeout=900):
                           timeout=timeout)
 
 
+@pytest.mark.network
+@pytest.mark.docker
+@pytest.mark.chain
 def test_demo_then_fidelity(network_ready, no_leftovers, tmp_path):
     passable(tmp_path)
     model = tmp_path / "ddqn.pt"
@@ -71,3 +73,25 @@ def test_demo_then_fidelity(network_ready, no_leftovers, tmp_path):
     assert {r["quantity"] for r in rows} >= {"latency per task (mean, s)", "reputation per server",
                                             "block share per miner", "utility per slot"}
     assert (folder / "fidelity.png").exists() and "Fidelity" in (folder / "fidelity.md").read_text()
+
+
+def test_the_saved_ddqn_is_reused_only_by_what_would_train_the_same_one(tmp_path):
+    """The demo's DDQN file is keyed by the digest of what trains it (model, learner, seed,
+    demo.train_slots): a scenario that differs elsewhere (the lab) reuses it, a changed learner
+    setting misses it and trains its own, and so does another seed or training length."""
+    from scenario.config import load_scenario
+    from testbed.experiments.demo import model_path, resolve
+    base = [f"results_dir='{tmp_path}'", "model.n_servers=3", "model.n_users=4", "demo.train_slots=150"]
+    scn = load_scenario(None, base)
+    trained: dict = {}
+    policy = resolve(scn, "ddqn", trained)
+    assert trained["slots"] == 150 and policy == f"file:{model_path(scn)}" and model_path(scn).exists()
+    again: dict = {}
+    assert resolve(load_scenario(None, base + ["lab.slots=3", "lab.policy='greedy'"]), "ddqn", again) == policy
+    assert again == {}                                                    # the same training: the saved one
+    changed = load_scenario(None, base + [f"learner.lr={scn.learner.lr * 2}"])
+    retrained: dict = {}
+    assert resolve(changed, "ddqn", retrained) != policy and retrained     # a stale DDQN is never reused
+    assert model_path(changed).exists() and model_path(scn).exists()
+    for other in (["seed=1"], ["demo.train_slots=151"], ["model.unit_price=0.2"]):
+        assert model_path(load_scenario(None, base + other)) != model_path(scn), other

@@ -1,7 +1,8 @@
 """``make demo``: the Double-DQN deciding on the live testbed, beside greedy on the same seed.
 
 1. The DDQN of this scenario's model is read from ``demo.model`` (default
-   ``results/models/ddqn-<digest of [model]>.pt``); when there is none it is trained in
+   ``results/models/ddqn-M<M>-U<U>-<digest>.pt``, the digest of what trains it: the model, the
+   learner, the seed, ``demo.train_slots``); when there is none it is trained in
    simulation first (``demo.train_slots`` slots of :class:`agent.env.MecChainEnv`, the loop of
    :mod:`agent.train`) and saved there, so the next demo starts at once.
 2. The lab is brought up, run for ``demo.slots`` slots (0: ``lab.slots``) with one policy, torn
@@ -20,7 +21,6 @@ Each policy's full live report (tasks.csv, slots.csv, summary.json, ...) is in i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -31,11 +31,18 @@ from testbed.experiments.live_report import read_jsonl
 from testbed.experiments.stats import ci95
 
 
+#: What decides the DDQN :func:`train_in_simulation` makes: the model (its environment), the
+#: learner's hyperparameters, the seed and how long it trains. Its file is named by their digest,
+#: so a saved DDQN is reused only by a scenario that would train the same one.
+TRAINED_BY = ("model", "learner", "seed", "demo.train_slots")
+
+
 def model_path(scn) -> Path:
-    """Where this scenario's DDQN is kept: ``demo.model``, or one file per [model] digest."""
+    """Where this scenario's DDQN is kept: ``demo.model``, or one file per digest of
+    :data:`TRAINED_BY`."""
     if scn.demo.model:
         return scn.path(scn.demo.model)
-    digest = hashlib.sha256(json.dumps(scn.model.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    digest = scn.digest(only=TRAINED_BY)[:12]
     return scn.results_path / "models" / f"ddqn-M{scn.model.n_servers}-U{scn.model.n_users}-{digest}.pt"
 
 
