@@ -360,3 +360,80 @@ def test_the_lower_layers_import_nothing_above_them():
                     if top in project and top not in ok:
                         wrong.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
     assert not wrong, wrong
+
+
+# Libraries a program pays for in memory or start-up time (torch ~500 MB, web3 ~60 MB, numpy
+# 13 MB in the host programs...): an import inside a function that saves one of them is documented by this list.
+HEAVY_LIBRARIES = {"torch", "matplotlib", "ray", "scipy", "web3", "eth_account", "eth_abi", "docker", "mininet",
+                   "websockets", "os_ken", "eventlet", "gymnasium", "stable_baselines3", "numpy"}
+
+
+def _module_file(root: Path, name: str):
+    p = root.joinpath(*name.split("."))
+    return p / "__init__.py" if (p / "__init__.py").exists() else p.with_suffix(".py") if p.with_suffix(".py").exists() else None
+
+
+def _module_level_imports(root: Path, name: str) -> list[str]:
+    """What importing ``name`` imports at once: its module-level import statements (in if/try
+    blocks too) and its parent packages."""
+    import ast
+    f = _module_file(root, name)
+    if f is None:
+        return [name.rsplit(".", 1)[0]] if "." in name else []        # ``from pkg import attr``
+    pkg = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+    out = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+
+    def visit(stmts):
+        for n in stmts:
+            if isinstance(n, ast.Import):
+                out.extend(a.name for a in n.names)
+            elif isinstance(n, ast.ImportFrom):
+                mod = ".".join(pkg[:len(pkg) - n.level + 1] + [n.module or ""]).strip(".") if n.level else n.module
+                out.extend([mod] + [f"{mod}.{a.name}" for a in n.names])
+            elif isinstance(n, (ast.If, ast.Try, ast.With)):
+                for block in (n.body, getattr(n, "orelse", []), getattr(n, "finalbody", []),
+                              *[h.body for h in getattr(n, "handlers", [])]):
+                    visit(block)
+    visit(ast.parse(f.read_text()).body)
+    return out
+
+
+def test_imports_inside_functions_are_only_the_documented_ones():
+    """Issue 20: an import inside a function is one of (1) a module whose import loads a library
+    of HEAVY_LIBRARIES (worked out from the source, through the project's own modules), so that a
+    program that does not use it does not pay for it; (2) a verb of the one CLI (testbed/cli.py:
+    each verb loads its own experiment); (3) a line that says why with a ``# lazy:`` comment
+    (the kernel process's size, eventlet's patching order). Any other belongs at the top."""
+    import ast
+    root = Path(__file__).resolve().parents[1]
+    project = {"agent", "base", "chain", "contracts", "controller", "nodes", "scenario", "testbed", "topologies"}
+    memo: dict[str, bool] = {}
+
+    def heavy(name: str, seen=frozenset()) -> bool:
+        top = name.split(".")[0]
+        if top in HEAVY_LIBRARIES:
+            return True
+        if top not in project or name in seen:
+            return False
+        if name not in memo:
+            memo[name] = any(heavy(d, seen | {name}) for d in _module_level_imports(root, name))
+        return memo[name]
+
+    undocumented = []
+    for pkg in sorted(project):
+        for path in sorted((root / pkg).rglob("*.py")):
+            lines = path.read_text().split("\n")
+            rel = path.relative_to(root).as_posix()
+            for fn in ast.walk(ast.parse("\n".join(lines))):
+                if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                for n in ast.walk(fn):
+                    if not isinstance(n, (ast.Import, ast.ImportFrom)) or rel == "testbed/cli.py" \
+                            or "# lazy:" in lines[n.lineno - 1]:
+                        continue
+                    names = ([a.name for a in n.names] if isinstance(n, ast.Import) else
+                             [n.module] + [f"{n.module}.{a.name}" for a in n.names])
+                    if not any(heavy(x) for x in names):
+                        undocumented.append(f"{rel}:{n.lineno}: {lines[n.lineno - 1].strip()}")
+    assert heavy("agent.train") and heavy("contracts.binding") and not heavy("scenario.units")   # the rule's own check
+    assert not sorted(set(undocumented)), sorted(set(undocumented))

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from testbed.experiments.live_report import read_jsonl
 from testbed.experiments.stats import ci95
@@ -48,7 +49,6 @@ def model_path(scn) -> Path:
 
 def train_in_simulation(scn, path: Path) -> dict:
     """A fresh DDQN trained on the simulated environment of ``scn.model``, saved to ``path``."""
-    from tqdm import tqdm
 
     from agent.env import MecChainEnv
     from agent.registry import make_agent
