@@ -69,10 +69,10 @@ def test_a_missing_tool_is_refused_by_name_and_a_complete_server_passes(tmp_path
         pytest.fail("Open vSwitch is not running: `make setup` starts it")
     checks = check_servers(here, timeout_s=10)
     assert checks["here"].ok and abs(checks["here"].clock_offset_s) < 0.5
-    # the same machine with a PATH that has the shell, date, ip and ovs-vsctl only
+    # the same machine with a PATH that has the shell, date, ip and the OVS tools only
     bare = tmp_path / "bin"
     bare.mkdir()
-    for tool in ("bash", "date", "ip", "ovs-vsctl"):
+    for tool in ("bash", "date", "ip", "ovs-vsctl", "ovs-appctl"):
         (bare / tool).symlink_to(subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True,
                                                 text=True).stdout.strip())
     monkeypatch.setenv("PATH", str(bare))

@@ -100,7 +100,9 @@ def _probe_script(tools: tuple[str, ...], tun: bool) -> str:
     lines = [f"command -v {shlex.quote(t)} >/dev/null 2>&1 || echo 'missing {t}'" for t in tools]
     if "ovs-vsctl" in tools:
         lines.append("command -v ovs-vsctl >/dev/null 2>&1 && { ovs-vsctl --timeout=3 show >/dev/null 2>&1 "
-                     "|| echo 'problem Open vSwitch does not answer (ovs-ctl start)'; }")
+                     "|| echo 'problem Open vSwitch does not answer (ovs-ctl start)'; "
+                     "ovs-appctl --timeout=3 -t ovs-vswitchd version >/dev/null 2>&1 "
+                     "|| echo 'problem ovs-vswitchd does not run (switches would never forward)'; }")
     if tun:
         lines.append("[ -c /dev/net/tun ] || echo 'problem no TUN device /dev/net/tun (needed by ssh links)'")
     lines.append("echo clock $(date +%s.%N)")
@@ -190,6 +192,15 @@ class ClusterNode(RemoteMixin):
             cmd = [*ssh, *cmd]
         params.update(preexec_fn=self._ignoreSignal)
         return super(RemoteMixin, self)._popen(cmd, **params)
+
+
+    def rcmd(self, *cmd, **opts):
+        """Run a command on the node's server, root namespace; its output (stdout and stderr)
+        as text. Mininet's own concatenates bytes to text (PyPI's mininet 2.3.0.dev6), and asks
+        for a terminal (``-tt``), which adds carriage returns: a one-shot command needs none."""
+        opts.setdefault("tt", False)
+        out, _ = self.rpopen(*cmd, **opts).communicate()
+        return out.decode(errors="replace") if isinstance(out, bytes) else out
 
 
 class ClusterHost(ClusterNode, Host):
@@ -311,7 +322,7 @@ class SshLink(_ClusterLink):
             out = node.rcmd(f"ip tuntap add dev {tap} mode tap")
             if out.strip():
                 raise self._fail(node, f"TAP {tap}", out)
-        ssh = [a for a in self.ssh_of[node2.server] if a != "-q"]
+        ssh = self.ssh_of[node2.server]   # -q: no notice may come before the "@"
         cmd = [*ssh[:-1], "-n", "-o", "Tunnel=Ethernet", "-w", f"{n}:{n}", ssh[-1], "echo @"]
         self.cmd = cmd
         tunnel = node1.rpopen(cmd, sudo=False)
@@ -323,7 +334,7 @@ class SshLink(_ClusterLink):
         for node, intf, mac in ((node1, intfname1, addr1), (node2, intfname2, addr2)):
             if node.inNamespace and not self.moveIntf(tap, node):
                 raise self._fail(node, f"moving {tap}", "")
-            out = node.cmd(f"ip link set {tap} name {intf} mtu {self.mtu}" + (f" address {mac}" if mac else "")
+            out = node.cmd(f"ip link set {tap} down && ip link set {tap} name {intf} mtu {self.mtu}" + (f" address {mac}" if mac else "")
                            + f" && ip link set {intf} up")
             if out.strip():
                 raise self._fail(node, f"renaming {tap} to {intf}", out)
