@@ -4,10 +4,12 @@
 over ssh between two servers is `make cluster-check` (scripts/cluster-check.sh)."""
 import os
 import subprocess
+import time
 
 import pytest
 
-from topologies.cluster import VXLAN_OVERHEAD, ClusterError, check_servers, judge, vxlan_commands
+from topologies.cluster import (VXLAN_OVERHEAD, ClusterError, check_servers, judge, leaks, snapshot,
+                                vxlan_commands)
 from topologies.config import ClusterConfig, ServerSpec
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -84,6 +86,28 @@ def test_a_missing_tool_is_refused_by_name_and_a_complete_server_passes(tmp_path
 def test_a_skewed_clock_is_refused():
     ok = judge("b", 0, "clock 1000.40\n", "", 999.9, 1000.1, 1.0)
     assert ok.ok and ok.clock_offset_s == pytest.approx(0.4) and ok.rtt_s == pytest.approx(0.2)
+    assert judge("b", 0, "clock 1001.05\n", "", 999.9, 1000.1, 1.0).ok     # 1.05 s +- 0.1 s: maybe 0.95
     late = judge("b", 0, "missing docker\nclock 1001.60\n", "", 999.9, 1000.1, 1.0)
     assert late.problems == ["docker missing", "clock off by +1.60 s (more than 1 s: run chrony or another "
                              "NTP client on every server)"]
+
+
+def test_the_leftover_snapshot_sees_a_veth_and_a_namespace_left_behind():
+    here, cluster = ServerSpec(name="here", address="localhost"), _cluster()
+    name = f"mec-lk{os.getpid() % 100000}"
+    before = snapshot(here, cluster)
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "30"])   # a process in a namespace of its own
+    try:
+        subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], check=True)
+        deadline = time.monotonic() + 5
+        while (ns := os.readlink(f"/proc/{holder.pid}/ns/net")) == os.readlink("/proc/self/ns/net") \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = leaks(before, snapshot(here, cluster))
+        assert name in left["veth"] and ns in left["netns"]
+    finally:
+        holder.kill()
+        holder.wait()
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+    left = leaks(before, snapshot(here, cluster))
+    assert name not in left.get("veth", []) and ns not in left.get("netns", [])

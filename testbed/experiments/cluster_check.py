@@ -47,12 +47,6 @@ def _loss(out: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _connected(sw) -> bool:
-    out = sw.cmd(f"ovs-vsctl --timeout=3 --bare get Controller "
-                 f"$(ovs-vsctl --timeout=3 --bare get Bridge {sw.name} controller) is_connected")
-    return out.strip().endswith("true")
-
-
 def _refusals(scn: Scenario) -> dict:
     """What the check refuses, by name: a server without Docker (the UE containers' engine),
     a server whose port has no sshd."""
@@ -119,7 +113,7 @@ def run(scn: Scenario, out_dir: Path) -> int:
         connect: dict[str, float | None] = {s.name: None for s in switches}
         while time.monotonic() - started < CONNECT_WITHIN_S + 20 and None in connect.values():
             for s in switches:
-                if connect[s.name] is None and _connected(s):
+                if connect[s.name] is None and s.connected():   # Mininet's: ovs-vsctl there
                     connect[s.name] = round(time.monotonic() - started, 2)
             time.sleep(0.1)
         result["connect_s"] = connect
