@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/.venv/bin:$(CURDIR)/.tools/bin:$(CURDIR)/node_modules/.
 CALIBRATION := results/calibration.json
 
 .PHONY: setup doctor demo smoke test clean help contracts gas paper bench-agent bench-lab mining-check bench-chain \
-        calibrate dag images bare-debian-check
+        calibrate dag images bare-debian-check cluster-check
 
 help:
 	@echo "make setup   install and start everything (idempotent; ~16-22 min first time, ~10 s after)"
@@ -27,6 +27,7 @@ help:
 	@echo "make dag     full ethash DAGs (epochs 0+1, ~25 CPU-min, 2 GiB) for chain.pow_mode=full"
 	@echo "make clean   remove bridges, namespaces, containers left by a crashed run"
 	@echo "make bare-debian-check  the lab VM's set-up and tests in a bare Debian 12 container (~35 min)"
+	@echo "make cluster-check  one network across two Debian 12 containers as servers: VXLAN and ssh links (docs/cluster.md)"
 	@echo "Every target runs \`python -m testbed VERB --scenario NAME\`; SET=\"--set a.b=v\" overrides."
 
 setup:
@@ -61,6 +62,10 @@ calibrate: setup
 
 bare-debian-check: setup
 	bash scripts/bare-debian-check.sh $(BARE_DEBIAN_CHECK_ARGS)
+
+# Two containers as two servers; the network across them from this machine (docs/cluster.md).
+cluster-check: setup
+	bash scripts/cluster-check.sh $(CLUSTER_CHECK_ARGS)
 
 gas: setup
 	$(TB) gas $(SET)

@@ -278,7 +278,7 @@ class SweepConfig:
 from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402
 from contracts.config import ContractConfig  # noqa: E402
 from chain.config import ChainConfig  # noqa: E402
-from topologies.config import NetworkConfig, TopologyConfig  # noqa: E402
+from topologies.config import ClusterConfig, NetworkConfig, TopologyConfig  # noqa: E402
 
 #: Section name -> dataclass. Each class validates its own fields.
 #: The model comes first: the chain's and the contract's linked fields are copied from it, so
@@ -288,6 +288,7 @@ SECTIONS: dict[str, type] = {
     "contract": ContractConfig, "learner": LearnerConfig, "paper": PaperConfig,
     "mining": MiningCheckConfig, "bench_chain": BenchChainConfig, "calibrate": CalibrateConfig,
     "lab": LabConfig, "demo": DemoConfig, "compare": CompareConfig, "sweep": SweepConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -333,6 +334,7 @@ class Scenario:
     demo: DemoConfig = field(default_factory=DemoConfig)          # `make demo`
     compare: CompareConfig = field(default_factory=CompareConfig)  # `testbed compare`
     sweep: SweepConfig = field(default_factory=SweepConfig)       # `testbed sweep`
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # several servers; none = this machine
 
     def __post_init__(self):
         require(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
@@ -353,7 +355,9 @@ class Scenario:
 
     def digest(self, only: Sequence[str] = ()) -> str:
         """SHA-256 (hex) of the canonical JSON of :meth:`to_dict` (sorted keys), without the
-        fields of :data:`NOT_DIGESTED`: every results file records it, and one read back for
+        fields of :data:`NOT_DIGESTED` (and without ``[cluster]`` when it lists no servers, so a
+        scenario of one machine keeps the digest it had before the table existed): every results
+        file records it, and one read back for
         reuse is refused when it differs from the current scenario's, so a changed scenario
         cannot pass as the old one. The same for a scenario loaded again or rebuilt by
         :func:`scenario_from_dict`.
@@ -365,6 +369,8 @@ class Scenario:
         if only:
             data = {key: _field(data, key) for key in only}
         else:
+            if not self.cluster.enabled:   # one machine, as before the [cluster] table: the same digest
+                data.pop("cluster")
             for key in NOT_DIGESTED:
                 section, _, leaf = key.rpartition(".")
                 (data[section] if section else data).pop(leaf)

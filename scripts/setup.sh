@@ -22,6 +22,7 @@ mkdir -p "$STAMPS" "$TOOLS/bin"
 APT_PACKAGES=(
   mininet openvswitch-switch iproute2 ethtool iperf3 iputils-ping net-tools
   docker.io mmdebstrap cgroup-tools psmisc procps
+  openssh-client               # the cluster's servers are reached over ssh (topologies/cluster.py, docs/cluster.md)
   python3-venv python3-dev build-essential git curl ca-certificates
   chromium                     # headless, for the live view's test (tests/test_live_view.py)
 )

@@ -18,6 +18,7 @@ then the ``--set`` overrides); the Makefile targets call these verbs. ``python -
     gas               gas of every contract call beside the paper's Table III
     mining-check      do miners win blocks in proportion to their hash budget?
     bench-chain WHICH chain start-up, hash-budget change, full DAG
+    cluster-check     one network across the [cluster] servers: controller, tunnels, ping, teardown
     calibrate         measure this machine: hash rate per core, the work kernel's cycles
     build-contracts   compile the contracts (--check: stale artifacts are an error)
     build-images      build the Docker images offline from Debian packages
@@ -190,6 +191,13 @@ def cmd_mining_check(scn: Scenario, args) -> int:
     return 0
 
 
+def cmd_cluster_check(scn: Scenario, args) -> int:
+    _need_root("cluster-check")
+    from testbed.experiments import cluster_check
+    return cluster_check.run(scn, _out(scn, args, "cluster-check", time.strftime("%Y%m%d-%H%M%S-")
+                                       + scn.cluster.link))
+
+
 def cmd_bench_chain(scn: Scenario, args) -> int:
     from testbed.experiments import chain_bench
     if args.which != "dag":
@@ -295,6 +303,9 @@ VERBS: dict[str, Verb] = {
                     lambda p: (p.add_argument("which", choices=["startup", "budget", "dag"]),
                                p.add_argument("--generate", action="store_true",
                                               help="dag: (re)generate the full DAGs"))),
+    "cluster-check": (cmd_cluster_check, None, "one network across the [cluster] servers (make cluster-check "
+                      "makes two as containers): pre-start check, controller, tunnels, ping, teardown -> "
+                      "results/cluster-check/", None),
     "calibrate": (cmd_calibrate, None, "measure hash rate per core and the work kernel -> results/calibration.json", None),
     "build-contracts": (cmd_build_contracts, None, "compile the Solidity contracts into contracts/build/",
                         lambda p: p.add_argument("--check", action="store_true",

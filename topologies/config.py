@@ -17,7 +17,8 @@ and the topology's plan says so in its ``notes`` (no run is refused for it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 
 from base.errors import is_int, is_number, require
 
@@ -132,3 +133,124 @@ class NetworkConfig:
                 self.ping_count)
         require(is_number(self.iperf_seconds) and self.iperf_seconds > 0, "network.iperf_seconds",
                 "> 0", self.iperf_seconds)
+
+
+LINK_KINDS = ("vxlan", "ssh")
+PLACEMENTS = ("bins", "round_robin")
+
+
+@dataclass(kw_only=True)
+class ServerSpec:
+    """One server of a cluster: how the orchestrator reaches it over ssh (as root: Mininet's
+    nodes create namespaces, veths and bridges there). ``address`` is also the underlay
+    address the VXLAN tunnels use; ``"localhost"`` is the orchestrator's own machine (no ssh)."""
+    name: str
+    address: str
+    user: str = "root"
+    port: int = 22
+
+    def check(self, where: str) -> None:
+        require(isinstance(self.name, str) and self.name.replace("-", "").replace("_", "").isalnum(),
+                f"{where}.name", "a name of letters, digits, '-' or '_'", self.name)
+        require(isinstance(self.address, str) and self.address.strip() != "" and " " not in self.address,
+                f"{where}.address", "a host name or an IP address", self.address)
+        require(isinstance(self.user, str) and self.user.strip() != "", f"{where}.user", "a user name",
+                self.user)
+        require(is_int(self.port) and 1 <= self.port <= 65535, f"{where}.port", "a TCP port", self.port)
+
+
+@dataclass(kw_only=True)
+class ClusterConfig:
+    """The ``[cluster]`` table: one emulated network across several servers (Mininet's cluster
+    edition, ``topologies/cluster.py``; docs/cluster.md). No servers (the default) is one
+    machine, everything as before::
+
+        [cluster]
+        controller_address = "192.168.50.1"   # the os-ken controller, routable from every server
+        link = "vxlan"                        # links between servers: "vxlan" or "ssh" (TUN)
+        placement = "bins"                    # MEC sites over the servers: "bins" or "round_robin"
+        [[cluster.servers]]
+        name = "a"
+        address = "192.168.50.11"
+        [[cluster.servers]]
+        name = "b"
+        address = "192.168.50.12"
+        port = 2222
+
+    Placement (:func:`topologies.placement.place`): each MEC server's host, its access switch
+    and the UEs on that switch stay on one server; the hub (backhaul/core switch, ``gw1``,
+    ``lab0``, the management bridge) is on ``hub``; only backhaul links cross servers.
+    """
+    servers: tuple = ()                 # ServerSpec each (a TOML array of tables)
+    controller_address: str = ""        # IPv4 of the controller, reachable from every server
+    link: str = "vxlan"                 # cross-server links: "vxlan" (UDP, kernel) or "ssh" (TUN)
+    placement: str = "bins"             # sites in contiguous bins per server, or dealt round robin
+    hub: str = ""                       # server of the hub switches, gw1 and lab0; "" = the first
+    pin: dict = field(default_factory=dict)   # MEC server -> server name, before the placement rule
+    vxlan_port: int = 4789              # UDP port of the VXLAN tunnels (IANA's)
+    vni_base: int = 4200                # the first link's VXLAN network identifier; one per link
+    underlay_mtu: int = 1500            # MTU of the servers' network; tunnel MTU = this - 50
+    ssh_key: str = ""                   # private key for ssh; "" = ssh's default
+    known_hosts: str = ""               # known_hosts file; "" = ssh's default
+    max_clock_skew_s: float = 1.0       # refuse a server whose clock is further off than this
+
+    def __post_init__(self):
+        c = "cluster"
+        require(isinstance(self.servers, (list, tuple)), f"{c}.servers",
+                "an array of tables [[cluster.servers]]", self.servers)
+        specs = []
+        for k, s in enumerate(self.servers):
+            where = f"{c}.servers[{k}]"
+            if isinstance(s, dict):
+                unknown = sorted(set(s) - {"name", "address", "user", "port"})
+                require(not unknown and "name" in s and "address" in s, where,
+                        "a table with name, address and optionally user, port", s)
+                s = ServerSpec(**s)
+            require(isinstance(s, ServerSpec), where, "a table with name and address", s)
+            s.check(where)
+            specs.append(s)
+        self.servers = tuple(specs)
+        names = [s.name for s in specs]
+        require(len(set(names)) == len(names), f"{c}.servers", "servers with different names", names)
+        require(self.link in LINK_KINDS, f"{c}.link", f"one of {', '.join(LINK_KINDS)}", self.link)
+        require(self.placement in PLACEMENTS, f"{c}.placement", f"one of {', '.join(PLACEMENTS)}",
+                self.placement)
+        require(isinstance(self.hub, str) and (self.hub == "" or self.hub in names), f"{c}.hub",
+                f"\"\" or a server's name ({', '.join(names) or 'no servers'})", self.hub)
+        require(isinstance(self.pin, dict) and all(isinstance(v, str) and v in names for v in self.pin.values()),
+                f"{c}.pin", f"a table of MEC server = server name ({', '.join(names) or 'no servers'})",
+                self.pin)
+        require(is_int(self.vxlan_port) and 1 <= self.vxlan_port <= 65535, f"{c}.vxlan_port", "a UDP port",
+                self.vxlan_port)
+        require(is_int(self.vni_base) and 1 <= self.vni_base < 2 ** 24 - 65536, f"{c}.vni_base",
+                "an integer in [1, 2^24 - 65536) (24-bit VNIs, one per link)", self.vni_base)
+        require(is_int(self.underlay_mtu) and 1280 <= self.underlay_mtu <= 65535, f"{c}.underlay_mtu",
+                "an integer in [1280, 65535]", self.underlay_mtu)
+        for name in ("ssh_key", "known_hosts"):
+            require(isinstance(getattr(self, name), str), f"{c}.{name}", "a path or \"\"", getattr(self, name))
+        require(is_number(self.max_clock_skew_s) and 0 < self.max_clock_skew_s <= 60, f"{c}.max_clock_skew_s",
+                "in (0, 60] s", self.max_clock_skew_s)
+        if specs:
+            require(_routable_ipv4(self.controller_address), f"{c}.controller_address",
+                    "an IPv4 address the servers can reach (not loopback, not unset) when servers are listed",
+                    self.controller_address)
+
+    @property
+    def enabled(self) -> bool:
+        """More than this machine: servers are listed."""
+        return bool(self.servers)
+
+    @property
+    def hub_server(self) -> str:
+        return self.hub or (self.servers[0].name if self.servers else "")
+
+    def server(self, name: str) -> ServerSpec:
+        return next(s for s in self.servers if s.name == name)
+
+
+def _routable_ipv4(text) -> bool:
+    try:
+        ip = ipaddress.IPv4Address(text)
+    except (ValueError, TypeError):
+        return False
+    return not (ip.is_loopback or ip.is_unspecified or ip.is_multicast)

@@ -58,7 +58,7 @@ class _Pending:
         self.future = future
 
 
-class _ListeningController(RemoteController):
+class ListeningController(RemoteController):
     """The os-ken controller, already started and checked listening by :class:`EmulatedNetwork`.
     Mininet's own check (``telnet`` to the port) reads the controller's binary OpenFlow HELLO
     as UTF-8 text and fails at random on its transaction id, so it is skipped."""
@@ -282,7 +282,7 @@ class EmulatedNetwork:
         self.net = _LabMininet(topo=self.topo, switch=DataSwitch, link=ShapedLink, controller=None,
                                autoSetMacs=True, build=False, waitConnected=False,
                                datapath=self.datapath)
-        self.net.addController(_ListeningController("c0", ip=self.cfg.controller_ip,
+        self.net.addController(ListeningController("c0", ip=self.cfg.controller_ip,
                                                 port=self.cfg.controller_port))
         self.net.build()
         t = self._lap("build_s", t)       # hosts (containers included) and links

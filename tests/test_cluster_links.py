@@ -1,0 +1,113 @@
+"""The cluster's real parts that need no second server (issue 22): a VXLAN link made by
+:func:`topologies.cluster.vxlan_commands` between two network namespaces joined by a veth
+"underlay", and the pre-start check refusing a server, named, for what is missing. The check
+over ssh between two servers is `make cluster-check` (scripts/cluster-check.sh)."""
+import os
+import subprocess
+import time
+
+import pytest
+
+from topologies.cluster import (VXLAN_OVERHEAD, ClusterError, check_servers, judge, leaks, snapshot,
+                                vxlan_commands)
+from topologies.config import ClusterConfig, ServerSpec
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+def _sh(ns, script, check=True):
+    r = subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", script], capture_output=True, text=True, timeout=30)
+    if check and r.returncode:
+        raise AssertionError(f"{ns}: {script}: {r.stdout}{r.stderr}")
+    return r
+
+
+@pytest.fixture
+def two_servers():
+    """Two namespaces as two servers, a veth pair between them as their network (MTU 1500)."""
+    names = [f"mec-vx{k}-{os.getpid()}" for k in "ab"]
+    try:
+        for ns in names:
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        _sh(names[0], f"ip link add u0 type veth peer name u0 netns {names[1]}")
+        for k, ns in enumerate(names, start=1):
+            _sh(ns, f"ip link set lo up && ip addr add 192.0.2.{k}/24 dev u0 && ip link set u0 up")
+        yield names
+    finally:
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not any(ns in left for ns in names)
+
+
+def test_a_vxlan_link_carries_full_sized_frames_between_two_servers(two_servers):
+    a, b = two_servers
+    mtu = 1500 - VXLAN_OVERHEAD
+    for ns, own, other, addr in ((a, "192.0.2.1", "192.0.2.2", "10.99.0.1"), (b, "192.0.2.2", "192.0.2.1", "10.99.0.2")):
+        _sh(ns, " && ".join(vxlan_commands("s1-eth9", 4242, own, other, mtu=mtu)))
+        _sh(ns, f"ip addr add {addr}/24 dev s1-eth9")
+    out = _sh(a, "ip -d link show s1-eth9").stdout
+    assert "vxlan id 4242 remote 192.0.2.2 local 192.0.2.1" in out and f"mtu {mtu}" in out and "dstport 4789" in out
+    ping = _sh(a, "ping -n -q -c 3 -i 0.2 -W 2 10.99.0.2").stdout
+    assert " 0% packet loss" in ping
+    # a full frame at the tunnel's MTU (ICMP payload = MTU - IPv4 20 - ICMP 8), never fragmented
+    assert " 0% packet loss" in _sh(a, f"ping -n -q -c 2 -i 0.2 -W 2 -M do -s {mtu - 28} 10.99.0.2").stdout
+    assert _sh(a, f"ping -n -q -c 1 -W 1 -M do -s {mtu - 27} 10.99.0.2", check=False).returncode != 0
+
+
+def _cluster(*servers, **kw):
+    return ClusterConfig(servers=list(servers), controller_address="192.0.2.1", **kw)
+
+
+def test_an_unreachable_server_is_refused_by_name():
+    cluster = _cluster(ServerSpec(name="far", address="127.0.0.2", port=1))
+    with pytest.raises(ClusterError, match=r"server far: unreachable over ssh \(exit 255"):
+        check_servers(cluster, timeout_s=10)
+
+
+def test_a_missing_tool_is_refused_by_name_and_a_complete_server_passes(tmp_path, monkeypatch):
+    here = _cluster(ServerSpec(name="here", address="localhost"))
+    if subprocess.run(["ovs-vsctl", "--timeout=3", "show"], capture_output=True).returncode:
+        pytest.fail("Open vSwitch is not running: `make setup` starts it")
+    checks = check_servers(here, timeout_s=10)
+    assert checks["here"].ok and abs(checks["here"].clock_offset_s) < 0.5
+    # the same machine with a PATH that has the shell, date, ip and the OVS tools only
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("bash", "date", "ip", "ovs-vsctl", "ovs-appctl"):
+        (bare / tool).symlink_to(subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True,
+                                                text=True).stdout.strip())
+    monkeypatch.setenv("PATH", str(bare))
+    with pytest.raises(ClusterError, match=r"server here: mnexec missing, docker missing$"):
+        check_servers(here, timeout_s=10)
+    assert check_servers(here, containers=False, raise_error=False)["here"].problems == ["mnexec missing"]
+
+
+def test_a_skewed_clock_is_refused():
+    ok = judge("b", 0, "clock 1000.40\n", "", 999.9, 1000.1, 1.0)
+    assert ok.ok and ok.clock_offset_s == pytest.approx(0.4) and ok.rtt_s == pytest.approx(0.2)
+    assert judge("b", 0, "clock 1001.05\n", "", 999.9, 1000.1, 1.0).ok     # 1.05 s +- 0.1 s: maybe 0.95
+    late = judge("b", 0, "missing docker\nclock 1001.60\n", "", 999.9, 1000.1, 1.0)
+    assert late.problems == ["docker missing", "clock off by +1.60 s (more than 1 s: run chrony or another "
+                             "NTP client on every server)"]
+
+
+def test_the_leftover_snapshot_sees_a_veth_and_a_namespace_left_behind():
+    here, cluster = ServerSpec(name="here", address="localhost"), _cluster()
+    name = f"mec-lk{os.getpid() % 100000}"
+    before = snapshot(here, cluster)
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "30"])   # a process in a namespace of its own
+    try:
+        subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], check=True)
+        deadline = time.monotonic() + 5
+        while (ns := os.readlink(f"/proc/{holder.pid}/ns/net")) == os.readlink("/proc/self/ns/net") \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = leaks(before, snapshot(here, cluster))
+        assert name in left["veth"] and ns in left["netns"]
+    finally:
+        holder.kill()
+        holder.wait()
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+    left = leaks(before, snapshot(here, cluster))
+    assert name not in left.get("veth", []) and ns not in left.get("netns", [])
