@@ -6,8 +6,8 @@ raise the same :class:`ConfigError`, and the command line catches one type.
 """
 from __future__ import annotations
 
-from typing import Any
 import math
+from typing import Any
 
 
 class ConfigError(ValueError):

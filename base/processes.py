@@ -22,6 +22,7 @@ neither touched nor counted; see :mod:`testbed.leftovers`).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import IO, Callable, Protocol
 
 import psutil
-import re
 
 
 class ProcessError(RuntimeError):

@@ -17,6 +17,7 @@ import json
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +25,6 @@ from chain.accounts import ChainAccounts
 from chain.config import ChainConfig
 from chain.geth import WALLET_APIS, BudgetError, GethError, GethNode, default_launcher
 from base.processes import Launcher
-from concurrent.futures import ThreadPoolExecutor
 
 LONDON_FORKS = ("homesteadBlock", "eip150Block", "eip155Block", "eip158Block", "byzantiumBlock",
                 "constantinopleBlock", "petersburgBlock", "istanbulBlock", "muirGlacierBlock",

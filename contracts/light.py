@@ -23,9 +23,9 @@ from typing import Any, Callable, Sequence
 
 from chain.rpc import RpcRefused
 from contracts.config import ContractConfig
+from contracts.node import CallReverted, SendRefused
 from contracts.reads import ContractReader, Escrow, EscrowState, check_address, check_uint
-from contracts.txsender import (CallReverted, ContractRevert, ErrorTable, SendRefused, TxReport, TxSender,
-                                hex_hash, name_revert)
+from contracts.txsender import ContractRevert, ErrorTable, TxReport, TxSender, hex_hash, name_revert
 from contracts.vouchers import Voucher
 
 __all__ = ["LightTrade", "RpcNode", "TradeWriter", "CHANNEL_EVENTS", "LANE_EVENTS", "BATCH_ERRORS"]

@@ -9,7 +9,7 @@ eth_account account: the same bytes) and sent with ``eth_sendRawTransaction``; a
         account, {"to": addr, "data": data, "value": 0}, function="trading",
         estimate=lambda tx: errors.estimate(node, tx, "trading", config.gas_limit_margin))
 
-The node is a :class:`ChainNode`: :class:`contracts.web3node.Web3Node` over a web3.py connection
+The node is a :class:`contracts.node.ChainNode`: :class:`contracts.web3node.Web3Node` over a web3.py connection
 (a ``Web3`` given to TxSender is wrapped in one), :class:`contracts.light.RpcNode` over plain
 JSON-RPC for a program that must not load web3.py (the MEC executor). This module loads neither.
 
@@ -30,10 +30,11 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from contracts.abi import Abi
 from contracts.config import ContractConfig
+from contracts.node import CallReverted, ChainNode, SendRefused  # noqa: F401  (the sender's node interface, re-exported)
 
 
 class ContractRevert(Exception):
@@ -52,38 +53,6 @@ class ContractRevert(Exception):
 
 class TransactionTimeout(Exception):
     """A transaction did not confirm within the configured time or number of resends."""
-
-
-class SendRefused(RuntimeError):
-    """The node refused a raw transaction (its message: "nonce too low", "already known", ...)."""
-
-
-class CallReverted(Exception):
-    """The node refused a call or a gas estimate because the contract reverted.
-
-    ``data``: the revert data (0x-hex), None if the node gave none; ``kind``: what web3.py would
-    call the error (the name of a revert without data).
-    """
-
-    def __init__(self, message: str, data: str | None, kind: str = "ContractLogicError"):
-        super().__init__(message)
-        self.message, self.data, self.kind = message, data, kind
-
-
-class ChainNode(Protocol):
-    """What sending and naming a revert need of a node. Hashes are bytes; receipts and
-    transactions are mappings with int fields (blockNumber, gasUsed, status, nonce, gasPrice, ...)."""
-    chain_id: int
-
-    def gas_price(self) -> int: ...
-    def transaction_count(self, address: str, block: str) -> int: ...
-    def send_raw(self, raw: bytes) -> None: ...                       # SendRefused
-    def receipt(self, tx_hash: bytes) -> Any | None: ...
-    def transaction(self, tx_hash: bytes) -> Any | None: ...
-    def block_number(self) -> int: ...
-    def estimate_gas(self, tx: dict) -> int: ...                      # CallReverted
-    def call(self, tx: dict, block: int | str) -> bytes: ...          # CallReverted
-    def trace_output(self, tx_hash: bytes) -> str | None: ...         # None: no debug API
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
-from contracts.txsender import CallReverted, SendRefused
+from contracts.node import CallReverted, SendRefused
 
 
 class Web3Node:

@@ -5,9 +5,10 @@
                          [--lab-config RUN/controller.json]
 """
 import argparse
+import logging
 import os
 import sys
-import logging
+
 from controller import settings
 
 DEFAULT_APPS = ["controller.l2_switch"]

@@ -34,12 +34,11 @@ import json
 import math
 import time
 from typing import Any, Callable
+from urllib.parse import parse_qs
 
 from chain.keys import recover_message
 from controller.state import Assignment, LabState, Refused, Report
-from urllib.parse import parse_qs
-from nodes.wire import ack_bytes
-from nodes.wire import receipt_bytes
+from nodes.wire import ack_bytes, receipt_bytes
 from nodes.work import WorkResult, verify_from
 from scenario.units import kernel_iterations
 

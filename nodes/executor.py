@@ -54,16 +54,13 @@ from pathlib import Path
 
 from agent.config import task_gcycles
 from chain.keys import Key, recover_message
+from contracts.light import LightTrade
 from nodes.api_client import ApiClient
 from contracts.txsender import ContractRevert
+from nodes.channels import PayeeLanes, VoucherRefused
 from nodes.wire import (Conn, Refusal, ack_bytes, read_exact, read_line, receipt_bytes,  # noqa: F401
-                        request_digest, send_line)
-from contracts.light import LightTrade
-from nodes.channels import PayeeLanes
-from nodes.channels import VoucherRefused
-from nodes.wire import request_hash
-from nodes.work import Kernel
-from nodes.work import fabricate
+                        request_digest, request_hash, send_line)
+from nodes.work import Kernel, fabricate
 from scenario import units
 from scenario.runinfo import LabInfo
 

@@ -56,14 +56,13 @@ import threading
 from pathlib import Path
 
 from chain.keys import Key
+from contracts.reads import ContractReader, EscrowState
+from contracts.txsender import TxSender
 from nodes.api_client import ApiClient
+from nodes.channels import PayerLanes
 from nodes.rng import TaskRng
 from nodes.wire import Conn, read_exact, read_line, request_digest, request_hash, send_line
 from nodes.work import WorkResult, verify
-from contracts.reads import ContractReader
-from contracts.reads import EscrowState
-from contracts.txsender import TxSender
-from nodes.channels import PayerLanes
 from scenario import units
 from scenario.runinfo import LabInfo
 

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from base.errors import ConfigError, is_int, is_number, require
-from agent.config import AGENT_NAMES as AGENTS
 from scenario.units import token_to_wei
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,7 +274,7 @@ class SweepConfig:
 
 
 # Imported here: each part owns its section's dataclass (they import base.errors only).
-from agent.config import LearnerConfig, ModelConfig, PaperConfig  # noqa: E402
+from agent.config import AGENT_NAMES as AGENTS, LearnerConfig, ModelConfig, PaperConfig  # noqa: E402
 from contracts.config import ContractConfig  # noqa: E402
 from chain.config import ChainConfig  # noqa: E402
 from topologies.config import ClusterConfig, NetworkConfig, TopologyConfig  # noqa: E402

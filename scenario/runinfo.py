@@ -8,9 +8,10 @@ its own key file (``--key``), and a UE container sees only its own.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-import time
+
 from scenario.config import scenario_from_dict
 
 

@@ -35,8 +35,10 @@ import platform
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from agent.config import task_gcycles
+
 import psutil
+
+from agent.config import task_gcycles
 
 TOKEN_WEI = 10**18          # wei per token (1 token = 1 ether on the lab chain)
 CYCLES_PER_GCYCLE = 10**9

@@ -35,24 +35,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
+
+from chain.config import MIN_DIFFICULTY
 from contracts.binding import TradingContract
 from contracts.txsender import TxSender
 from chain.accounts import DEV_MNEMONIC, ChainAccounts
-from chain.cgroup import CpuQuota, executor_cores
+from chain.cgroup import CGROUP_ROOT, CpuQuota, _v1_dir, executor_cores
 from chain.network import Chain
+from controller.settings import LabSettings
+from nodes.api_client import ApiClient
 from scenario import units
 from base.errors import ConfigError
 from scenario.config import ROOT, Scenario
+from topologies import build_topo
 from topologies.network import EmulatedNetwork
 from topologies.platform import detect
 from base.processes import ManagedProcess, ProcessGroup, in_container, in_mininet_host, log_ready
 from scenario.runinfo import Endpoint, LabInfo
-from chain.cgroup import CGROUP_ROOT, _v1_dir
-from chain.config import MIN_DIFFICULTY
-from controller.settings import LabSettings
-from nodes.api_client import ApiClient
-from topologies import build_topo
-import psutil
 
 SECRETS_ROOT = Path("/run/mec-lab")
 SERVICE_IP, SERVICE_MAC = "10.0.0.100", "02:00:00:00:0a:64"   # what UEs address (steered)

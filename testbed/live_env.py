@@ -46,11 +46,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from scenario.units import Calibration, LiveMapping, wei_to_token
 from testbed.policy import observation, project, to_assignment
 from nodes.api_client import ApiClient
 from scenario.runinfo import LabInfo
-from scenario.units import Calibration, LiveMapping
-from scenario.units import wei_to_token
 
 
 class LiveEnv(gym.Env):

@@ -21,18 +21,19 @@ projection is returned in ``info`` so the run can log it.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from agent import actions
 from agent.baselines import levels_by_reputation
-from agent.model import ObsLayout
-from controller.state import round_robin
-from pathlib import Path
-import json
-import subprocess
-import sys
 from agent.config import AGENT_NAMES as AGENTS
+from agent.model import ObsLayout
 from base.errors import ConfigError
+from controller.state import round_robin
 
 
 def observation(snap: dict, model_cfg) -> tuple[np.ndarray, list[str]]:

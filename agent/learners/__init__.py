@@ -3,8 +3,9 @@
 ``agent.learners.base`` (the :class:`Agent` interface the baselines and the oracle share) loads
 no torch; the torch learners load it when first named here or imported from
 ``agent.learners.dqn``."""
-from agent.learners.base import Agent, Transition
 import importlib
+
+from agent.learners.base import Agent, Transition
 
 __all__ = ["Agent", "Transition", "DDQNAgent", "DQNAgent", "QNetwork", "q_target", "QLearningAgent"]
 

@@ -31,6 +31,7 @@ comparison. Results in ``results/fidelity/<stamp>/``: ``fidelity.json``, ``quant
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,9 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from agent import model
-from testbed.experiments.live_report import executor_logs, level_at, read_jsonl, write_csv
-import dataclasses
 from scenario.runinfo import LabInfo
+from testbed.experiments.live_report import executor_logs, level_at, read_jsonl, write_csv
 
 TARGET = 0.15             # issue 11: mean task latency and per-miner block share within 15 %
 UTILITY_TARGET = 0.10     # issue 17: utility per slot within 10 % with the model's own H

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import psutil
+from tqdm import tqdm
 
 from scenario.config import Scenario
+from testbed.experiments import trickle
 from testbed.lab import Lab
 from nodes.api_client import ApiClient
 from testbed.policy import check_policy
-from testbed.experiments import trickle
-from tqdm import tqdm
 
 
 def _children(pids: list[int]) -> list[int]:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 from scipy import stats
 from tqdm import tqdm
 
@@ -34,7 +35,6 @@ from chain.network import Chain
 from testbed.experiments.metrics import ChainMonitor, chain_blocks, clean_json, summarize, write
 from scenario.config import Scenario
 from base.errors import ConfigError
-import psutil
 
 TOLERANCE_PP = 10.0   # issue 5's target: block share within ±10 percentage points
 # geth updates eth_getHashrate every 5 s: a hash share needs two ticks inside the window, so

@@ -15,6 +15,7 @@ holding runs of another scenario is refused.
 """
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import sys
@@ -23,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from base.errors import ConfigError
+from scenario.config import load_scenario
 from testbed.experiments.paper import report
 from testbed.experiments.paper.runner import ENGINES, Job, execute, job
-import csv
-from scenario.config import load_scenario
 
 __all__ = ["run_paper", "run_sweep", "paper_jobs"]
 

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-
-from base.errors import ConfigError
-from agent.config import LearnerConfig, ModelConfig
 from tqdm import tqdm
+
+from agent.config import LearnerConfig, ModelConfig
+from base.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINES = ("ray", "pool")
