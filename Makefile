@@ -49,7 +49,7 @@ $(CALIBRATION): | setup
 
 test: setup $(CALIBRATION)
 	$(TB) build-contracts --check
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 contracts: setup
 	$(TB) build-contracts

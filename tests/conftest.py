@@ -7,8 +7,50 @@ import threading
 import time
 
 import pytest
+from _pytest.nodeid import NodeId
 
 from testbed import leftovers
+
+
+#: Tests that change machine-wide state: OVS, Mininet and Docker (the network and docker marks)
+#: and the ones marked ``machine`` (namespaces, veths, the lab's cgroups).
+MACHINE_MARKS = ("network", "docker", "machine")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs pytest-xdist with two workers (``-n 2 --dist loadgroup``): every test
+    that changes machine-wide state goes to one worker, one at a time in file order (the leftover
+    checks compare namespaces, veths, bridges and cgroups before and after, and the labs share
+    the OVS and Docker names); the tests that touch only their own processes, ports and files
+    run beside them on the other worker. Without ``-n`` the mark does nothing.
+
+    Before the other hooks: the group mark. After them: pytest-xdist 3.8 names a test's group
+    by appending ``@group`` to ``item._nodeid``, which pytest 9 no longer reads (the node id is
+    ``item._id``), so ``--dist loadgroup`` would scatter the group; xdist's name is carried
+    over (a no-op without xdist, or once xdist sets it itself)."""
+    for item in items:
+        if any(item.get_closest_marker(m) for m in MACHINE_MARKS):
+            item.add_marker(pytest.mark.xdist_group("machine"))
+    result = yield
+    for item in items:
+        named = getattr(item, "_nodeid", None)
+        if isinstance(named, str) and "@" in named and named != item.nodeid:
+            item._id = NodeId.parse(named)
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _beside_the_machine_tests(request):
+    """Under xdist, a test beside the machine worker runs at nice 10 (its geth, anvil and
+    torch children inherit it), so the live labs keep the CPU they were sized for."""
+    beside = (os.environ.get("PYTEST_XDIST_WORKER") is not None
+              and not any(request.node.get_closest_marker(m) for m in MACHINE_MARKS))
+    if beside:
+        os.setpriority(os.PRIO_PROCESS, 0, 10)
+    yield
+    if beside:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)           # root may raise it back
 
 
 def _ok(cmd):

@@ -14,7 +14,7 @@ from chain.config import ChainConfig
 from chain.geth import BudgetError, GethError, GethNode
 from testbed.experiments.metrics import ChainMonitor, chain_blocks, instant_hashrate, summarize, write
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.machine]      # the lab's cgroups
 
 
 def _pids_gone(pids):

@@ -11,7 +11,7 @@ from testbed.cli import main
 from scenario.config import ConfigError, load_scenario
 from testbed.experiments.mining_check import run
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.machine]      # the lab's cgroups
 
 
 def test_mining_check_writes_json_csv_and_plot(tmp_path):

@@ -12,7 +12,7 @@ from topologies.cluster import (VXLAN_OVERHEAD, ClusterError, check_servers, jud
                                 vxlan_commands)
 from topologies.config import ClusterConfig, ServerSpec
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"), pytest.mark.machine]
 
 
 def _sh(ns, script, check=True):

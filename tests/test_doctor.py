@@ -2,8 +2,12 @@
 part is missing (the set-up's last word on whether the lab can run)."""
 import json
 
+import pytest
+
 from testbed import cli
 from topologies import platform
+
+pytestmark = pytest.mark.machine          # probes Open vSwitch, Docker, namespaces
 
 
 def test_doctor_passes_on_a_set_up_machine(capsys):

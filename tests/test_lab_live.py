@@ -6,6 +6,7 @@ and checks that nothing is left behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -96,6 +97,13 @@ def _request(lab, client, *, task_id, data_bytes, mec="mec1", header=None, signe
         return json.loads(read_line(s, 8192, 90))
 
 
+def _soon(client, seconds):
+    """An escrow deadline ``seconds`` from now, as the contract binding reckons now (the later
+    of the head's time and the clock): for escrows a test means to see refunded, so that it
+    does not wait out the lab's settlement grace."""
+    return max(client.trade.latest_block_time(), int(time.time())) + seconds
+
+
 def _pay(client, task_id, mec, data_bytes=100_000, demand=10**9, **kw):
     when = kw if "deadline" in kw else {"execution_time_s": 1.0}
     return client.trade.trading(client.signer, mec=client.info.servers[mec].address, task_id=task_id,
@@ -106,9 +114,11 @@ def test_executor_refuses_bad_payment_proofs_and_does_no_work(lab, ue3):
     from eth_account import Account
     n_served = served(lab, "mec1")
     assert _request(lab, ue3, task_id=100, data_bytes=1000)["code"] == "unpaid"
-    _pay(ue3, 101, "mec2")
+    # 101 and 102 are refused before the executor looks at their deadlines, and refunded at the
+    # end: their deadlines are near (the refusals are the same at any deadline)
+    _pay(ue3, 101, "mec2", deadline=_soon(ue3, 20))
     assert _request(lab, ue3, task_id=101, data_bytes=100_000)["code"] == "other_server"
-    _pay(ue3, 102, "mec1")
+    _pay(ue3, 102, "mec1", deadline=_soon(ue3, 30))
     assert _request(lab, ue3, task_id=102, data_bytes=99_999)["code"] == "underpaid"       # not what was paid for
     assert _request(lab, ue3, task_id=102, data_bytes=100_000, header={"chain_id": 1})["code"] == "foreign_chain"
     assert _request(lab, ue3, task_id=102, data_bytes=100_000,
@@ -125,7 +135,7 @@ def test_executor_refuses_bad_payment_proofs_and_does_no_work(lab, ue3):
     finally:
         esp.set_unit_price(lab.accounts.esp, mu)
     # expired: the deadline is too close for the work to finish and be recorded
-    deadline = max(ue3.trade.latest_block_time(), int(time.time())) + 20
+    deadline = _soon(ue3, 20)
     _pay(ue3, 103, "mec1", deadline=deadline)
     time.sleep(max(0.0, deadline - 4 - time.time()))          # 4 s left: under the executor's margin
     assert _request(lab, ue3, task_id=103, data_bytes=100_000)["code"] == "expired"
@@ -336,8 +346,15 @@ def test_a_ue_container_sees_only_its_own_files_and_is_limited(lab):
 def test_executor_killed_mid_task_the_ue_gets_its_refund(lab, ue3, api):
     _restart_executor(lab, "mec1", "--stall", "5")             # a task takes 5 s more there
     box = {}
+    # ue3 pays task 300 with a 20-s grace instead of the lab's 60 (the executor still accepts
+    # it: its margin is 2x the task's nominal time + 5 s), so the refund comes sooner
+    grace = ue3.trade.config
+    ue3.trade.config = dataclasses.replace(grace, settlement_grace_s=20)
     th = threading.Thread(target=lambda: box.update(rec=drive(lab, api, ue3, 300, "mec1")), daemon=True)
     th.start()
+    while "deadline" not in ue3.open_escrows().get(300, {}) and th.is_alive():
+        time.sleep(0.1)
+    ue3.trade.config = grace
     deadline = time.monotonic() + 90
     while ue3.trade.escrow(ue3.account.address, 300).state is not EscrowState.OPEN:
         assert time.monotonic() < deadline, "never paid"
@@ -365,7 +382,7 @@ def test_a_restarted_ue_refunds_the_escrow_its_predecessor_left(lab, ue3):
     ue3._escrow_open(310, mec="mec1", t=time.time())
     pay = ue3.trade.trading(ue3.signer, mec=lab.info.servers["mec1"].address, task_id=310,
                             data_size_bits=task.data_bits, service_demand_cycles=task.service_demand,
-                            execution_time_s=task.desired_s)
+                            deadline=_soon(ue3, 12))       # near: the refund is what is tested
     opened = pay.event("EscrowOpened")
     ue3._escrow_open(310, deadline=opened["deadline"])          # ... and the client is gone
     again = UEClient(lab.lab_dir / "lab.json", "ue3", lab.accounts.ues[2].key.hex(), ue3.out)

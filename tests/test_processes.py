@@ -123,6 +123,7 @@ def _user_anvil():
 
 
 @pytest.mark.chain
+@pytest.mark.machine                 # the snapshot compares namespaces, veths and bridges machine-wide
 def test_leak_check_ignores_a_users_own_node_and_catches_ours(tmp_path):
     from chain.anvil import AnvilNode
     before = leftovers.snapshot()
