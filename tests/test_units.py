@@ -165,6 +165,57 @@ def test_a_ue_draws_numpys_task_stream_without_numpy():
     assert TaskRng([1, 2]).bytes(64) == TaskRng([1, 2]).bytes(64) != TaskRng([1, 3]).bytes(64)
 
 
+
+def test_a_tasks_data_streamed_is_the_data_it_drew_and_its_hash_arrives_alone():
+    """A UE draws its data as a TaskData and sends it piece by piece (nodes.rng, nodes.wire):
+    the pieces join into the bytes the whole draw gave before (Random(seed).randbytes(n), the
+    generator left where numpy leaves it), and the executor's read_digest gets their SHA-256
+    without keeping them, with the line's over-read counted and the same refusals as read_exact."""
+    import hashlib
+    import random
+    import socket
+    import threading
+    from nodes.rng import TaskRng
+    from nodes.wire import Conn, Refusal, read_digest, read_exact, read_line, send_stream
+    for n in (0, 1, 3, 4, 5, 262_143, 262_144, 262_147, 1_000_003, 4_558_955):
+        a, b = TaskRng([7, 2]), TaskRng([7, 2])
+        d = a.data(n)
+        assert d.size == n and random.Random(d.seed).randbytes(n) == b"".join(d.chunks()) == b.bytes(n)
+        if n < 300_000:
+            assert b"".join(d.chunks(4)) == b"".join(d.chunks(1024)) == b"".join(d.chunks())
+        assert a.uniform(0, 1) == b.uniform(0, 1)        # both draws advanced the generator alike
+    with pytest.raises(ValueError):
+        next(TaskRng(1).data(8).chunks(6))
+    d = TaskRng([3, 1]).data(1_234_567)
+    for take in (read_digest, read_exact):
+        ue, ex = socket.socketpair()
+        with ue, ex:
+            sent = {}
+            t = threading.Thread(target=lambda: sent.update(h0=send_stream(ue, [b"line\n"] + list(d.chunks()), 10)))
+            t.start()
+            conn = Conn(ex)
+            assert read_line(conn, 100, 5) == b"line"
+            got = take(conn, d.size, 10)
+            t.join()
+        data = b"".join(d.chunks())
+        assert sent["h0"] == hashlib.sha256(b"line\n" + data).digest()
+        assert got == (hashlib.sha256(data).digest() if take is read_digest else data)
+    for take in (read_digest, read_exact):
+        ue, ex = socket.socketpair()
+        with ue, ex:
+            conn = Conn(ex)
+            conn.pending = b"12345"
+            with pytest.raises(Refusal) as e:
+                take(conn, 4, 1)
+            assert e.value.code == "oversized"
+            conn.pending = b"12"
+            ue.sendall(b"3")
+            ue.shutdown(socket.SHUT_WR)
+            with pytest.raises(Refusal) as e:
+                take(conn, 4, 1)
+            assert e.value.code == "malformed"
+
+
 def test_programs_on_the_hosts_do_not_load_numpy():
     """A UE client (twenty in a lab) and an executor draw, price and size their tasks without
     numpy (13 MB each, issue 21), with the same figures as the model's numpy functions."""
