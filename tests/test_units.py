@@ -218,7 +218,8 @@ def test_a_tasks_data_streamed_is_the_data_it_drew_and_its_hash_arrives_alone():
 
 def test_programs_on_the_hosts_do_not_load_numpy():
     """A UE client (twenty in a lab) and an executor draw, price and size their tasks without
-    numpy (13 MB each, issue 21), with the same figures as the model's numpy functions."""
+    numpy (13 MB each, issue 21), with the same figures as the model's numpy functions, and sign
+    without cffi's C parser (2.4 MB each: keccak through ctypes)."""
     import subprocess
     import sys
     code = ("import sys, json, nodes.ue_client, nodes.executor\n"
@@ -232,7 +233,8 @@ def test_programs_on_the_hosts_do_not_load_numpy():
             "t = units.chain_task(s.model, r.uniform(*s.model.data_mb_range), r.uniform(1, 2), 1.5)\n"
             "r.bytes(t.data_bytes)\n"
             "print(json.dumps([t.gcycles, m.kernel_iterations(t.gcycles), units.task_price_wei(s.model, t),\n"
-            "                  sorted({n.split('.')[0] for n in sys.modules} & {'numpy', 'web3', 'torch'})]))\n")
+            "                  sorted({n.split('.')[0] for n in sys.modules}\n"
+            "                         & {'numpy', 'web3', 'torch', 'cffi', 'pycparser'})]))\n")
     cal = _calibration()
     out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cal))], capture_output=True,
                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
