@@ -216,10 +216,75 @@ def test_a_tasks_data_streamed_is_the_data_it_drew_and_its_hash_arrives_alone():
             assert e.value.code == "malformed"
 
 
+def test_the_host_programs_http_exchange_is_urllibs():
+    """chain.rpc.http_exchange (the JSON-RPC client's and the controller API client's HTTP) gets
+    what urllib.request gets from a server: status and body with a Content-Length, chunked, an
+    error status, a query; JsonRpc names a refusal, an error status and an unreachable node."""
+    import http.server
+    import threading
+    import urllib.error
+    import urllib.request
+    from chain.rpc import JsonRpc, RpcError, RpcRefused, http_exchange
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == "/chunked":
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (body[:3], body[3:], b""):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                return
+            if self.path == "/rpc":
+                call = json.loads(body)
+                out = ({"result": "0x10"} if call["method"] == "ok" else {"error": {"code": -32000, "message": "no"}})
+                data = json.dumps({"jsonrpc": "2.0", "id": call["id"], **out}).encode()
+            else:
+                data = json.dumps({"path": self.path, "got": len(body), "type": self.headers.get("Content-Type")}).encode()
+            self.send_response(404 if self.path == "/missing" else 200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        do_GET = do_PUT = do_POST
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        for path, method, body in (("/x?a=1", "GET", None), ("/y", "POST", b'{"a": 1}'), ("/missing", "PUT", b"{}"),
+                                   ("/chunked", "POST", b"hello world")):
+            ours = http_exchange(url + path, method, body, {"Content-Type": "application/json"}, 5)
+            req = urllib.request.Request(url + path, data=body, method=method, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    theirs = (r.status, r.read())
+            except urllib.error.HTTPError as e:
+                theirs = (e.code, e.read())
+            assert ours == theirs, path
+        assert JsonRpc(url + "/rpc", timeout_s=2)("ok") == "0x10"
+        with pytest.raises(RpcRefused) as e:
+            JsonRpc(url + "/rpc", timeout_s=2)("bad")
+        assert e.value.error == {"code": -32000, "message": "no"}
+        with pytest.raises(RpcError, match="HTTP Error 404"):
+            JsonRpc(url + "/missing", timeout_s=2)("ok")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(RpcError, match="refused"):
+        JsonRpc(url, timeout_s=1)("ok")
+
+
 def test_programs_on_the_hosts_do_not_load_numpy():
     """A UE client (twenty in a lab) and an executor draw, price and size their tasks without
-    numpy (13 MB each, issue 21), with the same figures as the model's numpy functions, and sign
-    without cffi's C parser (2.4 MB each: keccak through ctypes)."""
+    numpy (13 MB each, issue 21), with the same figures as the model's numpy functions, sign
+    without cffi's C parser (keccak through ctypes) and call HTTP without urllib.request's
+    http.client, email and ssl (chain.rpc.http_exchange)."""
     import subprocess
     import sys
     code = ("import sys, json, nodes.ue_client, nodes.executor\n"
@@ -234,7 +299,8 @@ def test_programs_on_the_hosts_do_not_load_numpy():
             "r.bytes(t.data_bytes)\n"
             "print(json.dumps([t.gcycles, m.kernel_iterations(t.gcycles), units.task_price_wei(s.model, t),\n"
             "                  sorted({n.split('.')[0] for n in sys.modules}\n"
-            "                         & {'numpy', 'web3', 'torch', 'cffi', 'pycparser'})]))\n")
+            "                         & {'numpy', 'web3', 'torch', 'cffi', 'pycparser', 'ssl', 'email',\n"
+            "                            'http'})]))\n")
     cal = _calibration()
     out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cal))], capture_output=True,
                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
