@@ -300,7 +300,7 @@ def test_programs_on_the_hosts_do_not_load_numpy():
             "print(json.dumps([t.gcycles, m.kernel_iterations(t.gcycles), units.task_price_wei(s.model, t),\n"
             "                  sorted({n.split('.')[0] for n in sys.modules}\n"
             "                         & {'numpy', 'web3', 'torch', 'cffi', 'pycparser', 'ssl', 'email',\n"
-            "                            'http'})]))\n")
+            "                            'http', 'psutil'})]))\n")
     cal = _calibration()
     out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cal))], capture_output=True,
                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
