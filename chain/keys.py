@@ -1,5 +1,7 @@
 """A chain key in a few megabytes: addresses, EIP-191 messages and 32-byte hashes signed and
-recovered with libsecp256k1 (``coincurve``) and keccak (``pycryptodome``).
+recovered with libsecp256k1 (``coincurve``) and keccak (``pycryptodome``'s compiled Keccak,
+called through ctypes: its Python wrapper loads cffi and cffi's C parser, pycparser, 2.4 MB
+more in each of a lab's U + 2M host programs, issue 21).
 
 The host programs sign on every task (the request, the controller API's bodies, a channel
 voucher, an executor's answer); eth_account does the same but loads the whole eth stack (its
@@ -21,11 +23,13 @@ kind the lab's senders send (a ``gasPrice``, no access list), on geth and anvil 
 """
 from __future__ import annotations
 
+import ctypes
 import functools
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import coincurve
-from Crypto.Hash import keccak as _keccak
+import Crypto
 
 __all__ = ["Key", "SignedTransaction", "SignatureError", "keccak", "to_checksum_address", "is_address", "recover_hash",
            "recover_message", "message_hash"]
@@ -39,9 +43,33 @@ class SignatureError(ValueError):
     """A malformed key, address or signature, or one that recovers no key."""
 
 
+def _keccak_library() -> ctypes.CDLL:
+    """pycryptodome's ``Crypto/Hash/_keccak`` library with the C signatures its
+    ``Crypto.Hash.keccak`` declares (init, absorb, digest, destroy)."""
+    lib = ctypes.CDLL(str(next((Path(Crypto.__file__).parent / "Hash").glob("_keccak*.so"))))
+    lib.keccak_init.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint8]
+    lib.keccak_absorb.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    lib.keccak_digest.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint8]
+    lib.keccak_destroy.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+_KECCAK = _keccak_library()
+
+
 def keccak(data: bytes) -> bytes:
-    """Keccak-256 (Ethereum's, not NIST SHA3-256)."""
-    return _keccak.new(digest_bits=256, data=bytes(data)).digest()
+    """Keccak-256 (Ethereum's, not NIST SHA3-256): ``Crypto.Hash.keccak.new(digest_bits=256)``'s
+    calls (capacity 64 bytes, 24 rounds, padding 0x01), the same bytes (``tests/test_keys.py``)."""
+    data = bytes(data)
+    state, out = ctypes.c_void_p(), ctypes.create_string_buffer(32)
+    if _KECCAK.keccak_init(ctypes.byref(state), 64, 24):
+        raise MemoryError("keccak_init failed")
+    try:
+        if _KECCAK.keccak_absorb(state, data, len(data)) or _KECCAK.keccak_digest(state, out, 32, 0x01):
+            raise ValueError("keccak failed")
+    finally:
+        _KECCAK.keccak_destroy(state)
+    return out.raw
 
 
 def to_checksum_address(address: str | bytes) -> str:

@@ -13,10 +13,9 @@ body and no signature). Nothing else of the project is needed to call the API::
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 from chain.keys import key_of
+from chain.rpc import http_exchange
 
 __all__ = ["ApiClient", "ApiError", "sign_body"]
 
@@ -54,16 +53,13 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {self.token}"
         elif data is not None:
             headers.update({"X-Signer": self.signer, "X-Signature": sign_body(self.key, data)})
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        status, raw = http_exchange(self.url + path, method, data, headers, timeout or self.timeout_s)
+        if 200 <= status < 300:
+            return status, json.loads(raw)
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                return e.code, json.loads(raw or b"{}")
-            except ValueError:
-                return e.code, {"error": raw.decode(errors="replace")}
+            return status, json.loads(raw or b"{}")
+        except ValueError:
+            return status, {"error": raw.decode(errors="replace")}
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
         """The answer of a call that succeeded (2xx); :class:`ApiError` with the status and the

@@ -41,7 +41,6 @@ claims its payment: the fault the UEs' checks must catch.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import queue
 import signal
@@ -58,7 +57,7 @@ from contracts.light import LightTrade
 from nodes.api_client import ApiClient
 from contracts.txsender import ContractRevert
 from nodes.channels import PayeeLanes, VoucherRefused
-from nodes.wire import (Conn, Refusal, ack_bytes, read_exact, read_line, receipt_bytes,  # noqa: F401
+from nodes.wire import (Conn, Refusal, ack_bytes, read_digest, read_line, receipt_bytes,  # noqa: F401
                         request_digest, request_hash, send_line)
 from nodes.work import Kernel, fabricate
 from scenario import units
@@ -241,10 +240,9 @@ class Executor:
             send_line(sock, {"accepted": True, "iterations": task["iterations"],
                              **self._ack(raw, "accepted")})
             size = task["data_bytes"]
-            data = read_exact(sock, size, timeout=max(30.0, size / 125_000))   # >= 1 Mbit/s
+            h0 = read_digest(sock, size, timeout=max(30.0, size / 125_000))   # >= 1 Mbit/s; h_0 = SHA256(data)
             t_up = time.monotonic()
             send_line(sock, {"received": True})
-            h0 = hashlib.sha256(data).digest()
             with self.cpu:
                 t_start = time.monotonic()
                 if self.stall_s:

@@ -11,11 +11,17 @@ half-word buffer included), so every later ``uniform`` equals numpy's; the bytes
 from a Mersenne Twister seeded with the generator's state (fast in C; generating megabytes
 through a 128-bit LCG in Python would cost a UE seconds per task), not from PCG64's output:
 the uploaded data is opaque filler whose content no figure depends on.
+
+``data(n)`` is the same draw as ``bytes(n)`` without the bytes: a :class:`TaskData` that makes
+them again piece by piece (``chunks()``), so a UE uploads a 5-MB task holding 256 KB of it at a
+time (the whole bytes were up to three copies of d_u at once in each of a lab's U processes,
+issue 21), and hashes what it sent instead of keeping it.
 """
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = (1 << 64) - 1
@@ -27,6 +33,10 @@ _INIT_A, _MULT_A = 0x43B0D7E5, 0x931E8875
 _INIT_B, _MULT_B = 0x8B51F9DD, 0x58F38DED
 _MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
 _XSHIFT = 16
+
+#: bytes per piece of a task's data (a multiple of 4: the Mersenne Twister's pieces then join
+#: into exactly its whole ``randbytes(n)``)
+DATA_CHUNK = 256 * 1024
 
 # PCG64 (numpy/random/src/pcg64): the 128-bit LCG and its XSL-RR output
 _PCG_MULT = (2549297995355413924 << 64) + 4865540595714422341
@@ -77,6 +87,24 @@ def _seed_words(entropy: int | Iterable[int], n_words: int) -> list[int]:
     return out
 
 
+class TaskData(NamedTuple):
+    """A task's ``size`` bytes of filler, not held: ``chunks()`` makes them, in order, from the
+    Mersenne Twister seeded with ``seed``; joined they are ``random.Random(seed).randbytes(size)``
+    (``getrandbits`` fills 32-bit words from the lowest byte up, so pieces of a multiple of 4
+    bytes continue one another)."""
+    seed: int
+    size: int
+
+    def chunks(self, piece: int = DATA_CHUNK) -> Iterator[bytes]:
+        if piece <= 0 or piece % 4:
+            raise ValueError(f"a piece is a positive multiple of 4 bytes, got {piece}")
+        mt, left = random.Random(self.seed), self.size
+        while left > 0:
+            part = mt.randbytes(min(piece, left))
+            left -= len(part)
+            yield part
+
+
 class TaskRng:
     """``numpy.random.default_rng(seed)``'s ``uniform(low, high)`` and the advance of its
     ``bytes(n)`` (see the module docstring)."""
@@ -122,6 +150,11 @@ class TaskRng:
 
     def bytes(self, n: int) -> bytes:
         """``n`` bytes of filler, leaving the generator where numpy's ``bytes(n)`` leaves it."""
+        return b"".join(self.data(n).chunks())
+
+    def data(self, n: int) -> TaskData:
+        """The draw of :meth:`bytes` (the generator advanced as numpy's ``bytes(n)``), its bytes
+        left to :meth:`TaskData.chunks`."""
         if n < 0:
             raise ValueError(f"cannot draw {n} bytes")
         seed = self._state
@@ -131,4 +164,4 @@ class TaskRng:
             self._half = False
         self._advance((words + 1) // 2)
         self._half = bool(words % 2)
-        return random.Random(seed).randbytes(n)
+        return TaskData(seed, n)

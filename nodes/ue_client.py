@@ -15,10 +15,11 @@ and then, task after task:
    that server (:class:`nodes.channels.PayerLanes`), sent with the request, no chain call;
 4. uploads d_u bytes to the server's executor with a signed request naming the payment, and
    receives the result;
-5. checks the result against its own data (:func:`nodes.work.verify`, a random segment of the
-   work) and, with an escrow, against the result hash the server committed on chain
-   (``EscrowPaid``). A server is paid on its own word, so this check is what catches one that
-   takes payment without doing the work: a mismatch is a failed task, named with the server;
+5. checks the result against its own data (:func:`nodes.work.verify_from` with h_0, the hash of
+   the data it sent, and a random segment of the work) and, with an escrow, against the result
+   hash the server committed on chain (``EscrowPaid``). A server is paid on its own word, so this
+   check is what catches one that takes payment without doing the work: a mismatch is a failed
+   task, named with the server;
 6. escrow: if the server refused, vanished or never finished, waits for the escrow's deadline
    and takes its refund (``refund``): no payment is ever left open. Channel: a task lost before
    its result was never earned (the next voucher pays on from the server's base);
@@ -45,7 +46,6 @@ STEERING_RETRIES = 3             # a connection reset, cut or answered by anothe
 RETRY_PAUSE_S = 0.3              # the server accepted: tried again this many times, this far apart
 
 import argparse  # noqa: E402
-import hashlib
 import json
 import os
 import random
@@ -60,9 +60,9 @@ from contracts.reads import ContractReader, EscrowState
 from contracts.txsender import TxSender
 from nodes.api_client import ApiClient
 from nodes.channels import PayerLanes
-from nodes.rng import TaskRng
-from nodes.wire import Conn, read_exact, read_line, request_digest, request_hash, send_line
-from nodes.work import WorkResult, verify
+from nodes.rng import TaskData, TaskRng
+from nodes.wire import Conn, read_exact, read_line, request_digest, request_hash, send_line, send_stream
+from nodes.work import WorkResult, verify_from
 from scenario import units
 from scenario.runinfo import LabInfo
 
@@ -251,8 +251,10 @@ class UEClient:
             line["voucher"] = voucher.to_json()
         return line, voucher
 
-    def offload(self, task_id: int, task, mec: str, data: bytes, rec: dict, price_wei: int | None = None) -> WorkResult:
-        """Steps 3 (channel: the voucher) to 5 over TCP; returns the result or raises :class:`TaskFailed`."""
+    def offload(self, task_id: int, task, mec: str, data: TaskData, rec: dict,
+                price_wei: int | None = None) -> tuple[WorkResult, bytes]:
+        """Steps 3 (channel: the voucher) to 5 over TCP; returns the result and h_0 = SHA256 of the
+        data sent (made piece by piece as it is sent, never held whole), or raises :class:`TaskFailed`."""
         ip = self.info.service_ip or self.info.servers[mec].ip
         t0 = time.monotonic()
         try:
@@ -262,7 +264,7 @@ class UEClient:
                 try:
                     raw = socket.create_connection((ip, self.info.executor_port), timeout=10)
                     s = Conn(raw)
-                    line, voucher = self.request(task_id, task, mec, len(data), price_wei)
+                    line, voucher = self.request(task_id, task, mec, data.size, price_wei)
                     send_line(s, line)
                     reply = json.loads(read_line(s, 8192, 60))
                 except ConnectionError as e:           # reset, refused, broken: not a timeout
@@ -312,8 +314,7 @@ class UEClient:
                 if voucher is not None:
                     rec.update(payment_s=t_acc - t0, paid_wei=price_wei, voucher_cumulative=voucher.cumulative,
                                voucher_nonce=voucher.nonce)
-                s.settimeout(60)
-                s.sendall(data)
+                h0 = send_stream(s, data.chunks(), 60)
                 got = json.loads(read_line(s, 8192, 120))
                 t_up = time.monotonic()
                 if not got.get("received"):
@@ -334,22 +335,22 @@ class UEClient:
         rec.update(request_s=t_acc - t0, upload_s=t_up - t_acc, queue_s=queue_s, compute_s=compute_s,
                    download_s=t_down - t_hdr, result_wait_s=t_hdr - t_up, service_s=t_down - t0)
         rec["_receipt"] = res_hdr.get("receipt")          # the server's signature over what it returned
-        return WorkResult.from_bytes(blob)
+        return WorkResult.from_bytes(blob), h0
 
-    def check_result(self, data: bytes, res: WorkResult, mec: str, rec: dict) -> None:
-        """Step 5's own check (:func:`nodes.work.verify` at the iteration count this UE computed);
+    def check_result(self, h0: bytes, res: WorkResult, mec: str, rec: dict) -> None:
+        """Step 5's own check (:func:`nodes.work.verify_from` from h_0, at the iteration count this UE computed);
         a failure carries the evidence the controller checks: the server's receipt, the result,
         h_0 and the failing segment."""
         found: dict = {}
-        ok, why = verify(data, res, rec["iterations"], self.check_rng, found=found)
+        ok, why = verify_from(h0, res, rec["iterations"], self.check_rng, found=found)
         if not ok:
             rec["evidence"] = {"receipt": rec.get("_receipt"), "result": res.to_bytes().hex(),
-                               "h0": hashlib.sha256(data).hexdigest(), "segment": found.get("segment", 0)}
+                               "h0": h0.hex(), "segment": found.get("segment", 0)}
             raise TaskFailed("wrong_result", f"{mec} returned a result that does not verify: {why}")
 
-    def settle(self, task_id: int, res: WorkResult, data: bytes, mec: str, rec: dict) -> None:
-        """Step 5: the result must verify against our data and match the hash on chain."""
-        self.check_result(data, res, mec, rec)
+    def settle(self, task_id: int, res: WorkResult, h0: bytes, mec: str, rec: dict) -> None:
+        """Step 5: the result must verify against our data (its h_0) and match the hash on chain."""
+        self.check_result(h0, res, mec, rec)
         t0 = time.monotonic()
         deadline = rec["deadline"]
         while True:
@@ -434,10 +435,10 @@ class UEClient:
         rec.update(payment_s=time.monotonic() - t_pay, trading_gas=pay.gas_used, paid_wei=opened["amount"],
                    deadline=opened["deadline"], pay_block=pay.block_number, trading_fee_wei=pay.fee_wei)
         self._escrow_open(task_id, deadline=opened["deadline"])
-        data = self.rng.bytes(task.data_bytes)
+        data = self.rng.data(task.data_bytes)
         try:
-            res = self.offload(task_id, task, mec, data, rec)
-            self.settle(task_id, res, data, mec, rec)
+            res, h0 = self.offload(task_id, task, mec, data, rec)
+            self.settle(task_id, res, h0, mec, rec)
             rec["outcome"] = "completed"
         except TaskFailed as f:
             rec.update(outcome=f.outcome, error=str(f))
@@ -460,10 +461,10 @@ class UEClient:
         price = units.price_wei(self.unit_price, task.service_demand)
         if self.lanes.headroom(mec) < price:
             self.top_up()
-        data = self.rng.bytes(task.data_bytes)
+        data = self.rng.data(task.data_bytes)
         try:
-            res = self.offload(task_id, task, mec, data, rec, price_wei=price)
-            self.check_result(data, res, mec, rec)
+            res, h0 = self.offload(task_id, task, mec, data, rec, price_wei=price)
+            self.check_result(h0, res, mec, rec)
             rec["outcome"] = "completed"
         except TaskFailed as f:
             rec.update(outcome=f.outcome, error=str(f))

@@ -64,9 +64,29 @@ def read_line(sock: Conn, limit: int, timeout: float) -> bytes:
 
 def read_exact(sock: Conn, n: int, timeout: float) -> bytes:
     """Exactly ``n`` bytes (after what :func:`read_line` over-read), within ``timeout``."""
-    parts = [sock.pending]
-    sock.pending = b""
-    have = len(parts[0])
+    parts: list[bytes] = []
+    _read(sock, n, timeout, parts.append)
+    return b"".join(parts)
+
+
+def read_digest(sock: Conn, n: int, timeout: float) -> bytes:
+    """SHA-256 of exactly ``n`` bytes read as :func:`read_exact` reads them, hashed as they
+    arrive and not kept: an executor needs only h_0 of a task's data, and holding a 5-MB upload
+    (twice, joined) in each of a lab's M executors was memory the lab paid for (issue 21)."""
+    h = hashlib.sha256()
+    _read(sock, n, timeout, h.update)
+    return h.digest()
+
+
+def _read(sock: Conn, n: int, timeout: float, take) -> None:
+    """Feed ``take`` exactly ``n`` bytes, the over-read first; Refusal ``timeout`` if they do
+    not come within ``timeout``, ``malformed`` if the connection ends first, ``oversized`` if
+    more than ``n`` came with the line."""
+    pending, sock.pending = sock.pending, b""
+    if len(pending) > n:
+        raise Refusal("oversized", f"upload longer than the {n} bytes paid for")
+    take(pending)
+    have = len(pending)
     deadline = time.monotonic() + timeout
     while have < n:
         left = deadline - time.monotonic()
@@ -79,12 +99,24 @@ def read_exact(sock: Conn, n: int, timeout: float) -> bytes:
             continue
         if not chunk:
             raise Refusal("malformed", f"upload ended at {have} of {n} bytes")
-        parts.append(chunk)
+        take(chunk)
         have += len(chunk)
-    data = b"".join(parts)
-    if len(data) > n:
-        raise Refusal("oversized", f"upload longer than the {n} bytes paid for")
-    return data
+
+
+def send_stream(sock: Conn, parts, timeout: float) -> bytes:
+    """Send the byte strings of ``parts`` in order within ``timeout`` seconds in all (as one
+    ``sendall`` with that socket timeout would), and return the SHA-256 of what was sent: a UE
+    uploads its data piece by piece (:meth:`nodes.rng.TaskData.chunks`) and keeps only h_0."""
+    h = hashlib.sha256()
+    deadline = time.monotonic() + timeout
+    for part in parts:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        sock.settimeout(left)
+        sock.sendall(part)
+        h.update(part)
+    return h.digest()
 
 
 def send_line(sock: socket.socket, obj: dict) -> None:

@@ -18,19 +18,18 @@ result hash it committed on chain (the UE compares both).
 from __future__ import annotations
 
 import hashlib
+import os
 import random
-from dataclasses import dataclass
+from collections import namedtuple
 
 CHECKPOINTS = 32
 
 
-@dataclass(frozen=True)
-class WorkResult:
+class WorkResult(namedtuple("WorkResult", "iterations result checkpoints")):
     """``result`` = h_n; ``checkpoints`` = h at the end of each of the k segments (the last is
-    h_n); ``iterations`` = n."""
-    iterations: int
-    result: bytes
-    checkpoints: tuple[bytes, ...]
+    h_n); ``iterations`` = n. Immutable, compared by value (a named tuple, not a dataclass: the
+    kernel process imports this module, and dataclasses' imports were a third of its memory)."""
+    __slots__ = ()
 
     def digest(self) -> bytes:
         """The 32-byte commitment a MEC server records on chain (``complete``'s resultHash):
@@ -154,8 +153,11 @@ class Kernel:
 
         def die_with_parent():                       # PR_SET_PDEATHSIG = 1, SIGKILL = 9
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 9)
-        self.proc = subprocess.Popen([python, "-m", "nodes.work"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     preexec_fn=die_with_parent)
+        # -S: no site (the venv's .pth files, the editable install's finder: 2 MB of a process
+        # that needs only the standard library), so the project is found from its own folder
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.proc = subprocess.Popen([python, "-S", "-m", "nodes.work"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, preexec_fn=die_with_parent, cwd=root)
         self.lock = threading.Lock()
 
     @property

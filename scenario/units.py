@@ -31,12 +31,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import platform
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-
-import psutil
 
 from agent.config import task_gcycles
 
@@ -184,7 +183,9 @@ class Calibration:
                     break
         except OSError:
             pass
-        return {"host": platform.node(), "cpu": model, "cores": psutil.cpu_count(),
+        # os.cpu_count() is psutil.cpu_count()'s figure (online logical CPUs) without loading
+        # psutil into every UE client and executor that reads a calibration (issue 21)
+        return {"host": platform.node(), "cpu": model, "cores": os.cpu_count(),
                 "kernel": platform.release()}
 
 

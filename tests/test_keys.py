@@ -40,6 +40,19 @@ def test_addresses_and_signatures_are_eth_accounts_bytes():
     assert "0x" not in repr(Key(bytes(31) + b"\x01"))[5:] and "Key(0x" in repr(Key(bytes(31) + b"\x01"))
 
 
+def test_keccak_is_pycryptodomes_and_eth_hashs():
+    """chain.keys.keccak calls pycryptodome's compiled Keccak through ctypes: the same digest as
+    its cffi wrapper and eth_hash, at every length around the 136-byte rate and beyond."""
+    from Crypto.Hash import keccak as pycryptodome_keccak
+    from eth_hash.auto import keccak as eth_keccak
+    rng = random.Random(5)
+    for n in (0, 1, 31, 32, 33, 135, 136, 137, 271, 272, 273, 1000, 65_536, 1_000_001):
+        data = rng.randbytes(n)
+        assert keccak(data) == pycryptodome_keccak.new(digest_bits=256, data=data).digest() == eth_keccak(data), n
+        assert keccak(bytearray(data)) == keccak(memoryview(data)) == keccak(data)
+    assert keccak(b"").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+
+
 def test_signed_transactions_are_eth_accounts_bytes():
     """Legacy (EIP-155) transactions as TxSender sends them: with and without data and value, a
     contract creation (no `to`), large and zero fields, chain ids of one byte and several."""
@@ -81,8 +94,8 @@ def test_malformed_keys_and_signatures_are_refused_by_name():
 
 def test_a_host_program_pays_by_voucher_without_loading_web3():
     """The UE client's path on a payment channel (sign the request and the voucher, read the
-    contract, load the scenario) imports neither web3.py nor eth_account nor Gymnasium: the
-    weight issue 21 measured per UE."""
+    contract, load the scenario) imports neither web3.py nor eth_account nor Gymnasium, nor cffi's
+    C parser (keccak calls pycryptodome's library through ctypes): the weight issue 21 measured per UE."""
     code = (
         "import sys, hashlib\n"
         "import nodes.ue_client, nodes.channels, contracts.reads\n"
@@ -96,7 +109,8 @@ def test_a_host_program_pays_by_voucher_without_loading_web3():
         "from scenario.config import load_scenario\n"
         "load_scenario('lab').model\n"
         "heavy = sorted(m for m in sys.modules\n"
-        "               if m.split('.')[0] in ('web3', 'eth_account', 'eth_abi', 'pydantic', 'gymnasium', 'torch'))\n"
+        "               if m.split('.')[0] in ('web3', 'eth_account', 'eth_abi', 'pydantic', 'gymnasium', 'torch',\n"
+        "                                      'cffi', 'pycparser'))\n"
         "assert not heavy, heavy\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

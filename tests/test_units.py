@@ -165,9 +165,126 @@ def test_a_ue_draws_numpys_task_stream_without_numpy():
     assert TaskRng([1, 2]).bytes(64) == TaskRng([1, 2]).bytes(64) != TaskRng([1, 3]).bytes(64)
 
 
+
+def test_a_tasks_data_streamed_is_the_data_it_drew_and_its_hash_arrives_alone():
+    """A UE draws its data as a TaskData and sends it piece by piece (nodes.rng, nodes.wire):
+    the pieces join into the bytes the whole draw gave before (Random(seed).randbytes(n), the
+    generator left where numpy leaves it), and the executor's read_digest gets their SHA-256
+    without keeping them, with the line's over-read counted and the same refusals as read_exact."""
+    import hashlib
+    import random
+    import socket
+    import threading
+    from nodes.rng import TaskRng
+    from nodes.wire import Conn, Refusal, read_digest, read_exact, read_line, send_stream
+    for n in (0, 1, 3, 4, 5, 262_143, 262_144, 262_147, 1_000_003, 4_558_955):
+        a, b = TaskRng([7, 2]), TaskRng([7, 2])
+        d = a.data(n)
+        assert d.size == n and random.Random(d.seed).randbytes(n) == b"".join(d.chunks()) == b.bytes(n)
+        if n < 300_000:
+            assert b"".join(d.chunks(4)) == b"".join(d.chunks(1024)) == b"".join(d.chunks())
+        assert a.uniform(0, 1) == b.uniform(0, 1)        # both draws advanced the generator alike
+    with pytest.raises(ValueError):
+        next(TaskRng(1).data(8).chunks(6))
+    d = TaskRng([3, 1]).data(1_234_567)
+    for take in (read_digest, read_exact):
+        ue, ex = socket.socketpair()
+        with ue, ex:
+            sent = {}
+            t = threading.Thread(target=lambda: sent.update(h0=send_stream(ue, [b"line\n"] + list(d.chunks()), 10)))
+            t.start()
+            conn = Conn(ex)
+            assert read_line(conn, 100, 5) == b"line"
+            got = take(conn, d.size, 10)
+            t.join()
+        data = b"".join(d.chunks())
+        assert sent["h0"] == hashlib.sha256(b"line\n" + data).digest()
+        assert got == (hashlib.sha256(data).digest() if take is read_digest else data)
+    for take in (read_digest, read_exact):
+        ue, ex = socket.socketpair()
+        with ue, ex:
+            conn = Conn(ex)
+            conn.pending = b"12345"
+            with pytest.raises(Refusal) as e:
+                take(conn, 4, 1)
+            assert e.value.code == "oversized"
+            conn.pending = b"12"
+            ue.sendall(b"3")
+            ue.shutdown(socket.SHUT_WR)
+            with pytest.raises(Refusal) as e:
+                take(conn, 4, 1)
+            assert e.value.code == "malformed"
+
+
+def test_the_host_programs_http_exchange_is_urllibs():
+    """chain.rpc.http_exchange (the JSON-RPC client's and the controller API client's HTTP) gets
+    what urllib.request gets from a server: status and body with a Content-Length, chunked, an
+    error status, a query; JsonRpc names a refusal, an error status and an unreachable node."""
+    import http.server
+    import threading
+    import urllib.error
+    import urllib.request
+    from chain.rpc import JsonRpc, RpcError, RpcRefused, http_exchange
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == "/chunked":
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for part in (body[:3], body[3:], b""):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                return
+            if self.path == "/rpc":
+                call = json.loads(body)
+                out = ({"result": "0x10"} if call["method"] == "ok" else {"error": {"code": -32000, "message": "no"}})
+                data = json.dumps({"jsonrpc": "2.0", "id": call["id"], **out}).encode()
+            else:
+                data = json.dumps({"path": self.path, "got": len(body), "type": self.headers.get("Content-Type")}).encode()
+            self.send_response(404 if self.path == "/missing" else 200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        do_GET = do_PUT = do_POST
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        for path, method, body in (("/x?a=1", "GET", None), ("/y", "POST", b'{"a": 1}'), ("/missing", "PUT", b"{}"),
+                                   ("/chunked", "POST", b"hello world")):
+            ours = http_exchange(url + path, method, body, {"Content-Type": "application/json"}, 5)
+            req = urllib.request.Request(url + path, data=body, method=method, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    theirs = (r.status, r.read())
+            except urllib.error.HTTPError as e:
+                theirs = (e.code, e.read())
+            assert ours == theirs, path
+        assert JsonRpc(url + "/rpc", timeout_s=2)("ok") == "0x10"
+        with pytest.raises(RpcRefused) as e:
+            JsonRpc(url + "/rpc", timeout_s=2)("bad")
+        assert e.value.error == {"code": -32000, "message": "no"}
+        with pytest.raises(RpcError, match="HTTP Error 404"):
+            JsonRpc(url + "/missing", timeout_s=2)("ok")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(RpcError, match="refused"):
+        JsonRpc(url, timeout_s=1)("ok")
+
+
 def test_programs_on_the_hosts_do_not_load_numpy():
     """A UE client (twenty in a lab) and an executor draw, price and size their tasks without
-    numpy (13 MB each, issue 21), with the same figures as the model's numpy functions."""
+    numpy (13 MB each, issue 21), with the same figures as the model's numpy functions, sign
+    without cffi's C parser (keccak through ctypes) and call HTTP without urllib.request's
+    http.client, email and ssl (chain.rpc.http_exchange)."""
     import subprocess
     import sys
     code = ("import sys, json, nodes.ue_client, nodes.executor\n"
@@ -181,7 +298,9 @@ def test_programs_on_the_hosts_do_not_load_numpy():
             "t = units.chain_task(s.model, r.uniform(*s.model.data_mb_range), r.uniform(1, 2), 1.5)\n"
             "r.bytes(t.data_bytes)\n"
             "print(json.dumps([t.gcycles, m.kernel_iterations(t.gcycles), units.task_price_wei(s.model, t),\n"
-            "                  sorted({n.split('.')[0] for n in sys.modules} & {'numpy', 'web3', 'torch'})]))\n")
+            "                  sorted({n.split('.')[0] for n in sys.modules}\n"
+            "                         & {'numpy', 'web3', 'torch', 'cffi', 'pycparser', 'ssl', 'email',\n"
+            "                            'http', 'psutil'})]))\n")
     cal = _calibration()
     out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(cal))], capture_output=True,
                          text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
