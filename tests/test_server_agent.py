@@ -3,6 +3,7 @@ a real process (``python -m nodes.server_agent``), real cgroups of the lab's tre
 makes them, quotas read back from the kernel's files, a network namespace as the remote server;
 every refusal from an attacker's position changes nothing, and nothing is left after."""
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -166,6 +167,50 @@ def test_a_configuration_others_can_read_or_a_short_secret_is_refused(tmp_path):
     assert out.returncode == 2 and "secret" in out.stderr, out.stderr
 
 
+def test_the_controllers_budgets_go_through_the_agent_for_a_miner_on_another_server(tmp_path):
+    """controller.budgets' BudgetApplier: mec1 on this machine (written here), mec2 on server
+    "b" (an agent in a network namespace of its own): one assignment sets both, through the one
+    writer; the CPU times come from both; an agent gone loses nothing (the quota stays)."""
+    from controller.budgets import BudgetApplier
+    from controller.state import Assignment
+
+    class Log(logging.Logger):
+        def __init__(self):
+            super().__init__("test")
+            self.lines = []
+
+        def warning(self, fmt, *args, **kw):
+            self.lines.append(fmt % args)
+
+    before = leftovers.snapshot()
+    run = f"agent-ctl-{os.getpid()}"
+    secret = new_secret()
+    levels = [0.0, 0.2, 0.4]
+    miners = {m: {"host_group": f"mec-lab/{run}/{m}", "period_us": PERIOD, "host_cores": HOST, "coupling": "shared"}
+              for m in ("mec1", "mec2")}
+    miners["mec2"]["server"] = "b"
+    ns = f"mec-agentt-{os.getpid()}"
+    with lab_groups(run, ["mec1", "mec2"], HOST) as groups, netns(ns) as (_, there):
+        with agent_process(agent_config(run, ["mec2"], secret, HOST, PERIOD), tmp_path, listen=there, ns=ns) \
+                as (proc, address), AgentClient(address, secret) as client:
+            log = Log()
+            app = BudgetApplier(miners, levels, log, agents={"b": client})
+            t0 = time.time()
+            got = app.apply(Assignment(slot=1, serve={}, levels={"mec1": 1, "mec2": 2}, decided_at=t0))
+            assert got["budgets"] - t0 < 0.3 and got["budgets_cores"] == {"mec1": 0.2, "mec2": 0.4}, got
+            assert _quota(groups["mec1"]) == 0.2 and _quota(groups["mec2"]) == 0.4
+            assert _quota(groups["mec2"].parent / "executor") == pytest.approx(0.6) and not log.lines
+            assert set(app.cpu_seconds()["seconds"]) == {"mec1", "mec2"}
+            proc.stop()                                   # the agent gone: mec2's quota stays, said by name
+            got = app.apply(Assignment(slot=2, serve={}, levels={"mec1": 2, "mec2": 1}, decided_at=time.time()))
+            assert got["budgets_cores"] == {"mec1": 0.4, "mec2": 0.4}
+            assert _quota(groups["mec1"]) == 0.4 and _quota(groups["mec2"]) == 0.4
+            assert len(log.lines) == 1 and "mec2 not applied on server b" in log.lines[0], log.lines
+            assert set(app.cpu_seconds()["seconds"]) == {"mec1"}
+    leaked = leftovers.leaks(before, leftovers.snapshot())
+    assert not leaked, f"left behind: {leaked}"
+
+
 def test_the_benchmark_meets_the_target_in_a_namespace_and_leaves_nothing(tmp_path):
     before = leftovers.snapshot()
     rep = bench(writes=50, miners=2, in_netns=True, log_dir=tmp_path, host_cores=0.5)
@@ -173,3 +218,46 @@ def test_the_benchmark_meets_the_target_in_a_namespace_and_leaves_nothing(tmp_pa
     assert set(rep["round_trip_ms"]) == {"p50", "p95", "p99", "max"}
     assert not leftovers.leaks(before, leftovers.snapshot())
 
+
+def test_the_controller_process_applies_a_remote_miners_budget_through_its_agent(tmp_path):
+    """``python -m controller`` with the lab's apps: mec1 on this machine, mec2 on server "b"
+    (its agent in a namespace, the run's secret in a file of the controller's settings); one
+    ``PUT /assignment`` writes both through the one writer, applied within the 300-ms target."""
+    from eth_account import Account
+
+    from nodes.api_client import ApiClient
+    from test_controller_api import TOKEN, _free_port, start_controller, write_settings
+
+    before = leftovers.snapshot()
+    run = f"agent-api-{os.getpid()}"
+    secret = new_secret()
+    (tmp_path / "agent-b.secret").write_text(secret)
+    (tmp_path / "agent-b.secret").chmod(0o600)
+    ns = f"mec-agentc-{os.getpid()}"
+    with lab_groups(run, ["mec1", "mec2"], HOST) as groups, netns(ns) as (_, there), \
+            agent_process(agent_config(run, ["mec2"], secret, HOST, PERIOD), tmp_path, listen=there, ns=ns) \
+            as (agent_proc, address):
+        port = _free_port()
+        miners = {m: {"host_group": f"mec-lab/{run}/{m}", "period_us": PERIOD, "host_cores": HOST,
+                      "coupling": "shared"} for m in ("mec1", "mec2")}
+        miners["mec2"]["server"] = "b"
+        write_settings(tmp_path, {n: Account.create() for n in ("mec1", "mec2", "ue1", "ue2")}, port, miners,
+                       {"b": {"address": address, "secret_file": str(tmp_path / "agent-b.secret")}})
+        operator = ApiClient(f"http://127.0.0.1:{port}", TOKEN, timeout_s=5.0)
+        proc, _ = start_controller(tmp_path, 1, operator)
+        try:
+            for slot, levels in enumerate(({"mec1": 1, "mec2": 0}, {"mec1": 0, "mec2": 1})):
+                got = operator.request("PUT", "/assignment", {"slot": slot, "serve": {}, "levels": levels})
+                assert got["applied"]["budgets_applied_s"] < 0.3, got
+                assert operator.state()["miners"]["budgets_cores"] == {m: [0.1, 0.2][k] for m, k in levels.items()}
+                for m, k in levels.items():
+                    assert _quota(groups[m]) == [0.1, 0.2][k]
+                    assert _quota(groups[m].parent / "executor") == pytest.approx(HOST - [0.1, 0.2][k])
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        assert "refused" not in agent_proc.log_path.read_text()
+    log = (tmp_path / "controller-1.log").read_text()
+    assert "not applied" not in log and "Traceback" not in log, log
+    leaked = leftovers.leaks(before, leftovers.snapshot())
+    assert not leaked, f"left behind: {leaked}"
