@@ -205,7 +205,7 @@ def cmd_bench_server_agent(scn: Scenario, args) -> int:
     from testbed.experiments import bench_server_agent
     out = _out(scn, args, "bench", "server-agent")
     rep = bench_server_agent.run(out, writes=args.writes, miners=args.miners, in_netns=not args.no_netns,
-                                 delay_ms=args.delay_ms, host_cores=float(scn.lab.host_cores),
+                                 delay_ms=args.delay_ms, busy=args.busy, host_cores=float(scn.lab.host_cores),
                                  period_us=scn.chain.cpu_period_us)
     print(json.dumps(rep, indent=1))
     print(f"[bench-server-agent] {out}/bench.json")
@@ -325,6 +325,8 @@ VERBS: dict[str, Verb] = {
                            "applied p50/p95/p99 against issue 22's 300 ms (JSON)",
                            lambda p: (p.add_argument("--writes", type=int, default=500, help="budgets sent"),
                                       p.add_argument("--miners", type=int, default=2, help="miners on the server"),
+                                      p.add_argument("--busy", type=int, default=0,
+                                                     help="processes spinning beside the agent (a loaded server)"),
                                       p.add_argument("--delay-ms", type=float, default=0.0,
                                                      help="network delay each way (tc netem)"),
                                       p.add_argument("--no-netns", action="store_true",

@@ -14,7 +14,8 @@ as JSON, written to ``results/bench/server-agent/bench.json``:
   clock here);
 - the target: slot start -> applied p95 < 300 ms on a remote server (issue 22's must), met or not.
 
-``--delay-ms D`` adds D ms each way on the veth (``tc netem``: a LAN between servers; this
+``--busy N`` spins N processes beside the agent the whole time (a loaded server: the agent has
+no CPU reservation of its own). ``--delay-ms D`` adds D ms each way on the veth (``tc netem``: a LAN between servers; this
 project's machine kind has no netem). Everything
 made is removed after: the namespace, the veth, the cgroups, the agent.
 """
@@ -24,6 +25,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,8 +139,9 @@ def _percentiles(xs: list[float]) -> dict:
 
 
 def bench(writes: int = 200, miners: int = 2, in_netns: bool = True, delay_ms: float = 0.0,
-          log_dir: Path | None = None, host_cores: float = 1.0, period_us: int = 100_000) -> dict:
-    """``writes`` budgets through a real agent (see the module docstring); the JSON report."""
+          log_dir: Path | None = None, host_cores: float = 1.0, period_us: int = 100_000, busy: int = 0) -> dict:
+    """``writes`` budgets through a real agent (see the module docstring), with ``busy``
+    processes spinning beside it (a loaded server); the JSON report."""
     if controller_dir() is None:
         raise RuntimeError("no cgroup CPU controller on this machine")
     run = f"agent-bench-{os.getpid()}"
@@ -155,6 +158,9 @@ def bench(writes: int = 200, miners: int = 2, in_netns: bool = True, delay_ms: f
         proc, address = stack.enter_context(agent_process(agent_config(run, names, secret, host_cores, period_us),
                                                           log_dir, listen=there, ns=ns))
         client = stack.enter_context(AgentClient(address, secret))
+        for k in range(busy):
+            stack.enter_context(ManagedProcess(f"busy {k}", [sys.executable, "-c", "while True: pass"],
+                                               log_dir / f"busy-{k}.log"))
         client.cpu_seconds()                          # connected, as the controller is by its first slot
         for i in range(writes):
             budgets = {m: LEVELS[(i + k) % len(LEVELS)] * host_cores for k, m in enumerate(names)}
@@ -169,7 +175,7 @@ def bench(writes: int = 200, miners: int = 2, in_netns: bool = True, delay_ms: f
                     wrong.append({"write": i, "miner": m, "want_us": want, "got_us": got})
         agent_pid = proc.pid
     rep = {
-        "bench": "server-agent", "writes": writes, "miners": miners, "in_netns": in_netns,
+        "bench": "server-agent", "writes": writes, "miners": miners, "in_netns": in_netns, "busy_processes": busy,
         "delay_ms_each_way": delay_ms, "cores": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "round_trip_ms": _percentiles(round_trip), "request_to_applied_ms": _percentiles(to_applied),
