@@ -189,11 +189,16 @@ class ServerAgent:
             self._check_seq(seq)
             self.last_seq = seq                   # consumed, whatever the body says next
             answer = self._do(msg)
+        except RecursionError:                     # JSON nested beyond the parser's depth
+            answer = self._refused(seq, Refused("malformed", "the body is nested too deeply"))
         except Refused as e:
-            print(f"refused {e.reason}: {e.detail}", file=self.log, flush=True)
-            answer = {"ok": False, "seq": seq if isinstance(seq, int) else None, "refused": e.reason,
-                      "detail": e.detail}
+            answer = self._refused(seq, e)
         return frame(self.secret, b"reply", {**answer, "at": time.time()})
+
+    def _refused(self, seq, e: Refused) -> dict:
+        print(f"refused {e.reason}: {e.detail}", file=self.log, flush=True)
+        return {"ok": False, "seq": seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                "refused": e.reason, "detail": e.detail}
 
     def refusal(self, reason: str, detail: str) -> bytes:
         print(f"refused {reason}: {detail}", file=self.log, flush=True)
@@ -201,8 +206,8 @@ class ServerAgent:
                                              "detail": detail, "at": time.time()})
 
     def _check_seq(self, seq) -> None:
-        if isinstance(seq, bool) or not isinstance(seq, int):
-            raise Refused("malformed", "seq: an integer (the sender's clock, ns)")
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 < seq < 2 ** 63:
+            raise Refused("malformed", "seq: a positive 64-bit integer (the sender's clock, ns)")
         if seq <= self.last_seq:
             raise Refused("replay", f"seq {seq} is not above the last accepted ({self.last_seq})")
         off = seq / 1e9 - time.time()

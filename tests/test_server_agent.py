@@ -106,6 +106,8 @@ def test_every_refusal_is_named_and_changes_nothing(agent):
         ("malformed", lambda: signed(req({"mec1": 0.1}, group="../../../../tmp"))),       # a path: no such field
         ("malformed", lambda: signed({"op": "write", "seq": time.time_ns(), "path": "/etc/passwd", "value": "0"})),
         ("malformed", lambda: signed(req({"mec1": 0.1}) | {"seq": "1"})),
+        ("malformed", lambda: signed(req({"mec1": 0.1}) | {"seq": 10 ** 400})),
+        ("malformed", lambda: raw(b'{"op":"apply","seq":%d,"budgets":%s}' % (time.time_ns(), b"[" * 5000 + b"]" * 5000))),
         ("unknown_miner", lambda: signed(req({"../../something": 0.1}))),                # a foreign cgroup
         ("unknown_miner", lambda: signed(req({"mec1": 0.1, "mec9": 0.1}))),              # one of two unknown
         ("out_of_range", lambda: signed(req({"mec1": 0.1, "mec2": 5.0}))),               # above its host's cores
