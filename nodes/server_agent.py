@@ -28,7 +28,8 @@ back across an agent restart). Answers::
 REASON is one of :data:`REASONS`; a request is checked whole before anything is written, so a
 refused one changes nothing (the quotas in force stay). The agent only writes the groups of the
 miners in its configuration (each under the lab's ``mec-lab``/``mec-chain`` tree): a request
-names miners, never paths.
+names miners, never paths. At most MAX_CONNECTIONS at once; when full, the oldest
+connection that never sent a signed request makes room (idle ones cannot lock the controller out).
 
 Run (the configuration as JSON on stdin, ``-``, or a file readable by root only)::
 
@@ -177,14 +178,17 @@ class ServerAgent:
         if self.root is None:
             raise ValueError("no cgroup CPU controller on this server")
         self.last_seq = 0
+        self.trusted: set[socket.socket] = set()    # connections that sent a request with the MAC
         self.log = sys.stderr
 
     # ---- one request
-    def handle(self, line: bytes) -> bytes:
-        """The signed answer to one request line (``line`` at most MAX_LINE bytes)."""
-        seq = None
+    def handle(self, line: bytes) -> tuple[bytes, bool]:
+        """The signed answer to one request line (``line`` at most MAX_LINE bytes), and whether
+        the line carried the run's MAC (its sender holds the secret)."""
+        seq, authentic = None, False
         try:
             msg = unframe(self.secret, b"request", line)
+            authentic = True
             seq = msg.get("seq")
             self._check_seq(seq)
             self.last_seq = seq                   # consumed, whatever the body says next
@@ -193,7 +197,7 @@ class ServerAgent:
             answer = self._refused(seq, Refused("malformed", "the body is nested too deeply"))
         except Refused as e:
             answer = self._refused(seq, e)
-        return frame(self.secret, b"reply", {**answer, "at": time.time()})
+        return frame(self.secret, b"reply", {**answer, "at": time.time()}), authentic
 
     def _refused(self, seq, e: Refused) -> dict:
         print(f"refused {e.reason}: {e.detail}", file=self.log, flush=True)
@@ -265,8 +269,15 @@ class ServerAgent:
         is closed on the way out."""
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ)
-        buffers: dict[socket.socket, bytearray] = {}
+        buffers: dict[socket.socket, bytearray] = {}   # open connections, oldest first
         draining: dict[socket.socket, int] = {}      # refused connections: bytes still read before closing
+
+        def close(sock):
+            sel.unregister(sock)
+            del buffers[sock]
+            draining.pop(sock, None)
+            self.trusted.discard(sock)
+            sock.close()
         try:
             while True:
                 for key, _ in sel.select():
@@ -274,8 +285,13 @@ class ServerAgent:
                     if sock is listener:
                         conn, _ = listener.accept()
                         if len(buffers) >= MAX_CONNECTIONS:
-                            conn.close()
-                            continue
+                            # full: the oldest connection that never sent a signed request makes
+                            # room (idle or trickling ones cannot lock the controller out)
+                            idle = next((c for c in buffers if c not in self.trusted), None)
+                            if idle is None:
+                                conn.close()
+                                continue
+                            close(idle)
                         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         buffers[conn] = bytearray()
                         sel.register(conn, selectors.EVENT_READ)
@@ -285,15 +301,13 @@ class ServerAgent:
                     else:
                         state = self._readable(sock, buffers[sock])
                     if state is None:
-                        sel.unregister(sock)
-                        del buffers[sock]
-                        draining.pop(sock, None)
-                        sock.close()
+                        close(sock)
                     elif state is not True:
                         draining[sock] = state
         finally:
             for sock in list(buffers):
                 sock.close()
+            self.trusted.clear()
             sel.close()
 
     @staticmethod
@@ -323,8 +337,11 @@ class ServerAgent:
                 break
             line = bytes(buf[:end + 1])
             del buf[:end + 1]
+            answer, authentic = self.handle(line)
+            if authentic:
+                self.trusted.add(sock)
             try:
-                sock.sendall(self.handle(line))
+                sock.sendall(answer)
             except OSError:
                 return None
         if len(buf) >= MAX_LINE:

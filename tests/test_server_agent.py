@@ -13,7 +13,7 @@ import time
 import pytest
 
 from chain.cgroup import MIN_QUOTA_US, controller_dir, read_quota
-from nodes.server_agent import MAX_LINE, AgentClient, AgentError, _mac, frame, new_secret
+from nodes.server_agent import MAX_CONNECTIONS, MAX_LINE, AgentClient, AgentError, _mac, frame, new_secret
 from testbed import leftovers
 from testbed.experiments.bench_server_agent import agent_config, agent_process, bench, lab_groups, netns
 
@@ -139,6 +139,25 @@ def test_every_refusal_is_named_and_changes_nothing(agent):
     assert client.apply({"mec1": 0.5})["applied"]["mec1"]["miner_cores"] == 0.5
     assert _quota(groups["mec1"]) == 0.5 and proc.alive
     assert "refused bad_signature" in proc.log_path.read_text()
+
+
+def test_idle_connections_cannot_lock_the_controller_out(agent):
+    """An attacker without the secret fills every connection slot: the oldest connection that
+    never sent a signed request makes room for a new one; the controller's stays."""
+    client, secret, groups, proc, address = agent
+    client.apply({"mec1": 0.25})                      # the controller's connection, trusted
+    host, port = address.rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(2 * MAX_CONNECTIONS)]
+    try:
+        idle[-1].sendall(b"0" * 100)                  # one trickling, never finishing a line
+        with AgentClient(address, secret) as other:    # a new connection of the run gets in
+            assert other.apply({"mec2": 0.5})["applied"]["mec2"]["miner_cores"] == 0.5
+        assert client.apply({"mec1": 0.75})["applied"]["mec1"]["miner_cores"] == 0.75
+        assert _quota(groups["mec1"]) == 0.75 and _quota(groups["mec2"]) == 0.5
+    finally:
+        for s in idle:
+            s.close()
+    assert proc.alive
 
 
 @pytest.mark.parametrize("change, named", [
