@@ -123,6 +123,43 @@ def write_quota(group_dir: Path, cores: float | None, period_us: int = 100_000,
         (group_dir / "cpu.weight").write_text(str(min(10_000, max(1, round(100 * w)))))
 
 
+def read_quota(group_dir: Path) -> tuple[int | None, int]:
+    """The quota in force on ``group_dir``, as the kernel reports it: (quota µs per period or
+    None for no cap, period µs), from ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` (v1) or
+    ``cpu.max`` (v2)."""
+    group_dir = Path(group_dir)
+    if (group_dir / "cpu.cfs_quota_us").exists():
+        quota = int((group_dir / "cpu.cfs_quota_us").read_text())
+        return (None if quota < 0 else quota), int((group_dir / "cpu.cfs_period_us").read_text())
+    quota, period = (group_dir / "cpu.max").read_text().split()
+    return (None if quota == "max" else int(quota)), int(period)
+
+
+def miner_group(host_dir: Path, name: str) -> Path | None:
+    """Miner ``name``'s own group in its MEC host's group ``host_dir``: the newest child named
+    ``<name>-<geth pid>`` (a restarted miner gets a new one); None if there is none."""
+    host_dir = Path(host_dir)
+    found = sorted(host_dir.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime) if host_dir.is_dir() else []
+    return found[-1] if found else None
+
+
+def write_budget(host_dir: Path, name: str, miner_cores: float, host_cores: float, coupling: str,
+                 period_us: int = 100_000) -> dict | None:
+    """One MEC host's hash budget (the controller's :mod:`controller.budgets`, locally or through
+    a cluster server's agent, :mod:`nodes.server_agent`): miner ``name`` capped at
+    ``miner_cores`` and the host's work kernel (``executor``) at what it leaves
+    (:func:`executor_cores`), each at least the kernel's minimum. None if the miner's group is
+    gone; QuotaError or OSError as :func:`write_quota`. Returns what was written."""
+    group = miner_group(host_dir, name)
+    if group is None:
+        return None
+    left = executor_cores(host_cores, miner_cores, coupling)
+    floor = MIN_QUOTA_US / period_us                     # level 0: the kernel's minimum
+    for g, c in ((group, miner_cores), (group.parent / "executor", left)):
+        write_quota(g, max(c, floor), period_us, weight=c)
+    return {"group": group.name, "miner_cores": miner_cores, "executor_cores": left}
+
+
 class CpuQuota:
     """One cgroup with a CPU quota in cores (1.0 = one full core).
 

@@ -39,6 +39,8 @@ class LabSettings:
     work: dict                         # iterations per Gcycle and the demand reading (proofs)
     miners: dict[str, dict]            # per server: its host cgroup, period, host cores, coupling
     miner_rpc: dict[str, str]          # per server: its miner's RPC URL (management network)
+    agents: dict[str, dict]            # per cluster server with miners ("server" in miners): its
+                                       # agent's "address" (host:port) and "secret_file"; {} on one machine
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabSettings":

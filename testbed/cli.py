@@ -19,6 +19,7 @@ then the ``--set`` overrides); the Makefile targets call these verbs. ``python -
     mining-check      do miners win blocks in proportion to their hash budget?
     bench-chain WHICH chain start-up, hash-budget change, full DAG
     cluster-check     one network across the [cluster] servers: controller, tunnels, ping, teardown
+    bench-server-agent  hash budgets through a cluster server's agent: p50/p95/p99 (JSON)
     calibrate         measure this machine: hash rate per core, the work kernel's cycles
     build-contracts   compile the contracts (--check: stale artifacts are an error)
     build-images      build the Docker images offline from Debian packages
@@ -198,6 +199,19 @@ def cmd_cluster_check(scn: Scenario, args) -> int:
                                        + scn.cluster.link))
 
 
+def cmd_bench_server_agent(scn: Scenario, args) -> int:
+    _need_root("bench-server-agent")
+    import json
+    from testbed.experiments import bench_server_agent
+    out = _out(scn, args, "bench", "server-agent")
+    rep = bench_server_agent.run(out, writes=args.writes, miners=args.miners, in_netns=not args.no_netns,
+                                 delay_ms=args.delay_ms, busy=args.busy, host_cores=float(scn.lab.host_cores),
+                                 period_us=scn.chain.cpu_period_us)
+    print(json.dumps(rep, indent=1))
+    print(f"[bench-server-agent] {out}/bench.json")
+    return 0 if rep["target"]["met"] else 1
+
+
 def cmd_bench_chain(scn: Scenario, args) -> int:
     from testbed.experiments import chain_bench
     if args.which != "dag":
@@ -306,6 +320,17 @@ VERBS: dict[str, Verb] = {
     "cluster-check": (cmd_cluster_check, None, "one network across the [cluster] servers (make cluster-check "
                       "makes two as containers): pre-start check, controller, tunnels, ping, teardown -> "
                       "results/cluster-check/", None),
+    "bench-server-agent": (cmd_bench_server_agent, None, "hash budgets through a cluster server's agent "
+                           "(nodes/server_agent.py) in a namespace of its own, on real cgroups: request -> "
+                           "applied p50/p95/p99 against issue 22's 300 ms (JSON)",
+                           lambda p: (p.add_argument("--writes", type=int, default=500, help="budgets sent"),
+                                      p.add_argument("--miners", type=int, default=2, help="miners on the server"),
+                                      p.add_argument("--busy", type=int, default=0,
+                                                     help="processes spinning beside the agent (a loaded server)"),
+                                      p.add_argument("--delay-ms", type=float, default=0.0,
+                                                     help="network delay each way (tc netem)"),
+                                      p.add_argument("--no-netns", action="store_true",
+                                                     help="the agent on loopback, no namespace"))),
     "calibrate": (cmd_calibrate, None, "measure hash rate per core and the work kernel -> results/calibration.json", None),
     "build-contracts": (cmd_build_contracts, None, "compile the Solidity contracts into contracts/build/",
                         lambda p: p.add_argument("--check", action="store_true",

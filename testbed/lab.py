@@ -418,6 +418,7 @@ class Lab:
                         "coupling": self.scn.lab.coupling} for m in names},
             miner_rpc={m: f"http://{plan.mgmt_ip(m)}:{self.chain_cfg.http_port + i}"
                        for i, m in enumerate(names)},
+            agents={},                       # one machine: every miner's budget is written here
         ).write(self.secrets / "controller.json")
 
     def _tell_controller(self) -> None:

@@ -40,6 +40,7 @@ def test_no_cluster_by_default_and_the_digest_is_unchanged():
     ("cluster.vni_base=0", "cluster.vni_base"),
     ("cluster.underlay_mtu=576", "cluster.underlay_mtu"),
     ("cluster.max_clock_skew_s=0", "cluster.max_clock_skew_s"),
+    ("cluster.agent_port=70000", "cluster.agent_port"),
     ("cluster.servers=[{name='a', address='x'}, {name='a', address='y'}]", "cluster.servers"),
     ("cluster.servers=[{name='a b', address='x'}]", r"cluster.servers\[0\].name"),
     ("cluster.servers=[{name='a', address='x', port=0}]", r"cluster.servers\[0\].port"),

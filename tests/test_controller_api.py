@@ -343,22 +343,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_controller_apps_decide_apply_fall_back_and_survive_a_restart(tmp_path):
-    """The lab's os-ken apps in a real ``python -m controller`` process, without a network: the
-    API app puts a policy's assignment in force (the budgets app answers, its miners' cgroups
-    absent here), the fallback app decides round-robin after 1.5 slots of silence, both are
-    logged in budgets.jsonl, and after a restart the journal app gives the state back."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def write_settings(tmp_path, keys: dict, port: int, miners: dict, agents: dict | None = None) -> None:
+    """A lab's controller settings (``controller.json``) for mec1, mec2, ue1, ue2 (``keys``), the
+    API on 127.0.0.1:``port``, the budgets app's ``miners`` and ``agents``."""
     from controller.settings import LabSettings
-    from nodes.api_client import ApiClient
-    from testbed.lab import CONTROLLER_APPS           # the lab's apps, in the lab's order
-
-    keys = {n: Account.create() for n in ("mec1", "mec2", "ue1", "ue2")}
     (tmp_path / "token").write_text(TOKEN)
-    port = _free_port()
     LabSettings(servers=["mec1", "mec2"], ues=["ue1", "ue2"], accounts={k: a.address for k, a in keys.items()},
                 levels_mhs=[20.0, 40.0], budget_mhs=80.0, levels_cores=[0.1, 0.2], window_s=60.0, slot_s=1.0,
                 equal_level=1, monitor_period_s=0.5, api_host="127.0.0.1", api_port=port,
@@ -366,27 +355,47 @@ def test_the_controller_apps_decide_apply_fall_back_and_survive_a_restart(tmp_pa
                 token_file=str(tmp_path / "token"), budget_log=str(tmp_path / "budgets.jsonl"),
                 state_file=str(tmp_path / "state.json"), task_ranges={k: list(v) for k, v in RANGES.items()},
                 work={"iterations_per_gcycle": ITERATIONS_PER_GCYCLE, "demand_reading": "total"},
-                miners={m: {"host_group": f"no-such-lab-{port}/{m}", "period_us": 100_000, "host_cores": 1.0,
-                            "coupling": "shared"} for m in ("mec1", "mec2")},
-                miner_rpc={}).write(tmp_path / "controller.json")
-    root = Path(__file__).resolve().parents[1]
+                miners=miners, miner_rpc={}, agents=agents or {}).write(tmp_path / "controller.json")
+
+
+def start_controller(tmp_path, n: int, operator):
+    """``python -m controller`` with the lab's apps on ``controller.json``; (process, first state)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from testbed.lab import CONTROLLER_APPS           # the lab's apps, in the lab's order
+    log = open(tmp_path / f"controller-{n}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "--listen", "127.0.0.1",
+                             "--port", str(_free_port()), "--lab-config", str(tmp_path / "controller.json"),
+                             *[a for app in CONTROLLER_APPS for a in ("--app", app)]],
+                            cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return proc, operator.state()
+        except OSError:
+            assert proc.poll() is None, (tmp_path / f"controller-{n}.log").read_text()
+            assert time.monotonic() < deadline, "the API never answered"
+            time.sleep(0.2)
+
+
+def test_the_controller_apps_decide_apply_fall_back_and_survive_a_restart(tmp_path):
+    """The lab's os-ken apps in a real ``python -m controller`` process, without a network: the
+    API app puts a policy's assignment in force (the budgets app answers, its miners' cgroups
+    absent here), the fallback app decides round-robin after 1.5 slots of silence, both are
+    logged in budgets.jsonl, and after a restart the journal app gives the state back."""
+    from nodes.api_client import ApiClient
+
+    keys = {n: Account.create() for n in ("mec1", "mec2", "ue1", "ue2")}
+    port = _free_port()
+    write_settings(tmp_path, keys, port, {m: {"host_group": f"no-such-lab-{port}/{m}", "period_us": 100_000,
+                                              "host_cores": 1.0, "coupling": "shared"} for m in ("mec1", "mec2")})
     url = f"http://127.0.0.1:{port}"
     operator = ApiClient(url, TOKEN, timeout_s=5.0)
 
     def start(n: int):
-        log = open(tmp_path / f"controller-{n}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "controller", "--listen", "127.0.0.1",
-                                 "--port", str(_free_port()), "--lab-config", str(tmp_path / "controller.json"),
-                                 *[a for app in CONTROLLER_APPS for a in ("--app", app)]],
-                                cwd=root, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                return proc, operator.state()
-            except OSError:
-                assert proc.poll() is None, (tmp_path / f"controller-{n}.log").read_text()
-                assert time.monotonic() < deadline, "the API never answered"
-                time.sleep(0.2)
+        return start_controller(tmp_path, n, operator)
 
     def announce(ue: str, task_id: int):
         ApiClient(url, signer=ue, key=keys[ue]).request(

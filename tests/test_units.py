@@ -284,10 +284,11 @@ def test_programs_on_the_hosts_do_not_load_numpy():
     """A UE client (twenty in a lab) and an executor draw, price and size their tasks without
     numpy (13 MB each, issue 21), with the same figures as the model's numpy functions, sign
     without cffi's C parser (keccak through ctypes) and call HTTP without urllib.request's
-    http.client, email and ssl (chain.rpc.http_exchange)."""
+    http.client, email and ssl (chain.rpc.http_exchange); a cluster server's budget agent
+    (nodes.server_agent) loads nothing heavy either."""
     import subprocess
     import sys
-    code = ("import sys, json, nodes.ue_client, nodes.executor\n"
+    code = ("import sys, json, nodes.ue_client, nodes.executor, nodes.server_agent\n"
             "from scenario.config import load_scenario\n"
             "from scenario import units\n"
             "from nodes.rng import TaskRng\n"

@@ -193,6 +193,7 @@ class ClusterConfig:
     ssh_key: str = ""                   # private key for ssh; "" = ssh's default
     known_hosts: str = ""               # known_hosts file; "" = ssh's default
     max_clock_skew_s: float = 1.0       # refuse a server whose clock is further off than this
+    agent_port: int = 7717              # TCP port of each server's budget agent (nodes/server_agent.py)
 
     def __post_init__(self):
         c = "cluster"
@@ -226,6 +227,8 @@ class ClusterConfig:
                 "an integer in [1, 2^24 - 65536) (24-bit VNIs, one per link)", self.vni_base)
         require(is_int(self.underlay_mtu) and 1280 <= self.underlay_mtu <= 65535, f"{c}.underlay_mtu",
                 "an integer in [1280, 65535]", self.underlay_mtu)
+        require(is_int(self.agent_port) and 1 <= self.agent_port <= 65535, f"{c}.agent_port", "a TCP port",
+                self.agent_port)
         for name in ("ssh_key", "known_hosts"):
             require(isinstance(getattr(self, name), str), f"{c}.{name}", "a path or \"\"", getattr(self, name))
         require(is_number(self.max_clock_skew_s) and 0 < self.max_clock_skew_s <= 60, f"{c}.max_clock_skew_s",
