@@ -31,12 +31,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import platform
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-
-import psutil
 
 from agent.config import task_gcycles
 
@@ -173,19 +170,6 @@ class Calibration:
     @staticmethod
     def now() -> str:
         return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-    @staticmethod
-    def machine_info() -> dict:
-        model = ""
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        return {"host": platform.node(), "cpu": model, "cores": psutil.cpu_count(),
-                "kernel": platform.release()}
 
 
 # ---------------------------------------------------------------------------- model <-> lab
