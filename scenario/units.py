@@ -31,8 +31,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import platform
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -172,21 +170,6 @@ class Calibration:
     @staticmethod
     def now() -> str:
         return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-    @staticmethod
-    def machine_info() -> dict:
-        model = ""
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        # os.cpu_count() is psutil.cpu_count()'s figure (online logical CPUs) without loading
-        # psutil into every UE client and executor that reads a calibration (issue 21)
-        return {"host": platform.node(), "cpu": model, "cores": os.cpu_count(),
-                "kernel": platform.release()}
 
 
 # ---------------------------------------------------------------------------- model <-> lab

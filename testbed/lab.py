@@ -47,6 +47,7 @@ from chain.network import Chain
 from controller.settings import LabSettings
 from nodes.api_client import ApiClient
 from scenario import units
+from base import machine
 from base.errors import ConfigError
 from scenario.config import ROOT, Scenario
 from topologies import build_topo
@@ -243,6 +244,9 @@ class Lab:
         check_lab_cpu(self.scn)
         cal_path = self.scn.path(self.scn.lab.calibration)
         self.calibration = units.Calibration.load(cal_path)
+        why = machine.stale(self.calibration.machine, machine.facts())
+        if why:
+            raise ConfigError(f"the calibration {cal_path} does not fit this machine: {why}")
         self.mapping = units.LiveMapping(self.scn.model, self.scn.lab.mining_cores, self.scn.lab.host_cores,
                                          self.calibration)
         self.chain_plan = plan_chain(self.scn, self.mapping)

@@ -2,12 +2,14 @@
 :func:`topologies.cluster.vxlan_commands` between two network namespaces joined by a veth
 "underlay", and the pre-start check refusing a server, named, for what is missing. The check
 over ssh between two servers is `make cluster-check` (scripts/cluster-check.sh)."""
+import json
 import os
 import subprocess
 import time
 
 import pytest
 
+from base import machine
 from topologies.cluster import (VXLAN_OVERHEAD, ClusterError, check_servers, judge, leaks, snapshot,
                                 vxlan_commands)
 from topologies.config import ClusterConfig, ServerSpec
@@ -81,6 +83,44 @@ def test_a_missing_tool_is_refused_by_name_and_a_complete_server_passes(tmp_path
     with pytest.raises(ClusterError, match=r"server here: mnexec missing, docker missing$"):
         check_servers(here, timeout_s=10)
     assert check_servers(here, containers=False, raise_error=False)["here"].problems == ["mnexec missing"]
+
+
+def test_a_server_needs_its_own_calibration_measured_on_its_own_cpu(tmp_path):
+    """Calibration per server: the pre-start check reads the server's own calibration file (the
+    same path on every server) and refuses one that is missing or was measured on another CPU
+    model or core count; the shell probe reads the same facts as ``base.machine.facts``."""
+    here = _cluster(ServerSpec(name="here", address="localhost"))
+    cal = tmp_path / "calibration.json"
+    with pytest.raises(ClusterError, match=rf"server here: no calibration at {cal} \(run `make calibrate` there\)"):
+        check_servers(here, containers=False, timeout_s=10, calibration=str(cal))
+    mine = machine.facts()
+    cal.write_text(json.dumps({"date": "2026-12-06T00:00:00+00:00", "machine": {**mine, "host": "elsewhere"},
+                               "kernel_iterations_per_core_s": 1.0}, indent=1))
+    check = check_servers(here, containers=False, timeout_s=10, calibration=str(cal))["here"]
+    assert check.ok and check.machine == mine and check.calibration["kernel_iterations_per_core_s"] == 1.0
+    cal.write_text(json.dumps({"machine": {**mine, "cpu": "Another CPU", "cores": 64}}))
+    with pytest.raises(ClusterError, match=r"server here: stale calibration: calibrated on Another CPU with 64 "
+                                           rf"cores, this machine has .* with {mine['cores']} cores"):
+        check_servers(here, containers=False, timeout_s=10, calibration=str(cal))
+    cal.write_text("{not json")
+    assert "unreadable" in check_servers(here, containers=False, raise_error=False,
+                                         calibration=str(cal))["here"].problems[0]
+
+
+def test_the_lab_refuses_a_calibration_of_another_machine(tmp_path):
+    """The same rule on one machine: a lab started on a calibration measured on another CPU
+    refuses before it starts anything, naming the file and the fix."""
+    from base.errors import ConfigError
+    from scenario.config import ROOT, load_scenario
+    from testbed.lab import Lab
+    real = json.loads((ROOT / "results" / "calibration.json").read_text())
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({**real, "machine": {**real["machine"], "cpu": "Another CPU"}}))
+    lab = Lab(load_scenario("lab", ["model.n_servers=2", f"lab.calibration={cal}"]), tmp_path / "run", start_ues=False)
+    with pytest.raises(ConfigError, match=rf"the calibration {cal} does not fit this machine: calibrated on "
+                                          r"Another CPU .* run `make calibrate` on it"):
+        lab.start()
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
 def test_a_skewed_clock_is_refused():

@@ -21,16 +21,19 @@ batches), and a link between servers is a tunnel. What is ours:
 - :func:`check_servers`: refuses a start, naming the server and what is missing: unreachable
   over ssh, a tool missing (``ovs-vsctl``, ``mnexec``, ``ip``, ``docker`` where UE containers run),
   Open vSwitch not answering, no TUN device (ssh links), a clock off by more than
-  ``cluster.max_clock_skew_s``;
+  ``cluster.max_clock_skew_s``, no calibration of its own or one measured on another CPU or
+  core count (:mod:`base.machine`);
 - :func:`snapshot`/:func:`leaks`: what a run left on a server (network namespaces, veth, VXLAN
   and TAP interfaces, OVS bridges, Mininet shells), compared before and after.
 
 Not yet here (issue 22, step 2): the lab's miners, executors and UE containers on remote
-servers, the management network across servers, the budgets agent, calibration per server.
+servers, the management network across servers, the budgets agent, the mapping per server
+(each server's own calibration is read and checked here).
 """
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shlex
 import subprocess
@@ -42,6 +45,7 @@ from mininet.link import Link
 from mininet.node import Host
 from mininet.util import quietRun
 
+from base import machine
 from topologies.config import ClusterConfig, ServerSpec
 
 VXLAN_OVERHEAD = 50   # bytes: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
@@ -90,14 +94,21 @@ class ServerCheck:
     problems: list[str] = field(default_factory=list)
     clock_offset_s: float | None = None     # server clock - ours, at the middle of the round trip
     rtt_s: float | None = None
+    machine: dict = field(default_factory=dict)      # the server's facts (base.machine.facts)
+    calibration: dict | None = None                  # its own calibration file, when asked for
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def _probe_script(tools: tuple[str, ...], tun: bool) -> str:
+def _probe_script(tools: tuple[str, ...], tun: bool, calibration: str | None = None) -> str:
     lines = [f"command -v {shlex.quote(t)} >/dev/null 2>&1 || echo 'missing {t}'" for t in tools]
+    lines.append(machine.PROBE)
+    if calibration:
+        path = shlex.quote(calibration)
+        lines.append(f"if [ -f {path} ]; then printf 'calibration '; tr -d '\\n' < {path}; echo; "
+                     f"else echo 'problem no calibration at {calibration} (run `make calibrate` there)'; fi")
     if "ovs-vsctl" in tools:
         lines.append("command -v ovs-vsctl >/dev/null 2>&1 && { ovs-vsctl --timeout=3 show >/dev/null 2>&1 "
                      "|| echo 'problem Open vSwitch does not answer (ovs-ctl start)'; "
@@ -121,6 +132,16 @@ def judge(server: str, rc: int, out: str, err: str, t_sent: float, t_back: float
         return check
     check.problems += [f"{m} missing" for m in re.findall(r"^missing (\S+)$", out, re.M)]
     check.problems += re.findall(r"^problem (.+)$", out, re.M)
+    check.machine = machine.parse_probe(out)
+    cal = re.search(r"^calibration (.+)$", out, re.M)
+    if cal:
+        try:
+            check.calibration = json.loads(cal.group(1))
+            why = machine.stale(check.calibration.get("machine", {}), check.machine)
+        except (ValueError, AttributeError) as e:
+            why = f"unreadable ({e}): run `make calibrate` there"
+        if why:
+            check.problems.append(f"stale calibration: {why}")
     check.rtt_s = t_back - t_sent
     check.clock_offset_s = float(clock.group(1)) - (t_sent + t_back) / 2
     # the server read its clock somewhere inside the round trip (ssh's handshake included):
@@ -132,12 +153,15 @@ def judge(server: str, rc: int, out: str, err: str, t_sent: float, t_back: float
 
 
 def check_servers(cluster: ClusterConfig, *, containers: bool = True, timeout_s: float = 15.0,
-                  raise_error: bool = True) -> dict[str, ServerCheck]:
+                  raise_error: bool = True, calibration: str | None = None) -> dict[str, ServerCheck]:
     """Probe every server of ``cluster`` at once (ssh, the tools, Open vSwitch, TUN for ssh
-    links, the clock). Raises :class:`ClusterError` naming each refused server and why, unless
-    ``raise_error`` is false. ``containers``: UE containers run there (``docker`` needed)."""
+    links, the clock, the machine's facts). Raises :class:`ClusterError` naming each refused
+    server and why, unless ``raise_error`` is false. ``containers``: UE containers run there
+    (``docker`` needed). ``calibration``: the calibration file's absolute path, the same on
+    every server (the repository is at the same path): each server must have its own, measured
+    on its own CPU and cores (:func:`base.machine.stale`); it is returned in the check."""
     tools = NETWORK_TOOLS + (CONTAINER_TOOLS if containers else ())
-    script = _probe_script(tools, tun=cluster.link == "ssh")
+    script = _probe_script(tools, tun=cluster.link == "ssh", calibration=calibration)
     argvs = {s.name: (["bash", "-c", script] if is_local(s) else [*ssh_argv(s, cluster), script])
              for s in cluster.servers}
     started = {}

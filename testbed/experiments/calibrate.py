@@ -36,6 +36,7 @@ from chain.network import Chain
 from testbed.experiments.metrics import TICK_S, instant_hashrate
 from nodes.work import compute
 from scenario.config import ROOT, Scenario
+from base import machine
 from base.processes import ManagedProcess, local
 from scenario.units import Calibration
 
@@ -140,7 +141,7 @@ def run(scn: Scenario, out: Path | None = None) -> Calibration:
         raise RuntimeError("no hashrate tick was measured: raise calibrate.hash_seconds")
     big = max(points, key=lambda p: p["quota_cores"])
     cal = Calibration(
-        date=Calibration.now(), machine=Calibration.machine_info(), core_hz=hz,
+        date=Calibration.now(), machine=machine.facts(), core_hz=hz,
         core_hz_source=source, kernel_iterations_per_core_s=rate,
         cycles_per_iteration=hz / rate, kernel_quota_linearity=quota_rate / q0 / rate,
         hashrate_hps_per_core=float(big["hps_per_core"]), hashrate_points=points,
