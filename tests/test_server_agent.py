@@ -17,8 +17,9 @@ from nodes.server_agent import MAX_CONNECTIONS, MAX_LINE, AgentClient, AgentErro
 from testbed import leftovers
 from testbed.experiments.bench_server_agent import agent_config, agent_process, bench, lab_groups, netns
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or controller_dir() is None,
-                                reason="cgroups and namespaces need root and a CPU controller")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0 or controller_dir() is None,
+                                 reason="cgroups and namespaces need root and a CPU controller"),
+              pytest.mark.machine]      # namespaces, veths and the lab's cgroups
 
 HOST = 1.0          # each MEC host's cores
 PERIOD = 100_000
