@@ -4,5 +4,7 @@
 section's dataclass and caught once by the command line; ``base.processes`` is the one owner
 of the processes the lab starts (``ManagedProcess``: start through a launcher (locally, in a
 Mininet host's namespace as a given uid, in a container), ready-check, stop, never leave one
-behind). Nothing in ``base`` imports another package of the project.
+behind); ``base.machine`` is what machine this is and whether a calibration still fits it
+(one rule for this machine and every cluster server). Nothing in ``base`` imports another
+package of the project.
 """
