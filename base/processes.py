@@ -9,7 +9,9 @@ process runs is the launcher's business, so the same owner serves
 - :func:`in_mininet_host` — inside a Mininet host's network namespace (``host.popen``: geth
   miners and MEC executors on their emulated addresses);
 - :func:`in_container` — inside a Docker container, with the container's cgroup, namespaces
-  and capabilities (``docker exec``: the UE clients).
+  and capabilities (``docker exec``: the UE clients);
+- :func:`over_ssh` — on another server of a cluster, through ssh, holding its stdin open
+  (the budgets agent there: it ends when its stdin closes, so it ends with this process).
 
 ``with ManagedProcess(...) as p:`` always yields a started, ready process. :class:`ProcessGroup`
 owns several and stops them in reverse start order: all are signalled first and then waited
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -110,6 +113,46 @@ def in_mininet_host(host, uid: int | None = None) -> Launcher:
         return _PopenHandle(popen, group=True)
     launch.where = f"mininet host {host.name}" + (f" as uid {uid}" if uid is not None else "")
     launch.uid = uid
+    return launch
+
+
+class _LifelineHandle(_PopenHandle):
+    """A process whose stdin we hold open (:func:`over_ssh`): SIGTERM closes that pipe, which is
+    the program's stop; any other signal goes to the local process group (the ssh client)."""
+
+    def send_signal(self, sig: int) -> None:
+        if sig == signal.SIGTERM and self.popen.stdin is not None:
+            self.popen.stdin.close()
+        else:
+            super().send_signal(sig)
+
+
+def over_ssh(ssh: list[str] | None, stdin: bytes) -> Launcher:
+    """Run on another server: ``ssh`` is the ssh command up to its destination (e.g.
+    ``topologies.cluster.ssh_argv``), the program's argv is quoted for the remote shell, ``cwd``
+    is entered there and ``env`` set on top of the remote environment; ``ssh=None``: here, as
+    our child (``env`` on top of ours). ``stdin`` is written first and the pipe stays open:
+    the program must end when its stdin closes. That is its stop (SIGTERM closes the pipe;
+    SIGKILL kills the ssh client, and sshd then closes the program's stdin), and how it ends
+    when this process dies without a word (the kernel closes the pipe): nothing is left there."""
+    def launch(argv, log, *, cwd=None, env=None) -> Handle:
+        if ssh:
+            prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+            remote = "exec " + shlex.join(prefix + list(argv))
+            cmd = [*ssh, (f"cd {shlex.quote(str(cwd))} && " if cwd else "") + remote]
+            popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                                     start_new_session=True)
+        else:
+            popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                                     cwd=cwd, env={**os.environ, **env} if env else None,
+                                     start_new_session=True)
+        try:
+            popen.stdin.write(stdin)
+            popen.stdin.flush()
+        except BrokenPipeError:
+            pass                      # it exited at once: start() reports it with its log
+        return _LifelineHandle(popen, group=True)
+    launch.where = f"over ssh ({ssh[-1]})" if ssh else "local, stdin held"
     return launch
 
 

@@ -240,3 +240,57 @@ class CpuQuota:
             except OSError:
                 break   # a parent still holds other groups, or already gone
             d = d.parent
+
+
+def host_groups(parent: str, host: str, host_cores: float, executor: float, miner_pid: int,
+                attach: bool = False) -> list[CpuQuota]:
+    """A MEC host's groups as the lab makes them (``testbed.lab``, ``chain.geth``):
+    ``<parent>/<host>`` (weighted by its ``host_cores``, no cap), its work kernel's ``executor``
+    (capped at ``executor`` cores) and its miner's ``<host>-<miner_pid>`` (no cap until the
+    controller's first budget), process ``miner_pid`` moved into it when ``attach``. In creation
+    order: remove them in reverse."""
+    made = []
+    try:
+        for name, under, cores, weight in ((host, parent, None, host_cores),
+                                           ("executor", f"{parent}/{host}", executor, executor),
+                                           (f"{host}-{miner_pid}", f"{parent}/{host}", None, None)):
+            made.append(CpuQuota(name, parent=under))
+            made[-1].set(cores, weight=weight)
+        if attach:
+            made[-1].attach(miner_pid)
+    except BaseException:
+        for q in reversed(made):
+            q.remove()
+        raise
+    return made
+
+
+def remove_tree(group: str) -> list[str]:
+    """Remove ``group`` (a path under the CPU controller's root, in the lab's ``mec-chain`` or
+    ``mec-lab`` tree) and every group below it, deepest first; a process still in one is moved
+    to the root first; then its parents in the tree that are left empty. Returns the groups
+    that could not be removed (empty: all gone)."""
+    parts = Path(group).parts
+    if len(parts) < 2 or parts[0] not in (PARENT, "mec-lab") or ".." in parts:
+        raise ValueError(f"not a group of the lab's trees (mec-chain/..., mec-lab/...): {group!r}")
+    root = controller_dir()
+    top = root / group if root is not None else None
+    if top is None or not top.is_dir():
+        return []
+    left = []
+    for d in sorted((x for x in top.rglob("*") if x.is_dir()), key=lambda x: -len(x.parts)) + [top]:
+        try:
+            for pid in (d / "cgroup.procs").read_text().split():
+                try:
+                    (root / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass       # exited meanwhile
+            d.rmdir()
+        except OSError:
+            left.append(str(d.relative_to(root)))
+    for d in top.parents[:len(parts) - 1]:
+        try:
+            d.rmdir()
+        except OSError:
+            break                  # other groups still in it
+    return left

@@ -40,6 +40,11 @@ Run (the configuration as JSON on stdin, ``-``, or a file readable by root only)
 
 It prints ``listening on HOST:PORT`` once ready, starts no process, writes no file and exits
 0 on SIGTERM or SIGINT with its sockets closed. Imports nothing heavy (a host program).
+
+``--until-stdin-closes`` (how the orchestrator starts it over ssh, :mod:`topologies.remote`):
+the configuration is stdin's first line, and the agent stops, as on SIGTERM, when its stdin
+closes: the orchestrator holds the other end, so the agent ends with the orchestrator's run,
+also when the orchestrator is killed (its pipe closes) or its ssh client is (sshd closes it).
 """
 from __future__ import annotations
 
@@ -264,11 +269,13 @@ class ServerAgent:
         return out
 
     # ---- the socket loop
-    def serve(self, listener: socket.socket) -> None:
-        """Answer requests on ``listener`` until SIGTERM/SIGINT (:class:`_Stop`); every socket
-        is closed on the way out."""
+    def serve(self, listener: socket.socket, lifeline: int | None = None) -> None:
+        """Answer requests on ``listener`` until SIGTERM/SIGINT (:class:`_Stop`), or until the
+        file descriptor ``lifeline`` (stdin) reaches its end; every socket is closed on the way out."""
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ)
+        if lifeline is not None:
+            sel.register(lifeline, selectors.EVENT_READ)
         buffers: dict[socket.socket, bytearray] = {}   # open connections, oldest first
         draining: dict[socket.socket, int] = {}      # refused connections: bytes still read before closing
 
@@ -282,6 +289,10 @@ class ServerAgent:
             while True:
                 for key, _ in sel.select():
                     sock = key.fileobj
+                    if sock == lifeline:
+                        if not os.read(lifeline, 4096):    # what else comes is ignored
+                            raise _Stop
+                        continue
                     if sock is listener:
                         conn, _ = listener.accept()
                         if len(buffers) >= MAX_CONNECTIONS:
@@ -365,12 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free one)")
     ap.add_argument("--config", required=True, help="the configuration (JSON): a file readable by root "
                     "only, or - for stdin")
+    ap.add_argument("--until-stdin-closes", action="store_true", help="stop when stdin closes (started "
+                    "over ssh by the orchestrator, which holds it open); with --config -, the "
+                    "configuration is stdin's first line")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
         if args.config == "-":
-            text = sys.stdin.read()
+            text = sys.stdin.readline() if args.until_stdin_closes else sys.stdin.read()
         else:
             path = Path(args.config)
             if path.stat().st_mode & 0o077:
@@ -392,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         listener.listen(MAX_CONNECTIONS)
         host, port = listener.getsockname()[:2]
         print(f"listening on {host}:{port} for {', '.join(agent.miners)}", flush=True)
-        agent.serve(listener)
+        agent.serve(listener, sys.stdin.fileno() if args.until_stdin_closes else None)
     except _Stop:
         pass
     except OSError as e:

@@ -18,7 +18,7 @@ then the ``--set`` overrides); the Makefile targets call these verbs. ``python -
     gas               gas of every contract call beside the paper's Table III
     mining-check      do miners win blocks in proportion to their hash budget?
     bench-chain WHICH chain start-up, hash-budget change, full DAG
-    cluster-check     one network across the [cluster] servers: controller, tunnels, ping, teardown
+    cluster-check     one network across the [cluster] servers: controller, tunnels, ping, budgets, teardown
     bench-server-agent  hash budgets through a cluster server's agent: p50/p95/p99 (JSON)
     calibrate         measure this machine: hash rate per core, the work kernel's cycles
     build-contracts   compile the contracts (--check: stale artifacts are an error)
@@ -196,7 +196,7 @@ def cmd_cluster_check(scn: Scenario, args) -> int:
     _need_root("cluster-check")
     from testbed.experiments import cluster_check
     return cluster_check.run(scn, _out(scn, args, "cluster-check", time.strftime("%Y%m%d-%H%M%S-")
-                                       + scn.cluster.link))
+                                       + scn.cluster.link), budget_slots=args.budget_slots)
 
 
 def cmd_bench_server_agent(scn: Scenario, args) -> int:
@@ -318,8 +318,10 @@ VERBS: dict[str, Verb] = {
                                p.add_argument("--generate", action="store_true",
                                               help="dag: (re)generate the full DAGs"))),
     "cluster-check": (cmd_cluster_check, None, "one network across the [cluster] servers (make cluster-check "
-                      "makes two as containers): pre-start check, controller, tunnels, ping, teardown -> "
-                      "results/cluster-check/", None),
+                      "makes two as containers): pre-start check, controller, tunnels, ping, hash budgets "
+                      "through each server's agent, teardown -> results/cluster-check/",
+                      lambda p: p.add_argument("--budget-slots", type=int, default=20,
+                                               help="slots of the budgets stage (0: none)")),
     "bench-server-agent": (cmd_bench_server_agent, None, "hash budgets through a cluster server's agent "
                            "(nodes/server_agent.py) in a namespace of its own, on real cgroups: request -> "
                            "applied p50/p95/p99 against issue 22's 300 ms (JSON)",

@@ -24,11 +24,13 @@ batches), and a link between servers is a tunnel. What is ours:
   ``cluster.max_clock_skew_s``, no calibration of its own or one measured on another CPU or
   core count (:mod:`base.machine`);
 - :func:`snapshot`/:func:`leaks`: what a run left on a server (network namespaces, veth, VXLAN
-  and TAP interfaces, OVS bridges, Mininet shells), compared before and after.
+  and TAP interfaces, OVS bridges, Mininet shells, budgets agents, the lab's cgroups), compared
+  before and after.
 
-Not yet here (issue 22, step 2): the lab's miners, executors and UE containers on remote
-servers, the management network across servers, the budgets agent, the mapping per server
-(each server's own calibration is read and checked here).
+The budgets agent and the lab's cgroups on a server are :mod:`topologies.remote`'s. Not yet
+here (issue 22, step 2): the lab's miners, executors and UE containers on remote servers, the
+management network across servers, the mapping per server (each server's own calibration is
+read and checked here).
 """
 from __future__ import annotations
 
@@ -384,18 +386,22 @@ for t in veth vxlan tun; do ip -o link show type $t 2>/dev/null | awk -v t=$t '{
 ovs-vsctl --timeout=5 list-br 2>/dev/null | sed 's/^/bridge /'
 pgrep -a -f '^(bash --norc --noediting -is mininet:|mnexec )' | sed 's/^/process /'
 pgrep -a -f 'Tunnel=Ethernet' | sed 's/^/process /'
+pgrep -a -f 'nodes[.]server_agent' | sed 's/^/process /'
+for d in /sys/fs/cgroup/cpu /sys/fs/cgroup; do for t in mec-chain mec-lab; do
+  [ -d $d/$t ] && find $d/$t -type d | sed "s|^$d/|cgroup |"; done; done
 true
 """
 
 
 def snapshot(spec: ServerSpec, cluster: ClusterConfig) -> dict[str, set[str]]:
-    """What a network could leave on a server: network namespaces of running processes, veth,
-    VXLAN and TAP interfaces, OVS bridges, Mininet shells and ssh tunnels."""
+    """What a run could leave on a server: network namespaces of running processes, veth,
+    VXLAN and TAP interfaces, OVS bridges, Mininet shells, ssh tunnels, budgets agents
+    (:mod:`topologies.remote`) and the lab's cgroups (``mec-lab``, ``mec-chain``)."""
     r = run_on(spec, cluster, SNAPSHOT_SCRIPT)
     if r.returncode:
         raise ClusterError(f"server {spec.name}: listing what runs there failed: {r.stderr.strip()}")
     kinds: dict[str, set[str]] = {"netns": set(), "veth": set(), "vxlan": set(), "tun": set(),
-                                  "bridge": set(), "process": set()}
+                                  "bridge": set(), "process": set(), "cgroup": set()}
     for line in r.stdout.splitlines():
         kind, _, what = line.partition(" ")
         if kind in kinds and what:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from base.processes import ManagedProcess, local, log_ready
-from chain.cgroup import CpuQuota, MIN_QUOTA_US, controller_dir, read_quota
+from chain.cgroup import CpuQuota, MIN_QUOTA_US, controller_dir, host_groups, read_quota
 from nodes.server_agent import AgentClient, new_secret
 from testbed.lab import CGROUP_PARENT, ROOT
 
@@ -47,20 +47,11 @@ def lab_groups(run: str, miners: list[str], host_cores: float = 1.0):
     after."""
     made: list[CpuQuota] = []
     try:
-        run_q = CpuQuota(run, parent=CGROUP_PARENT)
-        made.append(run_q)
+        made.append(CpuQuota(run, parent=CGROUP_PARENT))
         groups = {}
         for m in miners:
-            host = CpuQuota(m, parent=f"{CGROUP_PARENT}/{run}")
-            made.append(host)
-            host.set(None, weight=host_cores)
-            ex = CpuQuota("executor", parent=f"{CGROUP_PARENT}/{run}/{m}")
-            made.append(ex)
-            ex.set(host_cores, weight=host_cores)
-            miner = CpuQuota(f"{m}-{os.getpid()}", parent=f"{CGROUP_PARENT}/{run}/{m}")
-            made.append(miner)
-            miner.set(None)
-            groups[m] = miner.dir
+            made += host_groups(f"{CGROUP_PARENT}/{run}", m, host_cores, host_cores, os.getpid())
+            groups[m] = made[-1].dir
         yield groups
     finally:
         for q in reversed(made):

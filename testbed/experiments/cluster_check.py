@@ -12,9 +12,15 @@ as containers, ``scripts/cluster-check.sh``). From this machine, the orchestrato
    ``cluster.link`` tunnel (VXLAN, or the ssh fallback);
 4. measured: each switch's time from start to connected (must be within 10 s), ping both
    ways (must lose nothing), a full-sized frame at the tunnel's MTU with don't-fragment;
-5. torn down always; then each server's namespaces, veth/VXLAN/TAP interfaces, OVS bridges,
-   Mininet shells and tunnels are compared with what was there before (must be nothing new),
-   and this machine's own (processes, interfaces).
+5. torn down always;
+6. the budgets stage (:mod:`testbed.experiments.cluster_budgets`): on each server a miner
+   stand-in in the lab's cgroups and the budgets agent started over ssh; the controller's
+   ``BudgetApplier`` puts a hash level in force every slot through the agents (slot start ->
+   applied p95 on the last server < 300 ms, every write read back, the miners' CPU within
+   their budgets, every agent gone with its ssh session);
+7. each server's namespaces, veth/VXLAN/TAP interfaces, OVS bridges, Mininet shells, tunnels,
+   agents and the lab's cgroups are compared with what was there before (must be nothing
+   new), and this machine's own (processes, interfaces, cgroups).
 
 Writes ``cluster-check.json`` into the results folder (``--out``; default
 ``results/cluster-check/<stamp>-<link>``). Exit 0 when every must holds.
@@ -34,6 +40,7 @@ from mininet.net import Mininet
 from base.processes import ManagedProcess
 from scenario.config import ROOT, Scenario
 from testbed import leftovers
+from testbed.experiments import cluster_budgets
 from topologies import cluster as cl
 from topologies.config import ServerSpec
 from topologies.network import ListeningController
@@ -66,7 +73,7 @@ def _refusals(scn: Scenario) -> dict:
     return out
 
 
-def run(scn: Scenario, out_dir: Path) -> int:
+def run(scn: Scenario, out_dir: Path, budget_slots: int = 20) -> int:
     cluster = scn.cluster
     if len(cluster.servers) < 2:
         raise SystemExit("cluster-check needs [cluster] with at least two servers (see docs/cluster.md)")
@@ -91,6 +98,7 @@ def run(scn: Scenario, out_dir: Path) -> int:
         out_dir / "controller.log", cwd=ROOT)
     net = None
     link = cl.link_class(cluster)
+    network_done = False
     try:
         controller.start()
         controller.wait_for_port(cluster.controller_address, scn.network.controller_port)
@@ -130,6 +138,7 @@ def run(scn: Scenario, out_dir: Path) -> int:
         result["crossing_links"] = [f"{lk.intf1.name}-{lk.intf2.name} ({lk.intf1.node.server}-{lk.intf2.node.server}"
                                     f"{', VNI %d' % lk.vni if hasattr(lk, 'vni') else ''})"
                                     for lk in net.links if lk.tunnel]
+        network_done = True
     finally:
         t = time.monotonic()
         try:
@@ -144,6 +153,8 @@ def run(scn: Scenario, out_dir: Path) -> int:
         finally:
             controller.stop()
         result["teardown_s"] = round(time.monotonic() - t, 2)
+        if budget_slots and network_done:
+            result["budgets"] = cluster_budgets.stage(cluster, out_dir, slots=budget_slots)
         left = {}
         for s in cluster.servers:   # a shell that got its hang-up may take a moment to go
             deadline = time.monotonic() + 5
@@ -164,11 +175,20 @@ def run(scn: Scenario, out_dir: Path) -> int:
         f"every switch connected within {CONNECT_WITHIN_S:g} s": all(
             v is not None and v <= CONNECT_WITHIN_S for v in result["connect_s"].values()),
         "no loss either way, full frames too": all(p["loss_pct"] == 0.0 for p in result["ping"].values()),
-        "teardown left nothing": not any(result["leftovers"].values()) and "teardown_error" not in result,
+        "teardown left nothing (cgroups too)": not any(result["leftovers"].values())
+            and "teardown_error" not in result
+            and all(not g for g in result.get("budgets", {}).get("groups_left", {}).values())
+            and result.get("budgets", {}).get("secrets_removed", True),
     }
+    if budget_slots:
+        musts.update(cluster_budgets.musts(result["budgets"], [s.name for s in cluster.servers]))
     result["musts"] = musts
     (out_dir / "cluster-check.json").write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps({k: result[k] for k in ("link", "precheck", "connect_s", "ping", "leftovers", "musts",
                                              "build_s", "teardown_s", "total_s")}, indent=1, default=str))
+    if budget_slots:
+        b = result["budgets"]
+        print(json.dumps({k: b.get(k) for k in ("miner", "error", "applied_ms", "used_by_level", "writes_read_back",
+                                                "agent_end", "groups_left", "total_s")}, indent=1, default=str))
     print(f"cluster-check ({cluster.link}): {'ok' if all(musts.values()) else 'FAILED'}; {out_dir / 'cluster-check.json'}")
     return 0 if all(musts.values()) else 1
