@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A cluster on one machine (issue 22, step 1: the network layer): two Debian 12 containers as
-# two servers, one emulated network across them, run from this machine as the orchestrator.
+# A cluster on one machine (issue 22: the network layer, hash budgets through each server's agent):
+# two Debian 12 containers as two servers, run from this machine as the orchestrator.
 #
 # One image is built offline (mmdebstrap, like the project's base image: topologies/images.py's
 # packages + openssh-server, openvswitch-switch, mininet, iproute2, ethtool, net-tools) and
@@ -16,7 +16,9 @@
 #         machine on the Docker network> --set cluster.link=KIND ...
 # (testbed/experiments/cluster_check.py): the pre-start check, the os-ken controller on this
 # machine's address, a switch and a host on each server joined by the tunnel, the switches'
-# time to connect, ping both ways, teardown and what it left on each server ->
+# time to connect, ping both ways, teardown; then the budgets stage (a miner stand-in, a Python
+# busy loop, in the lab's cgroups on each server, the agent started over ssh, 20 slots of hash
+# levels put in force by the controller's BudgetApplier); what it all left on each server ->
 # results/cluster-check/<stamp>-<kind>/cluster-check.json.
 #
 # Everything is removed at the end, on success, error or Ctrl-C: containers, network, image
@@ -98,7 +100,12 @@ start_servers() {
   for s in a b; do
     docker run -d --name "$NAME-$s" --hostname "$s" --network "$NAME" --init "${PRIVILEGED[@]}" \
       "${mounts[@]}" "$IMAGE" sleep infinity >/dev/null
-    docker exec "$NAME-$s" sh -c 'mount -o remount,rw /sys'
+    # /sys and the cgroup mounts come read-only without --privileged: /sys for the network, the
+    # CPU controller's cgroup mount (v1 here; the container's own group is its root) for the
+    # budgets stage's mec-lab/<run> groups (a bind mount: remount,bind,rw; plain remount,rw is "busy")
+    docker exec "$NAME-$s" sh -c 'mount -o remount,rw /sys &&
+      for m in $(awk '"'"'$3 == "cgroup" && $4 ~ /(^|,)cpu(,|$)/ {print $2} $3 == "cgroup2" {print $2}'"'"' /proc/mounts); do
+        mount -o remount,bind,rw "$m" || exit 1; done'
     docker exec "$NAME-$s" mkdir -p /root/.ssh /run/sshd "$WORK"
     docker cp "$WORK/id.pub" "$NAME-$s:/root/.ssh/authorized_keys"
     docker cp "$WORK/id" "$NAME-$s:$WORK/id"   # the ssh fallback's tunnels start on a server

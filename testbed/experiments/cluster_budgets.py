@@ -195,8 +195,12 @@ def stage(cluster: ClusterConfig, out_dir: Path, slots: int = 20, slot_s: float 
         ends = {}
         for k, (name, proc) in enumerate(agents.items()):
             spec = next(s for s in servers if s.name == name)
-            how = "its ssh client killed (SIGKILL)" if k == 0 else "its stdin closed (the lab's stop)"
-            proc.kill() if k == 0 else proc.stop()
+            if k == 0:
+                how = "its ssh client killed (SIGKILL)"
+                proc.kill()
+            else:
+                how = "its stdin closed (the lab's stop)"
+                proc.stop()
             ends[name] = {"how": how, "gone_after_s": _gone(spec, cluster, f"nodes[.]server_agent --listen {spec.address}"),
                           "log_end": proc.log_tail(1)}
             if k:
