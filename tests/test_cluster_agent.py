@@ -154,6 +154,7 @@ def test_the_agent_ends_when_the_orchestrator_is_killed(tmp_path):
             "miners": {"mec1": _miner_settings(f"remote-orch-{os.getpid()}", "mec1")}}
     orch = subprocess.Popen([sys.executable, "-c", ORCHESTRATOR, json.dumps(args)], stdout=subprocess.PIPE,
                             text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    agent_pid = None
     try:
         agent_pid = int(orch.stdout.readline())
         assert _running(agent_pid)
@@ -167,5 +168,7 @@ def test_the_agent_ends_when_the_orchestrator_is_killed(tmp_path):
     finally:
         orch.kill()
         orch.wait()
+        if agent_pid is not None and _running(agent_pid):
+            os.kill(agent_pid, signal.SIGKILL)              # a failed test leaves nothing either
     with socket.socket() as s:                               # its port is free again
         assert s.connect_ex(("127.0.0.1", cluster.agent_port)) != 0
