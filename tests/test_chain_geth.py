@@ -49,8 +49,8 @@ def test_nodes_peer_and_mine(chain):
     assert all(nd.peer_count() == 2 for nd in chain.nodes)
     assert all(nd.mining() for nd in chain.nodes)
     start = max(chain.heads().values())
-    # 60 s: at the genesis difficulty a block is a lottery of ~4 s per core, and beside the other
-    # worker's tests a busy machine once went 30 s without one (make test, 2026-12-06)
+    # 60 s: at the genesis difficulty a block is a lottery of ~4 s per core on a busy machine;
+    # one make test saw these nodes stop at height 3 for 30 s (docs/performance.md, change 5)
     assert _wait(lambda: min(chain.heads().values()) >= start + 3, 60), chain.heads()
     etherbases = {nd.etherbase.lower() for nd in chain.nodes}
     head = chain.nodes[0].head()
