@@ -23,6 +23,7 @@ neither touched nor counted; see :mod:`testbed.leftovers`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -327,6 +328,9 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while True:
             if not self.alive:
+                with contextlib.suppress(Exception):
+                    if check(self):      # it got there and then ended between two polls
+                        return
                 raise ProcessError(f"{self.name} exited (code {self.returncode}) before it was "
                                    f"{what} [{self.launcher.where}]; log {self.log_path}:\n"
                                    f"{self.log_tail()}")

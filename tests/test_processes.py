@@ -54,6 +54,18 @@ def test_ready_check_on_the_log_and_a_timeout(tmp_path):
     assert not never.alive
 
 
+def test_a_process_that_got_there_and_then_ended_between_two_polls_is_done(tmp_path):
+    """A short job (the calibration's kernel) prints its result and exits within one poll:
+    its log says done, so waiting for that is not an error; a job that ended without
+    writing it still is."""
+    with ManagedProcess("quick", [sys.executable, "-c", "print('WALL 1.5', flush=True)"],
+                        tmp_path / "quick.log") as p:
+        p.handle.wait(10)                       # ended before the first poll
+        p.wait_ready(log_ready("WALL"), 5, "done")
+        with pytest.raises(ProcessError, match=r"quick exited \(code 0\) before it was finished"):
+            p.wait_ready(log_ready("NEVER"), 5, "finished")
+
+
 def test_stop_escalates_to_sigkill_and_kill_is_immediate(tmp_path):
     stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "print('up', flush=True); time.sleep(60)"]
