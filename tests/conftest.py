@@ -23,7 +23,10 @@ def pytest_collection_modifyitems(config, items):
     that changes machine-wide state goes to one worker, one at a time in file order (the leftover
     checks compare namespaces, veths, bridges and cgroups before and after, and the labs share
     the OVS and Docker names); the tests that touch only their own processes, ports and files
-    run beside them on the other worker. Without ``-n`` the mark does nothing.
+    run beside them on the other worker. Without ``-n`` the mark does nothing. pytest-xdist
+    hands out the groups largest first, one to each worker: the machine group goes to one
+    worker, the next largest (``chain-geth``, test_chain_geth.py's one chain) to the other, and
+    the single tests after them to whichever is free.
 
     Before the other hooks: the group mark. After them: pytest-xdist 3.8 names a test's group
     by appending ``@group`` to ``item._nodeid``, which pytest 9 no longer reads (the node id is

@@ -366,7 +366,7 @@ def test_a_killed_runs_bridges_and_root_interfaces_are_swept_first(network_ready
     try:
         with _emulate(topo, tmp_path, platform) as net:
             assert net.get("lab0").intf("lab0-eth1") is not None
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err            # stderr: stdout carries results (JSON in --plan mode)
         assert f"removing OVS bridge mgmt1 left by an earlier run (pid {dead}, gone)" in out, out
         assert "removing interface lab0-eth1 left by an earlier run" in out, out
     finally:

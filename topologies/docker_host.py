@@ -13,6 +13,7 @@ pair inside node 1 and moves one end to ``netns <pid of node 2>``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import docker
@@ -103,7 +104,7 @@ def _clear_stale(client, cname: str) -> None:
     labels = c.labels or {}
     owner = labels.get(OWNER_LABEL, "")
     if labels.get(CONTAINER_LABEL) == "1" and owner.isdigit() and not psutil.pid_exists(int(owner)):
-        print(f"removing container {cname} left by an earlier run (pid {owner}, gone)", flush=True)
+        print(f"removing container {cname} left by an earlier run (pid {owner}, gone)", file=sys.stderr, flush=True)
         c.remove(force=True)
         return
     raise RuntimeError(f"a container named {cname} exists and is not a leftover of a dead testbed run "

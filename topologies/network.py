@@ -453,10 +453,10 @@ class EmulatedNetwork:
             if int(owner) != os.getpid() and psutil.pid_exists(int(owner)):
                 raise RuntimeError(f"OVS bridge {sw} belongs to a running testbed run (pid {owner}): "
                                    "stop that run first (or `make clean` if it is hung)")
-            print(f"removing OVS bridge {sw} left by an earlier run (pid {owner}, gone)", flush=True)
+            print(f"removing OVS bridge {sw} left by an earlier run (pid {owner}, gone)", file=sys.stderr, flush=True)
             subprocess.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-br", sw], capture_output=True)
         for name in self._root_interfaces():
-            print(f"removing interface {name} left by an earlier run", flush=True)
+            print(f"removing interface {name} left by an earlier run", file=sys.stderr, flush=True)
             subprocess.run(["ip", "link", "del", name], capture_output=True)
 
     def _root_interfaces(self) -> list[str]:
