@@ -43,7 +43,7 @@ smoke: setup
 	$(TB) smoke $(SET)
 
 # The live lab maps the model onto this machine's measured CPU and hash rates: measured once
-# per machine (about three minutes), kept in results/ (git-ignored: it belongs to the machine).
+# per machine (about 70 s), kept in results/ (git-ignored: it belongs to the machine).
 $(CALIBRATION): | setup
 	$(TB) calibrate
 

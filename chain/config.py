@@ -33,6 +33,9 @@ OUTSIDE_MODES = ("virtual", "miner", "none")
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
 
+PORT_FIELDS = ("p2p_port", "http_port", "ws_port", "authrpc_port")   # node i: base + i
+
+
 @dataclass(kw_only=True)
 class ChainConfig:
     """The geth proof-of-work network of the M MEC servers.
@@ -85,7 +88,7 @@ class ChainConfig:
             require(ok, f"chain.{field}", what, value)
 
         for name in ("n_nodes", "n_ues", "chain_id", "genesis_difficulty", "gas_limit",
-                     "prefund_wei", "p2p_port", "http_port", "ws_port", "authrpc_port",
+                     "prefund_wei", *PORT_FIELDS,
                      "threads", "max_threads", "cpu_period_us", "cache_mb", "verbosity"):
             v = getattr(self, name)
             need(is_int(v), name, "an integer", v)
@@ -107,13 +110,12 @@ class ChainConfig:
         except ValueError:
             raise ConfigError(f"chain.host must be an IP address, got {self.host!r}") from None
         need(not ip.is_unspecified, "host", "a specific address (never all interfaces)", self.host)
-        for name in ("p2p_port", "http_port", "ws_port", "authrpc_port"):
+        for name in PORT_FIELDS:
             v = getattr(self, name)
             need(1024 <= v and v + self.n_nodes + 1 <= 65535, name,
                  f"a port such that {name} + n_nodes + 1 <= 65535 (the RPC gateway and an "
                  "outside miner follow the miners)", v)
-        bases = sorted((getattr(self, n), n) for n in ("p2p_port", "http_port", "ws_port",
-                                                       "authrpc_port"))
+        bases = sorted((getattr(self, n), n) for n in PORT_FIELDS)
         for (a, na), (b, nb) in zip(bases, bases[1:]):
             need(b - a > self.n_nodes + 1, nb,
                  f"more than n_nodes + 1 ports away from {na}={a} (the miners, the gateway and "

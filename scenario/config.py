@@ -94,7 +94,7 @@ class CalibrateConfig:
     # geth's fixed work (block import, networking, GC) takes a large share, so the rate per core
     # is measured there and not extrapolated from a large quota
     hash_quotas: tuple[float, ...] = (0.04, 0.08, 0.16, 0.3)
-    hash_seconds: float = 40.0           # per quota (>= 8 hashrate ticks), s
+    hash_seconds: float = 40.0           # all quotas at once, one node each: 8 hashrate ticks, the first dropped, s
     out: str = "results/calibration.json"
 
     def __post_init__(self):

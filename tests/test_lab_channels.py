@@ -3,7 +3,8 @@
 servers' hash is 0.6 of the network's, one block race per slot), with the set-up in the genesis.
 Real parts: 2 MEC hosts (geth miner + executor each), the RPC gateway, 3 UE containers (two run
 the UE client; the test drives the third from the root namespace), the os-ken controller.
-One lab for the module; the tests run in order, the last closes the books on chain.
+One lab for the module (the live view's run too: tests/test_live_view.py); the tests run in
+order, the last closes the books on chain.
 """
 from __future__ import annotations
 
@@ -83,6 +84,13 @@ def test_tasks_are_paid_by_vouchers_with_no_chain_call_on_their_path(lab):
     earned = [json.loads(x) for m in lab.info.servers
               for x in (lab.lab_dir / "executors" / f"{m}-vouchers.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "earned" for e in earned) >= len(done)
+
+
+def test_live_view_during_a_run(lab, tmp_path):
+    """The live view (tests/test_live_view.py) read in headless Chromium while a policy runs on
+    this lab: what the page shows equals the API's state of the same slot, twice."""
+    from test_live_view import check_live_view_during_a_run
+    check_live_view_during_a_run(lab, tmp_path)
 
 
 def _send(lab, client, mec, *, task_id, demand=1_000_000_000, header=None, voucher="sign", v=None):

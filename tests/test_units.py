@@ -117,6 +117,18 @@ def test_calibration_round_trips(tmp_path):
         Calibration.load(tmp_path / "missing.json")
 
 
+def test_calibration_refuses_quotas_that_would_wait_for_the_cpu():
+    """The hash-rate quotas are measured at once, one geth node each: that measures what each
+    would hash alone only while they fit in half the machine's cores; more is refused before
+    any node starts."""
+    import os
+    from scenario.config import load_scenario
+    from testbed.experiments.calibrate import hashrate_per_core
+    cores = os.cpu_count() or 1
+    with pytest.raises(ValueError, match="more than half of this machine"):
+        hashrate_per_core(load_scenario(None, []), (cores / 4, cores / 4 + 0.01), 11.0)
+
+
 def test_work_kernel_result_is_checkable_and_a_fabricated_one_is_caught():
     data = b"task data" * 1000
     res = compute(data, 5_000)

@@ -7,8 +7,9 @@ Writes ``results/calibration.json`` (:class:`scenario.units.Calibration`), dated
    ``calibrate.hash_quotas[0]`` cores, to check that a quota of q cores gives q times the rate.
 2. **The clock**: cycles per second of one core, from ``perf stat`` where the machine counts
    cycles, else /proc/cpuinfo's ``cpu MHz``; cycles per kernel iteration follow.
-3. **Hash rate against CPU quota**: one geth node (the scenario's ``[chain]``, test-size DAG
-   by default) mining with one thread under each CPU quota of ``calibrate.hash_quotas``; the
+3. **Hash rate against CPU quota**: one geth node per CPU quota of ``calibrate.hash_quotas``
+   (the scenario's ``[chain]``, test-size DAG by default), one thread each, all mining at once,
+   each on its own chain (:func:`hashrate_per_core` says why at once is the same); the
    rate of each 5-s hashrate tick is recovered from geth's EWMA
    (:func:`testbed.experiments.metrics.instant_hashrate`), the first tick after a change is dropped. geth
    counts hashes in batches of 32768, so at a few kH/s single ticks are coarse: the mean over
@@ -16,13 +17,15 @@ Writes ``results/calibration.json`` (:class:`scenario.units.Calibration`), dated
    own work takes a fixed share): :class:`scenario.units.LiveMapping` interpolates between the
    measured points.
 
-About three minutes with the defaults. :class:`scenario.units.LiveMapping` then maps the
+About a minute with the defaults (three when the quotas were measured one after another). :class:`scenario.units.LiveMapping` then maps the
 model's hash levels to miner quotas and a task's Gcycles to kernel iterations.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -33,6 +36,7 @@ import numpy as np
 
 from chain.cgroup import CpuQuota
 from chain.network import Chain
+from chain.config import PORT_FIELDS
 from testbed.experiments.metrics import TICK_S, instant_hashrate
 from nodes.work import compute
 from scenario.config import ROOT, Scenario
@@ -101,25 +105,42 @@ def core_hz() -> tuple[float, str]:
 
 
 def hashrate_per_core(scn: Scenario, quotas: tuple[float, ...], seconds: float) -> list[dict]:
-    """One geth node, one thread, under each quota: mean per-tick hash rate (H/s)."""
-    cfg = dataclasses.replace(scn.chain, n_nodes=1, n_ues=0, threads=1, budget_mode="cpu_quota",
-                              genesis_difficulty=2**19)
+    """One geth node per quota, one thread each, all hashing at once for ``seconds``, each
+    alone on its own chain (no peers: as a single miner it imports only its own blocks) and in
+    its own cgroup capped at its quota: mean per-tick hash rate (H/s) of each.
+
+    At once, not one quota after another: the quotas are hard caps far below the machine's
+    cores (Σ ``calibrate.hash_quotas`` = 0.58 of 2 by default, refused above half the cores),
+    so no node waits for a CPU and each measures what it would alone, in a quarter of the time
+    (issue 21: docs/performance.md, "calibration")."""
+    cores = os.cpu_count() or 1
+    if sum(quotas) > cores / 2:
+        raise ValueError(f"calibrate.hash_quotas sum to {sum(quotas):g} cores, more than half of this machine's "
+                         f"{cores}: measured at once they would wait for CPU; give fewer or smaller quotas")
     points = []
-    with Chain(cfg, budgets=[1], cpu_quotas=[max(quotas)], wait_first_block=False) as chain:
-        node = chain.nodes[0]
-        for q in quotas:
-            chain.set_hash_budget(0, 1, cpu_quota=q)
-            t_change = time.time()
-            times, ewma = [], []
-            while time.time() < t_change + seconds:
-                times.append(time.time())
-                ewma.append(node.hashrate())
-                time.sleep(0.5)
-            ticks = [(t, r) for t, r in instant_hashrate(times, ewma) if t > t_change + TICK_S + 0.5]
-            rates = [r for _, r in ticks]
-            points.append({"quota_cores": q, "ticks": len(rates),
-                           "hashrate_hps": float(np.mean(rates)) if rates else float("nan"),
-                           "hps_per_core": float(np.mean(rates)) / q if rates else float("nan")})
+    with contextlib.ExitStack() as stack:
+        nodes = []
+        for k, q in enumerate(quotas):
+            # ports apart by 10 per chain (a chain of one node takes its port and the next)
+            cfg = dataclasses.replace(scn.chain, n_nodes=1, n_ues=0, threads=1, budget_mode="cpu_quota",
+                                      genesis_difficulty=2**19, workdir=None,
+                                      **{f: getattr(scn.chain, f) + 10 * k for f in PORT_FIELDS})
+            chain = stack.enter_context(Chain(cfg, budgets=[1], cpu_quotas=[q], names=[f"calibrate{k}"],
+                                              wait_first_block=False))
+            nodes.append(chain.nodes[0])
+        t_change = time.time()
+        times, ewma = [], [[] for _ in nodes]
+        while time.time() < t_change + seconds:
+            times.append(time.time())
+            for k, node in enumerate(nodes):
+                ewma[k].append(node.hashrate())
+            time.sleep(0.5)
+    for q, series in zip(quotas, ewma):
+        ticks = [(t, r) for t, r in instant_hashrate(times, series) if t > t_change + TICK_S + 0.5]
+        rates = [r for _, r in ticks]
+        points.append({"quota_cores": q, "ticks": len(rates),
+                       "hashrate_hps": float(np.mean(rates)) if rates else float("nan"),
+                       "hps_per_core": float(np.mean(rates)) / q if rates else float("nan")})
     return points
 
 
@@ -134,7 +155,7 @@ def run(scn: Scenario, out: Path | None = None) -> Calibration:
     quota_rate = kernel_rate_under_quota(q0, int(rate * q0 * c.kernel_seconds), log_dir)
     hz, source = core_hz()
     print(f"[calibrate] geth hash rate under quotas {list(c.hash_quotas)} "
-          f"({c.hash_seconds:.0f} s each) ...", file=sys.stderr, flush=True)
+          f"(at once, {c.hash_seconds:.0f} s) ...", file=sys.stderr, flush=True)
     points = hashrate_per_core(scn, c.hash_quotas, c.hash_seconds)
     per_core = [p["hps_per_core"] for p in points if np.isfinite(p["hps_per_core"])]
     if not per_core:
