@@ -300,7 +300,7 @@ def shown(snap: dict) -> dict:
         }
     rows = []
     for r in reversed(slots):
-        rows.append({"row": str(r["slot"]), "slot": str(r["slot"]), "policy": r.get("policy") or DASH,
+        rows.append({"row": f"{r['slot']}@{_js_number(r.get('t'))}", "slot": str(r["slot"]), "policy": r.get("policy") or DASH,
                      **{k: r.get(k) for k in SLOT_DECIMALS},
                      "n_served": str(r["n_served"]) if r.get("n_served") is not None else DASH,
                      "blocks": str(int(sum(r.get("blocks") or [])))})
@@ -309,6 +309,14 @@ def shown(snap: dict) -> dict:
             "slots": rows, "budget_used": used, "period_ms": period_ms(slots),
             "n_utility": sum(isinstance(r.get("utility"), (int, float)) for r in slots),
             "n_latency": sum(isinstance(r.get("latency_s"), (int, float)) for r in slots)}
+
+
+def _js_number(x) -> str:
+    """``x`` as JavaScript's String() writes it (the shortest round trip, as Python's repr, with
+    integral values without ".0" and a missing value as "undefined")."""
+    if x is None:
+        return "undefined"
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
 def period_ms(slots: list[dict]) -> int:
