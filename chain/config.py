@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from base.errors import ConfigError, is_int, require
+from chain.cgroup import PARENT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +72,9 @@ class ChainConfig:
     # fair only while all nodes share one scheduler group (not so in Mininet hosts).
     budget_mode: str = "cpu_quota"
     cpu_period_us: int = 100_000          # CFS period for cpu_quota mode, microseconds
+    # the cgroup (a path under the CPU controller's root) every node's quota nests under where
+    # the caller names none (the live lab nests each miner under its MEC host's own group)
+    cgroup_parent: str = PARENT
     cache_mb: int = 64                    # geth --cache, MB (memory per node)
     verbosity: int = 3                    # geth log level; 3 keeps the "mined" lines
     start_timeout_s: float = 30.0         # peered + mining, seconds
@@ -125,6 +129,9 @@ class ChainConfig:
              f"in [0, max_threads={self.max_threads}]", self.threads)
         need(1000 <= self.cpu_period_us <= 1_000_000, "cpu_period_us", "in [1000, 1000000] us",
              self.cpu_period_us)
+        parts = str(self.cgroup_parent).split("/")
+        need(isinstance(self.cgroup_parent, str) and all(p and p not in (".", "..") for p in parts),
+             "cgroup_parent", "a relative cgroup path of names (e.g. \"mec-chain\")", self.cgroup_parent)
         need(16 <= self.cache_mb <= 65536, "cache_mb", "in [16, 65536] MB", self.cache_mb)
         need(0 <= self.verbosity <= 5, "verbosity", "in [0, 5]", self.verbosity)
         for name in ("start_timeout_s", "sync_timeout_s"):

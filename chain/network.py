@@ -83,8 +83,8 @@ class Chain:
                  outside: dict | None = None, alloc: dict | None = None, wait_first_block: bool | None = None):
         """``ips``: each miner's address for its peers; ``rpc_ips``: where each miner's RPC
         (with ``miner``/``admin``) listens, default the same; ``quota_parents``: the cgroup each
-        miner's quota nests under. ``gateway_ip``: also run a non-mining full node there that
-        serves only the wallet namespaces (eth, net, web3) on that address: the RPC endpoint
+        miner's quota nests under (default ``cfg.cgroup_parent``). ``gateway_ip``: also run a
+        non-mining full node there that serves only the wallet namespaces (eth, net, web3) on that address: the RPC endpoint
         of UEs and executors, so their requests never wait on a miner's CPU quota.
         ``outside``: also run one miner that is no MEC server (the rest of the network,
         ``chain.outside = "miner"``): ``{"ip", "launcher", "etherbase", "cores", "quota_parent"}``;
@@ -99,7 +99,7 @@ class Chain:
         self.wait_first_block = alloc is None if wait_first_block is None else wait_first_block
         self.ips = list(ips) if ips is not None else [cfg.host] * n
         self.rpc_ips = list(rpc_ips) if rpc_ips is not None else list(self.ips)
-        self.quota_parents = list(quota_parents) if quota_parents is not None else [None] * n
+        self.quota_parents = list(quota_parents) if quota_parents is not None else [cfg.cgroup_parent] * n
         self.launchers = list(launchers) if launchers is not None else [default_launcher()] * n
         self.names = list(names) if names is not None else [f"mec{i + 1}" for i in range(n)]
         for arg, seq in (("ips", self.ips), ("launchers", self.launchers), ("names", self.names),

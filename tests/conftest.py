@@ -56,6 +56,24 @@ def _beside_the_machine_tests(request):
         os.setpriority(os.PRIO_PROCESS, 0, 0)           # root may raise it back
 
 
+@pytest.fixture(scope="module")
+def beside_cgroup():
+    """For a module of geth nodes that runs beside the machine worker: a top-level cgroup of
+    this pytest process's own (``mec-test-<pid>``, not the lab's ``mec-chain`` or ``mec-lab``
+    that the machine tests' leftover checks compare) for the nodes' quotas to nest under,
+    capped at one core and weighted as one, so that beside a live lab (sized for the machine
+    less what nice-10 tests take: a node's nice counts only within its own cgroup) they take
+    at most one of its two cores. After the module it must hold no node's group (each node
+    removes its own, the last one this group too) and is gone."""
+    from chain import cgroup
+    top = cgroup.CpuQuota(f"mec-test-{os.getpid()}", parent=".")
+    top.set(1.0)
+    yield top.name
+    left = [c.name for c in top.dir.iterdir() if c.is_dir()] if top.dir.is_dir() else []
+    top.remove()
+    assert not left, f"cgroups left behind under {top.dir}: {left}"
+
+
 def _ok(cmd):
     try:
         return subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0

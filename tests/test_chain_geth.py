@@ -3,14 +3,12 @@ budgets at run time, CPU quotas, metrics, a foreign genesis, a killed node. One 
 shared by the module (about 10 s to start); the fault test runs last.
 
 Under ``make test`` (pytest-xdist) this file runs beside the machine worker, not in it: its
-nodes' CPU quotas nest under a cgroup of their own (``mec-test-<pid>``, capped at one core;
-not the lab's ``mec-chain`` or ``mec-lab`` that the machine tests' leftover checks compare)
-and its nodes listen on loopback ports of their own. Its own group
+nodes' CPU quotas nest under a cgroup of their own (conftest's ``beside_cgroup``, capped at
+one core) and its nodes listen on loopback ports of their own. Its own group
 (``xdist_group("chain-geth")``) keeps the module's tests, and so its one chain, on one worker.
 Beside a live lab its blocks come slower than alone (at the genesis difficulty a block is a
 lottery of ~5 s per core): the waits for blocks allow for a third of a core."""
 import json
-import os
 import time
 
 import psutil
@@ -37,31 +35,17 @@ def _pids_gone(pids):
 
 
 @pytest.fixture(scope="module")
-def quota_parent():
-    """This pytest process's own top-level cgroup (``mec-test-<pid>``) for its nodes' quotas:
-    the nodes together are capped at one core and weighted as one, so beside a live lab (which
-    was sized for the machine less what nice-10 tests take) they take at most one of its two
-    cores. After the module it must hold no node's group (each node removes its own, the last
-    one this group too) and is gone."""
-    top = cgroup.CpuQuota(f"mec-test-{os.getpid()}", parent=".")
-    top.set(1.0)
-    yield top.name
-    left = [c.name for c in top.dir.iterdir() if c.is_dir()] if top.dir.is_dir() else []
-    top.remove()
-    assert not left, f"cgroups left behind under {top.dir}: {left}"
-
-
-@pytest.fixture(scope="module")
-def chain(quota_parent):
-    cfg = ChainConfig(n_nodes=3, threads=1, start_timeout_s=8 * BLOCK_S, **port_kwargs(free_port_base(3)))
+def chain(beside_cgroup):
+    cfg = ChainConfig(n_nodes=3, threads=1, start_timeout_s=8 * BLOCK_S, cgroup_parent=beside_cgroup,
+                      **port_kwargs(free_port_base(3)))
     pids = []
-    with Chain(cfg, quota_parents=[quota_parent] * 3) as ch:        # started: peered and mining
+    with Chain(cfg) as ch:        # started: peered and mining
         pids = [nd.pid for nd in ch.nodes]
         yield ch
     pids += [nd.pid for nd in ch.nodes if nd.pid]
     assert _pids_gone(pids), "geth processes left after Chain.stop()"
     assert not ch.workdir.exists(), "temporary workdir left after Chain.stop()"
-    for d in (cgroup.CGROUP_ROOT / "cpu" / quota_parent, cgroup.CGROUP_ROOT / quota_parent):
+    for d in (cgroup.CGROUP_ROOT / "cpu" / beside_cgroup, cgroup.CGROUP_ROOT / beside_cgroup):
         assert not any((d / f"mec1-{p}").exists() for p in pids), "cgroup left behind"
 
 
@@ -241,13 +225,13 @@ def test_killed_node_chain_keeps_growing_and_restart_resyncs(chain):
     assert _wait(mined_again, 16 * BLOCK_S, period=1.0), "restarted node never mined a block"
 
 
-def test_chain_stop_always_tears_down(tmp_path, quota_parent):
+def test_chain_stop_always_tears_down(tmp_path, beside_cgroup):
     # start_timeout_s: the first block is a lottery; a long one keeps a busy machine from
     # failing a test that is about teardown, not mining speed.
     cfg = ChainConfig(n_nodes=1, workdir=str(tmp_path / "wd"), start_timeout_s=8 * BLOCK_S,
-                      **port_kwargs(free_port_base(1)))
+                      cgroup_parent=beside_cgroup, **port_kwargs(free_port_base(1)))
     with pytest.raises(RuntimeError, match="boom"):
-        with Chain(cfg, budgets=[1], quota_parents=[quota_parent]) as ch:
+        with Chain(cfg, budgets=[1]) as ch:
             pid = ch.nodes[0].pid
             assert ch.nodes[0].mining()
             raise RuntimeError("boom")

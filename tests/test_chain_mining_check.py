@@ -11,13 +11,16 @@ from testbed.cli import main
 from scenario.config import ConfigError, load_scenario
 from testbed.experiments.mining_check import run
 
-pytestmark = [pytest.mark.chain, pytest.mark.machine]      # the lab's cgroups
+# Beside the machine worker under make test: the nodes' quotas nest under conftest's
+# beside_cgroup (chain.cgroup_parent), not the lab's mec-chain, and listen on ports of their own
+pytestmark = [pytest.mark.chain]
 
 
-def test_mining_check_writes_json_csv_and_plot(tmp_path):
+def test_mining_check_writes_json_csv_and_plot(tmp_path, beside_cgroup):
     ports = [f"chain.{k}={v}" for k, v in port_kwargs(free_port_base(3, span=100)).items()]
     rc = main(["mining-check", "--set", "mining.blocks=6", "--set", "mining.warmup_s=2",
                "--set", "mining.max_minutes=3", "--set", "chain.genesis_difficulty=524288",
+               "--set", f"chain.cgroup_parent='{beside_cgroup}'",
                "--out", str(tmp_path)] + [a for p in ports for a in ("--set", p)])
     assert rc == 0
     res = json.loads((tmp_path / "mining.json").read_text())
