@@ -23,7 +23,6 @@ neither touched nor counted; see :mod:`testbed.leftovers`).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
@@ -327,18 +326,16 @@ class ManagedProcess:
         """Poll ``check(self)`` until true; raise if the process dies or time runs out."""
         deadline = time.monotonic() + timeout
         while True:
-            if not self.alive:
-                with contextlib.suppress(Exception):
-                    if check(self):      # it got there and then ended between two polls
-                        return
-                raise ProcessError(f"{self.name} exited (code {self.returncode}) before it was "
-                                   f"{what} [{self.launcher.where}]; log {self.log_path}:\n"
-                                   f"{self.log_tail()}")
-            try:
+            alive = self.alive          # read before the check: one that got there and then
+            try:                        # ended between two polls is done, not dead
                 if check(self):
                     return
             except Exception:
                 pass   # not yet: a connection refused while it binds, a half-written log
+            if not alive:
+                raise ProcessError(f"{self.name} exited (code {self.returncode}) before it was "
+                                   f"{what} [{self.launcher.where}]; log {self.log_path}:\n"
+                                   f"{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise ProcessError(f"{self.name} not {what} after {timeout:.0f} s "
                                    f"[{self.launcher.where}]; log {self.log_path}:\n"

@@ -84,8 +84,9 @@ class Chain:
         """``ips``: each miner's address for its peers; ``rpc_ips``: where each miner's RPC
         (with ``miner``/``admin``) listens, default the same; ``quota_parents``: the cgroup each
         miner's quota nests under (default ``cfg.cgroup_parent``). ``gateway_ip``: also run a
-        non-mining full node there that serves only the wallet namespaces (eth, net, web3) on that address: the RPC endpoint
-        of UEs and executors, so their requests never wait on a miner's CPU quota.
+        non-mining full node there that serves only the wallet namespaces (eth, net, web3) on
+        that address: the RPC endpoint of UEs and executors, so their requests never wait on a
+        miner's CPU quota.
         ``outside``: also run one miner that is no MEC server (the rest of the network,
         ``chain.outside = "miner"``): ``{"ip", "launcher", "etherbase", "cores", "quota_parent"}``;
         it joins the mesh and mines at ``cores`` from the start; it is not in :attr:`nodes`.
