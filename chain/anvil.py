@@ -146,9 +146,14 @@ class AnvilNode:
         return reply.get("result")
 
     def increase_time(self, seconds: int) -> None:
-        """Advance block time by `seconds` and mine a block, so the next call sees it."""
-        self.rpc("evm_increaseTime", int(seconds))
-        self.rpc("evm_mine")
+        """Mine one block `seconds` after the latest block, so the next call sees that time.
+
+        Counted from the chain's own latest block, not with ``evm_increaseTime``: that adds to
+        anvil's offset from the host clock, so a host clock stepping back between two calls took
+        the chain's time back with it (a CI run's refund reverted with DeadlineNotReached at
+        block time == deadline after "+65 s"; see tests/test_contract_trading.py)."""
+        latest = self.rpc("eth_getBlockByNumber", "latest", False)
+        self.mine_at(int(latest["timestamp"], 16) + int(seconds))
 
     def mine_at(self, timestamp: int) -> None:
         """Mine one block with block time `timestamp` (unix seconds); later blocks follow it."""

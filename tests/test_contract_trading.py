@@ -140,6 +140,21 @@ def test_escrow_keeps_its_price_when_mu_changes(w):
     assert c.event("EscrowPaid")["amount"] == PHI
 
 
+def test_time_moves_by_the_chain_not_by_the_host_clock(w):
+    """CI (2026-12-06) saw refund revert DeadlineNotReached(deadline=t, blockTime=t) after
+    increase_time(TAU + 5): anvil's block time is the host clock plus an offset, so a host clock
+    that steps back between two calls takes the chain's time back with it (down to the latest
+    block's). Here anvil's clock is set 30 s back after the payment, as such a step would;
+    increase_time must still move the chain's own time, and the refund must go through."""
+    trade, node = w["trade"], w["node"]
+    deadline = pay(w, task_id=1).event("EscrowOpened")["deadline"]
+    paid_at = trade.latest_block_time()
+    node.rpc("evm_setTime", paid_at - 30)
+    node.increase_time(TAU + 5)
+    assert trade.latest_block_time() == paid_at + TAU + 5 > deadline
+    trade.refund(w["ue1"], task_id=1)
+    assert trade.escrow(w["ue1"].address, 1).state is EscrowState.REFUNDED
+
 def test_same_task_id_in_two_ues_is_two_escrows(w):
     pay(w, ue="ue1", task_id=9)
     pay(w, ue="ue2", task_id=9, mec="mec2")
