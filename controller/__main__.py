@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     if args.lab_config:
         try:
             # the live lab's controller answers the policy each slot and pushes flows: ahead of
-            # the ~40 lab processes that share the 2 cores (issue 10's 200-ms target)
-            os.nice(-5)
+            # the ~40 lab processes that share the cores (lab.control_nice; docs/performance.md)
+            os.setpriority(os.PRIO_PROCESS, 0, settings.required("the controller").nice)
         except OSError:
             pass
     # Imported here: os-ken monkey-patches the process with eventlet on import.

@@ -27,6 +27,7 @@ class LabSettings:
     slot_s: float                      # the model's slot (s)
     equal_level: int                   # the model's equal hash level (the fallback's)
     monitor_period_s: float            # lab.monitor_period_s: port stats, probes, miners (s)
+    nice: int                          # lab.control_nice: this process's nice
     api_host: str                      # the API on lab0's data address
     api_port: int
     api_read_deadline_s: float         # lab.api_*: the API server's limits

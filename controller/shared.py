@@ -26,8 +26,10 @@ _state: LabState | None = None
 #: host name -> {"ip", "mac", "dpid", "port", "role"}; plus "service" and "probe" entries.
 topology: dict = {}
 topology_ready = threading.Event()
-#: (name, fn(assignment) -> {what: wall time applied}), called in order on every assignment.
-appliers: list[tuple[str, Callable[[Assignment], dict]]] = []
+#: (name, fn(assignment) -> {what: wall time applied}), called in order on every assignment. An
+#: applier that waits for others (the switches' barrier) returns instead a callable that waits
+#: and returns that dict: it is called once every applier has started, so the waits overlap.
+appliers: list[tuple[str, Callable[[Assignment], dict | Callable[[], dict]]]] = []
 
 _apply_lock = threading.Lock()
 _budget_log = None            # budgets.jsonl, opened on the first assignment
@@ -51,17 +53,25 @@ def set_topology(info: dict) -> None:
 
 
 def put_in_force(a: Assignment) -> dict:
-    """Call every applier in order, one assignment at a time; mark on the state when its budgets
+    """Call every applier in order (then wait for those that wait), one assignment at a time;
+    mark on the state when its budgets
     and flows took effect, and log the assignment with those times as one line of
     ``budgets.jsonl``. Returns ``{"budgets_applied_s", "flows_applied_s"}`` (s after the
     decision) and what else the appliers said."""
     global _budget_log
     with _apply_lock:
-        out = {}
+        out, waits = {}, []
         for name, fn in appliers:
             try:
                 got = fn(a)
             except Exception as e:         # one part failing must not block the others
+                logger.warning("applying slot %s: %s failed: %s", a.slot, name, e)
+                continue
+            waits.append((name, got if callable(got) else (lambda got=got: got)))
+        for name, finish in waits:
+            try:
+                got = finish()
+            except Exception as e:
                 logger.warning("applying slot %s: %s failed: %s", a.slot, name, e)
                 continue
             for what, t in got.items():

@@ -47,7 +47,8 @@ class Steering(app_manager.OSKenApp):
         self.datapaths: dict[int, object] = {}
         self.routes: dict[str, str] = {}            # ue -> mec in force
         self.barriers: dict[int, threading.Event] = {}
-        shared.appliers.append(("flows", self.apply))
+        # first: its flow-mods are on their way to the switches while the budgets are written
+        shared.appliers.insert(0, ("flows", self.apply))
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER])
     def _state_change(self, ev):
@@ -83,8 +84,10 @@ class Steering(app_manager.OSKenApp):
                                       parser.OFPActionSetField(ipv4_src=svc["ip"])],
                  table_id=0, goto=FORWARDING_TABLE, cookie=COOKIE)
 
-    def apply(self, a: Assignment) -> dict:
-        """Write the new routes; return when every switch touched confirmed (barrier)."""
+    def apply(self, a: Assignment):
+        """Send the new routes and a barrier to each switch touched; returns the wait for the
+        barriers' replies (:data:`controller.shared.appliers`), which says when every switch
+        confirmed."""
         if not shared.topology_ready.is_set():
             return {}
         waits, touched = [], set()
@@ -107,7 +110,10 @@ class Steering(app_manager.OSKenApp):
             self.barriers[req.xid] = e
             dp.send_msg(req)
             waits.append(e)
-        late = sum(not e.wait(1.0) for e in waits)
-        if late:
-            self.logger.warning("slot %s: %d switch(es) did not confirm the routes within 1 s", a.slot, late)
-        return {"flows": time.time(), "switches": len(touched)} if touched else {}
+
+        def confirmed() -> dict:
+            late = sum(not e.wait(1.0) for e in waits)
+            if late:
+                self.logger.warning("slot %s: %d switch(es) did not confirm the routes within 1 s", a.slot, late)
+            return {"flows": time.time(), "switches": len(touched)} if touched else {}
+        return confirmed

@@ -146,6 +146,8 @@ class LabConfig:
     api_max_connections: int = 256       # ... at most this many open (lab0's own not counted)
     api_per_client: int = 32             # ... and this many from one address
     monitor_period_s: float = 0.5        # the controller's monitor: port stats, latency probes, miners
+    control_nice: int = -5               # the controller's and the policy loop's nice: the control
+                                         # plane ahead of the emulated hosts (OVS's own ctl runs it at -10)
     mec_uid_base: int = 20000            # MEC host i's executor and miner run as uid/gid base + i, owning
                                          # its key and datadir only (docs/security.md); 0: as root
 
@@ -161,6 +163,8 @@ class LabConfig:
         for name in ("trickle_api", "trickle_executor"):
             v = getattr(self, name)
             require(is_int(v) and 0 <= v <= 2000, f"lab.{name}", "an integer in [0, 2000]", v)
+        require(is_int(self.control_nice) and -20 <= self.control_nice <= 19, "lab.control_nice",
+                "an integer in [-20, 19]", self.control_nice)
         require(is_int(self.mec_uid_base) and (self.mec_uid_base == 0 or 1000 <= self.mec_uid_base <= 2 ** 31 - 2 ** 20),
                 "lab.mec_uid_base", "0 (as root) or an integer in [1000, 2^31 - 2^20]", self.mec_uid_base)
         for name in ("api_max_connections", "api_per_client"):

@@ -60,11 +60,12 @@ from scenario.runinfo import Endpoint, LabInfo
 SECRETS_ROOT = Path("/run/mec-lab")
 SERVICE_IP, SERVICE_MAC = "10.0.0.100", "02:00:00:00:0a:64"   # what UEs address (steered)
 PROBE_IP, PROBE_MAC = "10.0.0.253", "02:00:00:00:0a:fd"       # the monitor's latency probes
-# started in this order: the journal restores the state before the API serves it (the budgets
-# go first among the appliers, ahead of the steering flows, wherever they start)
+# started in this order: the journal restores the state before the API serves it (the steering
+# flows go first among the appliers, the budgets after them, wherever they start)
 CONTROLLER_APPS = ["controller.l2_switch", "controller.monitor", "controller.steering", "controller.budgets",
                    "controller.journal", "controller.fallback", "controller.api_app"]
 CGROUP_PARENT = "mec-lab"
+CONTROL_WEIGHT = 10.0         # the control plane's cgroup (controller, policy loop): CPU weight, cores' worth
 LAB_MOUNT = "/lab/public"     # inside a UE container: lab.json and the calibration (read-only)
 OUT_MOUNT = "/lab/out"        # inside a UE container: its own output folder (writable)
 KEY_MOUNT = "/run/secrets/key"
@@ -403,7 +404,7 @@ class Lab:
             levels_cores=[float(c) for c in self.mapping.miner_cores(levels)],
             window_s=self.scn.model.reputation_window * self.scn.model.slot_s,
             slot_s=self.scn.model.slot_s, equal_level=self.scn.model.equal_hash_level,
-            monitor_period_s=self.scn.lab.monitor_period_s,
+            monitor_period_s=self.scn.lab.monitor_period_s, nice=self.scn.lab.control_nice,
             api_host=plan.data_ip("lab0"), api_port=self.scn.lab.api_port,
             api_read_deadline_s=self.scn.lab.api_read_deadline_s,
             api_max_connections=self.scn.lab.api_max_connections,
@@ -476,6 +477,17 @@ class Lab:
         self.services = CpuQuota("services", parent=f"{CGROUP_PARENT}/{self.run_id}")
         self.services.set(None, weight=2.0)
         self.quotas.append(self.services)
+        # the control plane (the os-ken controller, the policy loop): in the system modelled the
+        # SDN controller is a machine of its own, so here it goes ahead of the emulated hosts
+        # whenever it has work (a few % of a core; the hosts' quotas are not touched). Outside
+        # this group it had only its nice, which counts among the processes of its own group:
+        # when the ten miners' quota periods began together, the budgets' 3 ms of CPU took
+        # 4-40 ms (docs/performance.md, change 8)
+        self.control = CpuQuota("control", parent=f"{CGROUP_PARENT}/{self.run_id}")
+        self.control.set(None, weight=CONTROL_WEIGHT)
+        self.quotas.append(self.control)
+        self.control.attach(self.network.controller.pid)
+        self.network.controller_group = self.control
         start = float(self.mapping.miner_cores(self.scn.model.hash_levels_mhs[self.scn.model.equal_hash_level]))
         for i in range(1, self.M + 1):
             m = f"mec{i}"
@@ -620,7 +632,9 @@ class Lab:
         self.policy_proc = ManagedProcess("policy loop", argv, self.run_dir / "logs" / "policy_loop.log",
                                           cwd=ROOT, ready=log_ready(r"deciding"), ready_timeout_s=120,
                                           grace_s=self.scn.model.slot_s + 15)
-        return self.procs.start(self.policy_proc)
+        self.procs.start(self.policy_proc)
+        self.control.attach(self.policy_proc.pid)
+        return self.policy_proc
 
     # ---- teardown ---------------------------------------------------------------------------
     def stop(self) -> None:

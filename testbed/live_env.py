@@ -38,7 +38,9 @@ then tears it all down, so a script can train on the testbed as it trains on the
 """
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,8 @@ class LiveEnv(gym.Env):
         self.t_slot = time.time()
         self.block = 0
         self.progress = progress
+        self.puts, self.puts_done = threading.Condition(), 0   # PUT /assignment calls made so far
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="slot-reads")
 
     @classmethod
     def start(cls, scn, run_dir: Path, *, progress=None) -> "LiveEnv":
@@ -111,7 +115,12 @@ class LiveEnv(gym.Env):
     def apply(self, serve: dict, levels: dict) -> tuple[int, dict]:
         """PUT one slot's decision (used by :meth:`step` and by policies that decide on the
         snapshot directly)."""
-        return self.api.call("PUT", "/assignment", {"slot": self.slot, "serve": serve, "levels": levels})
+        try:
+            return self.api.call("PUT", "/assignment", {"slot": self.slot, "serve": serve, "levels": levels})
+        finally:
+            with self.puts:
+                self.puts_done += 1
+                self.puts.notify_all()
 
     def step(self, action):
         """``action``: the flat (2M,) or (2, M) array of eq. (10), or a (serve, levels) pair."""
@@ -128,13 +137,24 @@ class LiveEnv(gym.Env):
         # the slot lasts model.slot_s from its start
         time.sleep(max(0.0, t0 + self.cfg.slot_s - time.time()))
         t1 = time.time()
+        # the slot's blocks, payments and reports read beside the observation (both on the next
+        # slot's path to its decision; read one after the other they took 8 + 12 ms at p50)
+        reads = self.reader.submit(self.slot_reads, t0, t1)
         obs, snap_end = self._observe()
-        terms = self.measure(t0, t1, snap, snap_end)
+        t_obs = time.time()
+        terms = self.measure(t0, t1, snap, snap_end, reads.result())
+        t_meas = time.time()
         snap = snap_end
         self.last_snapshot = snap
         info = {**terms, "slot": self.slot, "status": status, "error": resp.get("error"),
                 "serve": serve, "levels": levels, "projected": projected,
                 "applied": resp.get("applied", {}), "put_ms": (t_put - t_dec) * 1e3,
+                # where slot start -> applied goes: slot start -> the PUT sent (the end of the
+                # slot before observed and measured, the policy's decision), then put_ms; and
+                # this slot's own end observed, and measured, each since the slot's end (the
+                # next slot's lead)
+                "lead_ms": (t_dec - t0) * 1e3, "end_observe_ms": (t_obs - t1) * 1e3,
+                "end_measure_ms": (t_meas - t1) * 1e3,
                 "slot_to_applied_s": (resp.get("accepted_at", t_put) - t0
                                       + max((resp.get("applied") or {}).get("budgets_applied_s", 0.0),
                                             (resp.get("applied") or {}).get("flows_applied_s", 0.0))),
@@ -143,10 +163,28 @@ class LiveEnv(gym.Env):
         self.t_slot = t1
         return obs, float(info["server_utility"].sum()), False, False, info
 
-    def measure(self, t0: float, t1: float, snap0: dict, snap1: dict) -> dict:
-        """The terms of eq. (11) per server over [t0, t1), from the chain, the reports and the
-        miners' CPU time between the snapshots ``snap0`` (slot start) and ``snap1`` (slot end)."""
+    def measure(self, t0: float, t1: float, snap0: dict, snap1: dict, reads: dict | None = None) -> dict:
+        """The terms of eq. (11) per server over [t0, t1), from the chain and the reports
+        (``reads``: :meth:`slot_reads`, read now if not given) and the miners' CPU time between
+        the snapshots ``snap0`` (slot start) and ``snap1`` (slot end)."""
         c = self.cfg
+        r = reads if reads is not None else self.slot_reads(t0, t1)
+        cores = miner_cores(snap0, snap1, self.servers)
+        terms, hash_mhs = measured_terms(c, self.mapping, cores, r["revenue_wei"], r["latency"])
+        geth = [float((snap1.get("miners") or {}).get(m, {}).get("hashrate_hps") or 0.0) for m in self.servers]
+        slot_share = (t1 - t0) / c.slot_s
+        return {"server_utility": terms.utility, "mining_reward": float(terms.mining.sum()),
+                "revenue": float(terms.revenue.sum()), "latency_s": float(terms.latency.sum()),
+                "n_served": int(r["served"].sum()), "blocks": r["blocks"].tolist(),
+                "outside_blocks": r["outside_blocks"],
+                "hash_mhs": hash_mhs.tolist(), "miner_cores": cores.tolist(), "geth_hashrate_hps": geth,
+                "expected_mec_blocks": float(hash_mhs.sum() / c.network_hash_mhs * slot_share),
+                "t0": t0, "t1": t1}
+
+    def slot_reads(self, t0: float, t1: float) -> dict:
+        """What the chain and the executors' reports say of [t0, t1), per server: blocks mined
+        (and by miners outside the lab), wei paid, execution time of tasks served and their
+        count."""
         M = len(self.servers)
         idx = {m: i for i, m in enumerate(self.servers)}
         blocks, revenue_wei = np.zeros(M), np.zeros(M)
@@ -173,19 +211,12 @@ class LiveEnv(gym.Env):
                 served[idx[r["mec"]]] += 1
                 if self.scn.contract.payment == "channel" and r["ok"]:
                     revenue_wei[idx[r["mec"]]] += int((r.get("detail") or {}).get("paid_wei", 0))
-        cores = miner_cores(snap0, snap1, self.servers)
-        terms, hash_mhs = measured_terms(c, self.mapping, cores, revenue_wei, latency)
-        geth = [float((snap1.get("miners") or {}).get(m, {}).get("hashrate_hps") or 0.0) for m in self.servers]
-        slot_share = (t1 - t0) / c.slot_s
-        return {"server_utility": terms.utility, "mining_reward": float(terms.mining.sum()),
-                "revenue": float(terms.revenue.sum()), "latency_s": float(terms.latency.sum()),
-                "n_served": int(served.sum()), "blocks": blocks.tolist(), "outside_blocks": outside_blocks,
-                "hash_mhs": hash_mhs.tolist(), "miner_cores": cores.tolist(), "geth_hashrate_hps": geth,
-                "expected_mec_blocks": float(hash_mhs.sum() / c.network_hash_mhs * slot_share),
-                "t0": t0, "t1": t1}
+        return {"blocks": blocks, "outside_blocks": outside_blocks, "revenue_wei": revenue_wei,
+                "latency": latency, "served": served}
 
     def close(self) -> None:
         """Detach; a lab this environment started (:meth:`start`) is torn down."""
+        self.reader.shutdown(wait=True)
         lab = getattr(self, "owned_lab", None)
         if lab is not None:
             self.owned_lab = None

@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +33,8 @@ def slot_record(k: int, policy: str, decision_ms: float, agent_ms, reward: float
                 excluded=None) -> dict:
     """One line of slots.jsonl: the decision, its latency, when it was applied, the measured terms."""
     return {"slot": k, "t": sinfo["t0"], "policy": policy, "decision_ms": decision_ms, "agent_ms": agent_ms,
-            "put_ms": sinfo["put_ms"], "status": sinfo["status"], "error": sinfo["error"],
+            "put_ms": sinfo["put_ms"], "lead_ms": sinfo.get("lead_ms"), "end_observe_ms": sinfo.get("end_observe_ms"),
+            "end_measure_ms": sinfo.get("end_measure_ms"), "status": sinfo["status"], "error": sinfo["error"],
             "slot_to_applied_s": sinfo["slot_to_applied_s"], "applied": sinfo["applied"],
             "served": sum(u is not None for u in sinfo["serve"].values()),
             "waiting": sum(t.get("mec") is None for t in snap["pending"].values()),
@@ -49,6 +52,45 @@ LIVE_VIEW_FIELDS = ("slot", "t", "policy", "utility", "server_utility", "mining_
                     "n_served", "blocks", "decision_ms", "slot_to_applied_s")
 
 
+class LiveViewFeed(threading.Thread):
+    """Sends each slot's record to the live view (``PUT /slot``) off the decision's path: slot
+    k's record goes once slot k + 1's assignment was put (or at :meth:`close`), so the
+    controller answers the next decision first. Measured before: sent at once, it sat between
+    a slot's end and the next decision. A failed send is said on stderr, and the run goes on."""
+
+    def __init__(self, env):
+        super().__init__(name="live-view-feed", daemon=True)
+        self.env, self.queue, self.closing = env, queue.Queue(), threading.Event()
+        self.start()
+
+    def send(self, k: int, record: dict) -> None:
+        self.queue.put((k, record))
+
+    def run(self) -> None:
+        env = self.env
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            k, record = item
+            with env.puts:              # slot k + 1's assignment is the (k + 2)-th PUT (slot 0's is the first)
+                env.puts.wait_for(lambda: env.puts_done >= k + 2 or self.closing.is_set(), timeout=60)
+            try:
+                status, answer = env.api.call("PUT", "/slot", record)
+                if status != 200:
+                    print(f"live view: slot {k} refused ({status}): {answer}", file=sys.stderr, flush=True)
+            except OSError as e:
+                print(f"live view: slot {k} not sent: {e}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Send what is queued now, then stop."""
+        self.closing.set()
+        with self.env.puts:
+            self.env.puts.notify_all()
+        self.queue.put(None)
+        self.join(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m testbed.policy_loop", description=__doc__.splitlines()[0])
     ap.add_argument("--lab", required=True, type=Path, help="the running lab's lab.json")
@@ -60,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     from testbed.live_env import LiveEnv
     from testbed.policy import AgentPolicy, make_policy
 
-    try:
-        # the decision maker shares 2 cores with ~40 lab processes: ahead of them in the queue
-        os.nice(-5)
-    except OSError:
-        pass
     env = LiveEnv(args.lab, args.token_file.read_text().strip())
     scn = env.scn
+    try:
+        # the decision maker shares the cores with ~40 lab processes: ahead of them in the queue
+        # (lab.control_nice, as the controller's); before any thread of its own is started
+        os.setpriority(os.PRIO_PROCESS, 0, scn.lab.control_nice)
+    except OSError:
+        pass
     policy = make_policy(scn)
     learn = scn.lab.learn_online and isinstance(policy, AgentPolicy) and policy.agent.trains
     slots = args.slots if args.slots is not None else scn.lab.slots
@@ -77,41 +120,46 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (learning online)' if learn else ''}", flush=True)
     done = [0]
 
+    feed = LiveViewFeed(env)
+
     def write(rec: dict) -> None:
         out.write(json.dumps(rec) + "\n")
-        env.api.call("PUT", "/slot", {k: rec[k] for k in LIVE_VIEW_FIELDS})
+        feed.send(rec["slot"], {k: rec[k] for k in LIVE_VIEW_FIELDS})
         done[0] += 1
 
-    if isinstance(policy, AgentPolicy):
-        # an agent of agent/: the same loop as its training in simulation (agent.train.run_slots);
-        # torch (~500 MB resident) is loaded by the agents only, not by a rule of thumb
-        from agent.train import run_slots
-        seen = {}
+    try:
+        if isinstance(policy, AgentPolicy):
+            # an agent of agent/: the same loop as its training in simulation (agent.train.run_slots);
+            # torch (~500 MB resident) is loaded by the agents only, not by a rule of thumb
+            from agent.train import run_slots
+            seen = {}
 
-        def on_slot(k: int, r: dict) -> None:
-            sinfo = r["info"]
-            rec = slot_record(k, policy.name, r["decision_ms"], r["decision_ms"], r["reward"], sinfo,
-                              seen.get("snap") or sinfo["snapshot"])
-            rec["decision_cpu_ms"] = r["decision_cpu_ms"]
-            write(rec)
-            seen["snap"] = sinfo["snapshot"]
-        run_slots(policy.agent, env, slots, seed=scn.seed, explore=False, learn=learn, on_slot=on_slot,
-                  stop=lambda: stop["now"])
-        if learn:
-            policy.agent.save(args.out / "agent-finetuned.pt")
-    else:
-        # a rule of thumb on the measured state (round_robin, greedy)
-        _, info = env.reset(seed=scn.seed)
-        snap = info["snapshot"]
-        for k in range(slots):
-            if stop["now"]:
-                break
-            t0 = time.perf_counter()
-            serve, levels, pinfo = policy.decide(snap)
-            decision_ms = (time.perf_counter() - t0) * 1e3
-            _, reward, _, _, sinfo = env.step((serve, levels))
-            write(slot_record(k, policy.name, decision_ms, None, reward, sinfo, snap, pinfo.get("excluded")))
-            snap = sinfo["snapshot"]
+            def on_slot(k: int, r: dict) -> None:
+                sinfo = r["info"]
+                rec = slot_record(k, policy.name, r["decision_ms"], r["decision_ms"], r["reward"], sinfo,
+                                  seen.get("snap") or sinfo["snapshot"])
+                rec["decision_cpu_ms"] = r["decision_cpu_ms"]
+                write(rec)
+                seen["snap"] = sinfo["snapshot"]
+            run_slots(policy.agent, env, slots, seed=scn.seed, explore=False, learn=learn, on_slot=on_slot,
+                      stop=lambda: stop["now"])
+            if learn:
+                policy.agent.save(args.out / "agent-finetuned.pt")
+        else:
+            # a rule of thumb on the measured state (round_robin, greedy)
+            _, info = env.reset(seed=scn.seed)
+            snap = info["snapshot"]
+            for k in range(slots):
+                if stop["now"]:
+                    break
+                t0 = time.perf_counter()
+                serve, levels, pinfo = policy.decide(snap)
+                decision_ms = (time.perf_counter() - t0) * 1e3
+                _, reward, _, _, sinfo = env.step((serve, levels))
+                write(slot_record(k, policy.name, decision_ms, None, reward, sinfo, snap, pinfo.get("excluded")))
+                snap = sinfo["snapshot"]
+    finally:
+        feed.close()           # the last slot's record: after its own PUT, there is no next
     print(f"policy {policy.name} done after {done[0]} slot(s)", flush=True)
     return 0
 

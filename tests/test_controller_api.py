@@ -350,7 +350,7 @@ def write_settings(tmp_path, keys: dict, port: int, miners: dict, agents: dict |
     (tmp_path / "token").write_text(TOKEN)
     LabSettings(servers=["mec1", "mec2"], ues=["ue1", "ue2"], accounts={k: a.address for k, a in keys.items()},
                 levels_mhs=[20.0, 40.0], budget_mhs=80.0, levels_cores=[0.1, 0.2], window_s=60.0, slot_s=1.0,
-                equal_level=1, monitor_period_s=0.5, api_host="127.0.0.1", api_port=port,
+                equal_level=1, monitor_period_s=0.5, nice=0, api_host="127.0.0.1", api_port=port,
                 api_read_deadline_s=1.0, api_max_connections=40, api_per_client=8,
                 token_file=str(tmp_path / "token"), budget_log=str(tmp_path / "budgets.jsonl"),
                 state_file=str(tmp_path / "state.json"), task_ranges={k: list(v) for k, v in RANGES.items()},

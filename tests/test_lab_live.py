@@ -238,6 +238,11 @@ def test_the_controller_runs_with_the_scenarios_numbers(lab):
     assert s.slot_s == m.slot_s and s.window_s == m.reputation_window * m.slot_s
     assert s.monitor_period_s == lab.scn.lab.monitor_period_s and s.levels_mhs == list(m.hash_levels_mhs)
     assert s.equal_level == m.equal_hash_level and s.budget_mhs == m.hash_budget_mhs
+    # the control plane's priority: the scenario's, in the controller's process as it runs
+    import psutil
+    assert s.nice == lab.scn.lab.control_nice == psutil.Process(lab.network.controller.pid).nice()
+    # ... and its cgroup: the run's control plane, ahead of the emulated hosts (testbed.lab)
+    assert f"/mec-lab/{lab.run_id}/control\n" in open(f"/proc/{lab.network.controller.pid}/cgroup").read()
 
 
 def test_a_mec_host_holds_only_its_own_key_and_miner(lab):

@@ -233,6 +233,43 @@ def test_the_controllers_budgets_go_through_the_agent_for_a_miner_on_another_ser
     assert not leaked, f"left behind: {leaked}"
 
 
+def test_an_unchanged_budget_is_not_written_again_but_a_restarted_miners_new_group_is(monkeypatch):
+    """controller.budgets writes a miner's quota when its level or its group (a restarted miner
+    has a new one) changed since it last wrote it, not every slot (change 8 of
+    docs/performance.md): counted by the writer's calls, checked in the kernel's files."""
+    import controller.budgets as budgets
+    from chain.cgroup import CpuQuota
+    from controller.state import Assignment
+
+    calls = []
+    real = budgets.write_budget
+    monkeypatch.setattr(budgets, "write_budget", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    before = leftovers.snapshot()
+    run = f"agent-skip-{os.getpid()}"
+    miners = {m: {"host_group": f"mec-lab/{run}/{m}", "period_us": PERIOD, "host_cores": HOST, "coupling": "shared"}
+              for m in ("mec1", "mec2")}
+    with lab_groups(run, ["mec1", "mec2"], HOST) as groups:
+        app = budgets.BudgetApplier(miners, [0.0, 0.2, 0.4], logging.getLogger("test"))
+
+        def apply(slot, levels):
+            return app.apply(Assignment(slot=slot, serve={}, levels=levels, decided_at=time.time()))
+
+        apply(1, {"mec1": 1, "mec2": 1})
+        apply(2, {"mec1": 1, "mec2": 2})
+        assert calls == ["mec1", "mec2", "mec2"]
+        assert _quota(groups["mec1"]) == 0.2 and _quota(groups["mec2"]) == 0.4
+        time.sleep(0.05)                           # the newest group by its time of creation
+        restarted = CpuQuota(f"mec1-{os.getpid() + 1}", parent=miners["mec1"]["host_group"])
+        try:
+            restarted.set(1.0)
+            got = apply(3, {"mec1": 1, "mec2": 2})
+            assert calls[3:] == ["mec1"] and _quota(restarted.dir) == 0.2, calls
+            assert got["budgets_cores"] == {"mec1": 0.2, "mec2": 0.4}
+        finally:
+            restarted.remove()
+    leaked = leftovers.leaks(before, leftovers.snapshot())
+    assert not leaked, f"left behind: {leaked}"
+
 def test_the_benchmark_meets_the_target_in_a_namespace_and_leaves_nothing(tmp_path):
     before = leftovers.snapshot()
     rep = bench(writes=50, miners=2, in_netns=True, log_dir=tmp_path, host_cores=0.5)

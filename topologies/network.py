@@ -241,6 +241,7 @@ class EmulatedNetwork:
         self.datapath = self._choose_datapath()
         self.notes: list[str] = []
         self.controller: ManagedProcess | None = None
+        self.controller_group = None       # a CpuQuota the controller runs in (the lab's control plane), or None
         self.net: Mininet | None = None
         self.plan = getattr(topo, "plan", None)
         self._root_rules: list[list] = []   # [table, spec] of iptables rules added in the root ns
@@ -431,6 +432,8 @@ class EmulatedNetwork:
         old = self.controller
         old.kill()
         self.controller = ManagedProcess(old.name, old.argv, old.log_path, cwd=old.cwd).start()
+        if self.controller_group is not None:
+            self.controller_group.attach(self.controller.pid)
         self.controller.wait_for_port(self.cfg.controller_ip, self.cfg.controller_port)
         self.wait_connected(timeout)
         return time.monotonic() - t0
