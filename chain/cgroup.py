@@ -116,7 +116,11 @@ def write_quota(group_dir: Path, cores: float | None, period_us: int = 100_000,
         quota = -1 if cores is None else round(cores * period_us)
         # the period only if it changes: on a group whose tasks run, each write of either file
         # resets the group's bandwidth (~0.13 ms here, on the controller's path every slot)
-        if int((group_dir / "cpu.cfs_period_us").read_text()) != period_us:
+        try:
+            same = int((group_dir / "cpu.cfs_period_us").read_text()) == period_us
+        except (OSError, ValueError):
+            same = False
+        if not same:
             (group_dir / "cpu.cfs_period_us").write_text(str(period_us))
         (group_dir / "cpu.cfs_quota_us").write_text(str(quota))
         (group_dir / "cpu.shares").write_text(str(max(2, round(1024 * w))))
