@@ -211,10 +211,12 @@ def in_container(container: str, *, log_inside: str) -> Launcher:
             info = client.api.exec_inspect(ex["Id"])
             if info.get("Pid"):
                 handle = _ContainerHandle(int(info["Pid"]))
-                # until runc and then the shell have exec'd the program, the pid runs them
+                # until runc and then the shell have exec'd the program, the pid runs them (and
+                # in the middle of an exec its cmdline reads empty: a make test saw [] here)
                 while time.monotonic() < deadline and handle.poll() is None:
                     try:
-                        if handle._proc.cmdline()[:1] not in (["/bin/sh"], ["runc"]):
+                        cmdline = handle._proc.cmdline()
+                        if cmdline and cmdline[:1] not in (["/bin/sh"], ["runc"]):
                             break
                     except psutil.Error:
                         break
