@@ -4,9 +4,10 @@ It serves :class:`controller.api.Api` (on :mod:`controller.api_server`: read dea
 limit, connection caps) on lab0's data address, reachable from the policy in the root namespace,
 the executors on the MEC hosts and the UE containers. A policy's assignment is put in force by
 :func:`controller.shared.put_in_force` (steering flows sent, hash budgets written, the
-switches' confirmation) before the API answers with when each took effect. Two more policy-only endpoints: ``PUT /topology`` (what the lab
-built: each host's IP, MAC, switch and port; the assignment in force is applied again with it)
-and ``PUT /slot`` (the policy's measured slot, for the live view at ``GET /``).
+switches' confirmation) before the API answers with when each took effect. Two more
+policy-only endpoints: ``PUT /topology`` (what the lab built: each host's IP, MAC, switch and
+port; the assignment in force is applied again with it) and ``PUT /slot`` (the policy's
+measured slot, for the live view at ``GET /``).
 """
 from __future__ import annotations
 

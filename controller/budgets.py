@@ -68,7 +68,8 @@ class BudgetApplier:
             # Unchanged since this applier wrote it, to the same group (a restarted miner has a
             # new one): in force already, as nothing else writes these groups. Writing it again
             # cost 20 cgroup writes a slot on the decision's path (docs/performance.md, change 8).
-            if host is not None and self.written.get(name) == (miner_group(host, name), cores):
+            last = self.written.get(name)
+            if host is not None and last is not None and last[1] == cores and last[0] == miner_group(host, name):
                 self.in_force[name] = cores
                 continue
             try:

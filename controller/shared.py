@@ -54,9 +54,8 @@ def set_topology(info: dict) -> None:
 
 def put_in_force(a: Assignment) -> dict:
     """Call every applier in order (then wait for those that wait), one assignment at a time;
-    mark on the state when its budgets
-    and flows took effect, and log the assignment with those times as one line of
-    ``budgets.jsonl``. Returns ``{"budgets_applied_s", "flows_applied_s"}`` (s after the
+    mark on the state when its budgets and flows took effect, and log the assignment with those
+    times as one line of ``budgets.jsonl``. Returns ``{"budgets_applied_s", "flows_applied_s"}`` (s after the
     decision) and what else the appliers said."""
     global _budget_log
     with _apply_lock:
