@@ -25,7 +25,9 @@
 # (unless --keep-image), key. Run it alone on a shared machine: flock /tmp/lab.lock make cluster-check
 #
 # Usage (as root, Docker engine running, i.e. after `make setup`):
-#   bash scripts/cluster-check.sh [--keep-image] [--link "vxlan ssh"] [--logs DIR]
+#   bash scripts/cluster-check.sh [--keep-image] [--link "vxlan ssh"] [--logs DIR] [--check-args "ARGS"]
+# (--check-args: more arguments for `python -m testbed cluster-check`, e.g. "--budget-slots 0
+# --no-lab-network" for the network layer alone)
 # Exit code: 0 when every check of every link kind holds.
 set -euo pipefail
 
@@ -35,8 +37,8 @@ PY="$ROOT/.venv/bin/python"
 IMAGE=mec-testbed/cluster-check:bookworm
 STAMP=$(date +%Y%m%d-%H%M%S)
 NAME=mec-cluster-check-$STAMP
-KEEP_IMAGE=0 LINKS="vxlan ssh" LOGS=/tmp/mec-cluster-check.$STAMP
-EXTRA=(openssh-server openvswitch-switch mininet mount)   # iproute2, ethtool, net-tools, python3: the base's
+KEEP_IMAGE=0 LINKS="vxlan ssh" LOGS=/tmp/mec-cluster-check.$STAMP CHECK_ARGS=""
+EXTRA=(openssh-server openvswitch-switch mininet mount iptables)   # iproute2, ethtool, net-tools, python3: the base's
 # Capabilities as scripts/bare-debian-check.sh gives them (this machine's root lacks CAP_SYS_RESOURCE,
 # so --privileged cannot start; where it can, it is used).
 PRIVILEGED=(--cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined
@@ -49,6 +51,7 @@ while [ $# -gt 0 ]; do
     --keep-image) KEEP_IMAGE=1; shift ;;
     --link) LINKS=$2; shift 2 ;;
     --logs) LOGS=$(realpath -m "$2"); shift 2 ;;
+    --check-args) CHECK_ARGS=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -128,7 +131,8 @@ run_check() {   # run_check KIND
   local rc out="$ROOT/results/cluster-check/$STAMP-$1"
   log "cluster-check over $1 links ..."
   set +e
-  "$PY" -m testbed cluster-check --out "$out" \
+  # shellcheck disable=SC2086 # CHECK_ARGS: words
+  "$PY" -m testbed cluster-check --out "$out" $CHECK_ARGS \
     --set "cluster.servers=[{name='a', address='$IP_a'}, {name='b', address='$IP_b'}]" \
     --set "cluster.controller_address='$GATEWAY'" --set "cluster.link='$1'" \
     --set "cluster.ssh_key='$WORK/id'" --set "cluster.known_hosts='$WORK/known_hosts'" 2>&1 | tee "$LOGS/check-$1.log"

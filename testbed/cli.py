@@ -196,7 +196,8 @@ def cmd_cluster_check(scn: Scenario, args) -> int:
     _need_root("cluster-check")
     from testbed.experiments import cluster_check
     return cluster_check.run(scn, _out(scn, args, "cluster-check", time.strftime("%Y%m%d-%H%M%S-")
-                                       + scn.cluster.link), budget_slots=args.budget_slots)
+                                       + scn.cluster.link), budget_slots=args.budget_slots,
+                             lab_network=not args.no_lab_network)
 
 
 def cmd_bench_server_agent(scn: Scenario, args) -> int:
@@ -233,7 +234,7 @@ def cmd_topology(scn: Scenario, args) -> int:
 
     from topologies.run import run
     result = run(scn.topology, scn.network, scn.model.n_servers, scn.model.n_users, scn.seed,
-                 cli=args.cli, probe=args.probe, plan=args.plan)
+                 cli=args.cli, probe=args.probe, plan=args.plan, cluster=scn.cluster)
     print(json.dumps(result, indent=1))
     return 0 if result["reachability"]["failed"] == 0 else 1
 
@@ -318,10 +319,12 @@ VERBS: dict[str, Verb] = {
                                p.add_argument("--generate", action="store_true",
                                               help="dag: (re)generate the full DAGs"))),
     "cluster-check": (cmd_cluster_check, None, "one network across the [cluster] servers (make cluster-check "
-                      "makes two as containers): pre-start check, controller, tunnels, ping, hash budgets "
+                      "makes two as containers): pre-start check, controller, tunnels, ping, the lab's network, hash budgets "
                       "through each server's agent, teardown -> results/cluster-check/",
-                      lambda p: p.add_argument("--budget-slots", type=int, default=20,
-                                               help="slots of the budgets stage (0: none)")),
+                      lambda p: (p.add_argument("--budget-slots", type=int, default=20,
+                                                help="slots of the budgets stage (0: none)"),
+                                 p.add_argument("--no-lab-network", action="store_true",
+                                                help="skip the lab's topology across the servers"))),
     "bench-server-agent": (cmd_bench_server_agent, None, "hash budgets through a cluster server's agent "
                            "(nodes/server_agent.py) in a namespace of its own, on real cgroups: request -> "
                            "applied p50/p95/p99 against issue 22's 300 ms (JSON)",

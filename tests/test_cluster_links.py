@@ -73,10 +73,10 @@ def test_a_missing_tool_is_refused_by_name_and_a_complete_server_passes(tmp_path
         pytest.fail("Open vSwitch is not running: `make setup` starts it")
     checks = check_servers(here, timeout_s=10)
     assert checks["here"].ok and abs(checks["here"].clock_offset_s) < 0.5
-    # the same machine with a PATH that has the shell, date, ip and the OVS tools only
+    # the same machine with a PATH that has the shell, date, ip, iptables and the OVS tools only
     bare = tmp_path / "bin"
     bare.mkdir()
-    for tool in ("bash", "date", "ip", "ovs-vsctl", "ovs-appctl"):
+    for tool in ("bash", "date", "ip", "iptables", "ovs-vsctl", "ovs-appctl"):
         (bare / tool).symlink_to(subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True,
                                                 text=True).stdout.strip())
     monkeypatch.setenv("PATH", str(bare))
@@ -151,3 +151,77 @@ def test_the_leftover_snapshot_sees_a_veth_and_a_namespace_left_behind():
         subprocess.run(["ip", "link", "del", name], capture_output=True)
     left = leaks(before, snapshot(here, cluster))
     assert name not in left.get("veth", []) and ns not in left.get("netns", [])
+
+
+# ---------------------------------------------------------------------------- the lab's network on a cluster
+
+
+def test_the_lab_network_refuses_a_hub_on_another_server_and_unsupported_remote_nodes(tmp_path):
+    """The hub (the backhaul switch, gw1, lab0, the management bridge) stays on the orchestrator:
+    lab0 is its own root namespace. A node class with no remote form is refused by name."""
+    from mininet.node import Host
+
+    from base.errors import ConfigError
+    from topologies import TopologyConfig, build_topo
+    from topologies.cluster import ClusterSwitch, ClusterHost, remote_class
+    from topologies.config import NetworkConfig
+    from topologies.docker_host import DockerHost
+    from topologies.links import DataSwitch, ManagementBridge
+    from topologies.network import EmulatedNetwork
+    from topologies.platform import detect
+    platform = detect()
+    topo = build_topo(TopologyConfig(kind="cells", ue_containers=False), 2, 2, 0, platform)
+    far = _cluster(ServerSpec(name="far", address="192.0.2.9"), ServerSpec(name="here", address="localhost"))
+    with pytest.raises(ConfigError, match=r"cluster.hub = 'far': the hub .* must be this machine"):
+        EmulatedNetwork(topo, NetworkConfig(), tmp_path, platform, cluster=far)
+    net = EmulatedNetwork(topo, NetworkConfig(), tmp_path, platform, cluster=_cluster(
+        ServerSpec(name="here", address="localhost"), ServerSpec(name="far", address="192.0.2.9"), pin={"mec2": "far"}))
+    assert net.servers_of_switches() == {"far": ["acc2"]} and net.controller_ip == "192.0.2.1"
+    assert net.placement.server["mec2"] == "far" and net.placement.server["mec1"] == "here"
+    assert remote_class(DataSwitch) is ClusterSwitch and remote_class(Host) is ClusterHost
+    for cls, why in ((ManagementBridge, "keep the hub"), (DockerHost, "not supported yet")):
+        with pytest.raises(ClusterError, match=why):
+            remote_class(cls)
+
+
+@pytest.mark.network
+def test_the_lab_network_on_a_cluster_of_this_machine_is_built_at_the_tunnels_mtu(network_ready, no_leftovers):
+    """The lab's cells network built through the cluster code with one server, this machine: the
+    same network as on one machine (every host reaches every other, the management network
+    closed to UEs) with the tunnels' MTU (underlay 1500 - 50) on every link, so a full frame
+    from any host would pass a tunnel; the controller on cluster.controller_address."""
+    from topologies import TopologyConfig
+    from topologies.config import NetworkConfig
+    from topologies.network import probe_reachability
+    from topologies.run import run
+    addr, dummy = "192.0.2.77", f"mecclu{os.getpid() % 10000}"
+    # an address of this machine that is not loopback (no dummy module in this kernel: a veth)
+    subprocess.run(["ip", "link", "add", dummy, "type", "veth", "peer", "name", dummy + "p"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{addr}/32", "dev", dummy], check=True)
+        for end in (dummy, dummy + "p"):
+            subprocess.run(["ip", "link", "set", end, "up"], check=True)
+        cluster = ClusterConfig(servers=[ServerSpec(name="here", address="localhost")], controller_address=addr)
+        seen = {}
+
+        def checks(emu, net, result):
+            seen["controller"] = emu.controller.argv[emu.controller.argv.index("--listen") + 1]
+            seen["mtu"] = {f"{h.name}:{i.name}": h.cmd(f"cat /sys/class/net/{i.name}/mtu").strip()
+                           for h in net.hosts for i in h.intfList() if i.name != "lo"}
+            seen["mtu"].update({i.name: net.get(sw.name).cmd(f"cat /sys/class/net/{i.name}/mtu").strip()
+                                for sw in net.switches for i in sw.intfList() if i.name != "lo"})
+            mgmt = {n.name: n.mgmt_ip for n in emu.plan.nodes.values() if n.mgmt_ip}
+            seen["ue_to_mgmt"] = probe_reachability([net.get(n.name) for n in emu.plan.ues], mgmt,
+                                                    timeout_s=1, attempts=1)
+            seen["lab0_full_frame"] = net.get("lab0").cmd(f"ping -n -q -c 2 -i 0.2 -W 2 -M do -s {1450 - 28} "
+                                                          f"{mgmt['mec2']}")
+        result = run(TopologyConfig(kind="cells", ue_containers=False), NetworkConfig(controller_port=16654),
+                     2, 3, 0, cluster=cluster, checks=checks)
+    finally:
+        subprocess.run(["ip", "link", "del", dummy], capture_output=True)
+    assert result["reachability"]["failed"] == 0 and result["reachability"]["pairs"] == 7 * 6
+    assert result["placement"]["crossing"] == [] and set(result["placement"]["nodes"]) == {"here"}
+    assert seen["controller"] == addr
+    assert set(seen["mtu"].values()) == {str(1500 - VXLAN_OVERHEAD)}, seen["mtu"]
+    assert seen["ue_to_mgmt"].pairs == 3 * 4 and len(seen["ue_to_mgmt"].failed) == 3 * 4
+    assert " 0% packet loss" in seen["lab0_full_frame"]

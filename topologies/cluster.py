@@ -51,7 +51,7 @@ from base import machine
 from topologies.config import ClusterConfig, ServerSpec
 
 VXLAN_OVERHEAD = 50   # bytes: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-NETWORK_TOOLS = ("ovs-vsctl", "mnexec", "ip")   # what a server's switches, hosts and links need
+NETWORK_TOOLS = ("ovs-vsctl", "mnexec", "ip", "iptables")   # what a server's switches, hosts and links need
 CONTAINER_TOOLS = ("docker",)                   # ... and where UE containers run
 
 
@@ -258,10 +258,32 @@ def vxlan_commands(intf: str, vni: int, local: str, remote: str, *, port: int = 
 
 def _local_address(node, remote_ip: str) -> str:
     """This node's server's address towards ``remote_ip`` (a local node's serverIP is 127.0.0.1)."""
-    if getattr(node, "isRemote", False):
+    if _remote(node):
         return node.serverIP
     out = quietRun(f"ip route get {remote_ip}")
     return out.split(" src ")[1].split()[0]
+
+
+def _remote(node) -> bool:
+    """A node on another server (a plain Mininet node is on this machine)."""
+    return getattr(node, "isRemote", False)
+
+
+def _rcmd(node, cmd) -> str:
+    """``cmd`` in the root namespace of ``node``'s server: over ssh for a remote node, here for
+    a plain Mininet node (the lab's nodes on the orchestrator keep their own classes)."""
+    if hasattr(node, "rcmd"):
+        return node.rcmd(cmd)
+    return quietRun(cmd if isinstance(cmd, str) else " ".join(cmd))
+
+
+def _move_intf(intf: str, node) -> bool:
+    """Move ``intf`` from the root namespace of ``node``'s server into ``node``'s namespace."""
+    out = _rcmd(node, f"ip link set {intf} netns {node.pid}")
+    if out.strip():
+        raise ClusterError(f"server {getattr(node, 'server', 'localhost')}: moving {intf} into {node.name} "
+                           f"failed: {out.strip()}")
+    return True
 
 
 class _ClusterLink(RemoteLink):
@@ -284,7 +306,12 @@ class _ClusterLink(RemoteLink):
 
     @staticmethod
     def _fail(node, what: str, output: str) -> ClusterError:
-        return ClusterError(f"server {node.server}: {what} for {node.name} failed: {output.strip()}")
+        return ClusterError(f"server {getattr(node, 'server', 'localhost')}: {what} for {node.name} failed: "
+                            f"{output.strip()}")
+
+    @staticmethod
+    def moveIntf(intf, node):
+        return _move_intf(str(intf), node)
 
 
 class VxlanLink(_ClusterLink):
@@ -310,20 +337,32 @@ class VxlanLink(_ClusterLink):
 
     def makeTunnel(self, node1, node2, intfname1, intfname2, addr1=None, addr2=None):
         self.vni = next(self._vnis)
-        ip2 = node2.serverIP if node2.isRemote else None
-        ip1 = node1.serverIP if node1.isRemote else None
+        ip2 = node2.serverIP if _remote(node2) else None
+        ip1 = node1.serverIP if _remote(node1) else None
         ip1 = ip1 or _local_address(node1, ip2)
         ip2 = ip2 or _local_address(node2, ip1)
-        for node, intf, mac, local, remote in ((node1, intfname1, addr1, ip1, ip2),
-                                               (node2, intfname2, addr2, ip2, ip1)):
-            node.rcmd(f"ip link del {intf}")   # a name left by a crashed run
-            script = " && ".join(vxlan_commands(intf, self.vni, local, remote, port=self.port,
-                                                mtu=self.mtu, mac=mac))
-            out = node.rcmd(["sh", "-c", shlex.quote(script)] if node.isRemote else ["sh", "-c", script])
-            if out.strip():
-                raise self._fail(node, f"VXLAN {intf} (VNI {self.vni})", out)
-            if node.inNamespace and not self.moveIntf(intf, node):
-                raise self._fail(node, f"moving {intf}", "")
+        made = []   # ends made so far: removed again if the other end fails
+        try:
+            for node, intf, mac, local, remote in ((node1, intfname1, addr1, ip1, ip2),
+                                                   (node2, intfname2, addr2, ip2, ip1)):
+                _rcmd(node, f"ip link del {intf}")   # a name left by a crashed run
+                script = " && ".join(vxlan_commands(intf, self.vni, local, remote, port=self.port,
+                                                    mtu=self.mtu, mac=mac))
+                if not hasattr(node, "rcmd"):
+                    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+                    out = out.stdout + out.stderr
+                else:
+                    out = node.rcmd(["sh", "-c", shlex.quote(script)] if _remote(node) else ["sh", "-c", script])
+                if out.strip():
+                    raise self._fail(node, f"VXLAN {intf} (VNI {self.vni})", out)
+                made.append((node, intf, False))
+                if node.inNamespace:
+                    self.moveIntf(intf, node)
+                    made[-1] = (node, intf, True)
+        except BaseException:
+            for node, intf, moved in made:
+                node.cmd(f"ip link del {intf}") if moved else _rcmd(node, f"ip link del {intf}")
+            raise
         return True
 
 
@@ -342,18 +381,21 @@ class SshLink(_ClusterLink):
         cls.ssh_of = {s.name: ssh_argv(s, cluster) for s in cluster.servers}
 
     def makeTunnel(self, node1, node2, intfname1, intfname2, addr1=None, addr2=None):
-        if not node2.isRemote:   # the ssh client runs on node1's server, towards node2's
+        if not _remote(node2):   # the ssh client runs on node1's server, towards node2's
             return self.makeTunnel(node2, node1, intfname2, intfname1, addr2, addr1)
         n = next(self._taps)
         tap = f"tap{n}"
         for node in (node1, node2):
-            out = node.rcmd(f"ip tuntap add dev {tap} mode tap")
+            out = _rcmd(node, f"ip tuntap add dev {tap} mode tap")
             if out.strip():
                 raise self._fail(node, f"TAP {tap}", out)
         ssh = self.ssh_of[node2.server]   # -q: no notice may come before the "@"
         cmd = [*ssh[:-1], "-n", "-o", "Tunnel=Ethernet", "-w", f"{n}:{n}", ssh[-1], "echo @"]
         self.cmd = cmd
-        tunnel = node1.rpopen(cmd, sudo=False)
+        if hasattr(node1, "rpopen"):
+            tunnel = node1.rpopen(cmd, sudo=False)
+        else:   # a plain node of this machine: the ssh client runs here
+            tunnel = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         ch = tunnel.stdout.read(1).decode(errors="replace")
         if ch != "@":
             tunnel.kill()
@@ -374,6 +416,41 @@ def link_class(cluster: ClusterConfig):
     cls = {"vxlan": VxlanLink, "ssh": SshLink}[cluster.link]
     cls.configure(cluster)
     return cls
+
+
+def lab_link_class(cross, base):
+    """A topology's link class ``base`` (the lab's ``ShapedLink``: htb rates) on a cluster: a
+    tunnel of ``cross`` (:func:`link_class`, configured once per network: it numbers the VNIs)
+    where its ends are on two servers, a veth pair otherwise, and the tunnel's MTU on every
+    link, so one MTU holds across the whole network (a full frame from a host on a veth never
+    meets a smaller tunnel)."""
+    key = (cross, base)
+    if key not in _LAB_LINKS:
+        def __init__(self, node1, node2, **kwargs):
+            self.node1, self.node2, self.tunnel, self.cmd = node1, node2, None, None
+            base.__init__(self, node1, node2, **kwargs)   # base's own interfaces (htb), our makeIntfPair
+        _LAB_LINKS[key] = type(f"{cross.__name__}{base.__name__}", (cross, base), {"__init__": __init__})
+    return _LAB_LINKS[key]
+
+
+_LAB_LINKS: dict = {}
+
+
+def remote_class(cls):
+    """The class of a node of class ``cls`` placed on another server: Mininet's remote node
+    (:class:`ClusterNode`) over it. A data switch becomes a :class:`ClusterSwitch` (started in
+    per-server batches); a standalone bridge, a root-namespace host and a container host are
+    refused (the hub, ``lab0``'s switch and the management bridge, stays on the orchestrator;
+    UE containers on remote servers are not yet supported)."""
+    from mininet.node import OVSBridge, OVSSwitch
+    if issubclass(cls, OVSBridge):
+        raise ClusterError(f"a standalone bridge ({cls.__name__}) on another server is not supported: "
+                           "keep the hub (cluster.hub) on this machine")
+    if issubclass(cls, OVSSwitch):
+        return ClusterSwitch
+    if cls is Host:
+        return ClusterHost
+    raise ClusterError(f"a {cls.__name__} node on another server is not supported yet")
 
 
 # ---------------------------------------------------------------------------- what a run leaves

@@ -41,7 +41,8 @@ from mininet.topo import Topo
 
 from base.errors import ConfigError
 from base.processes import ManagedProcess
-from topologies.config import NetworkConfig
+from topologies import cluster as cl
+from topologies.config import ClusterConfig, NetworkConfig
 from topologies.docker_host import DockerHost, remove_leftover_containers
 from topologies.links import DataSwitch, ShapedLink
 from topologies.platform import PlatformReport, detect
@@ -73,16 +74,33 @@ class _LabMininet(Mininet):
 
     container_starts = 6    # containers created at once (the Docker engine shares the cores)
 
-    def __init__(self, *args, datapath: str, **kwargs):
+    def __init__(self, *args, datapath: str, cluster=None, placement=None, **kwargs):
         self.lab_datapath = datapath
         self._pool: ThreadPoolExecutor | None = None
+        # on a cluster (issue 22): each node on the server the placement gives it
+        self.cluster, self.placement = cluster, placement
+        self.specs = {s.name: s for s in cluster.servers} if cluster is not None else {}
+        self.cross = cl.link_class(cluster) if cluster is not None else None   # VNIs from cluster.vni_base
         super().__init__(*args, **kwargs)
+
+    def _placed(self, name: str, cls, params: dict):
+        """``cls`` and ``params`` of node ``name`` where the placement puts it: a node on
+        another server becomes Mininet's remote node there (:func:`topologies.cluster.remote_class`)."""
+        if self.placement is None:
+            return cls, params
+        spec = self.specs.get(self.placement.server.get(name, ""))
+        if spec is None or cl.is_local(spec):
+            return cls, params
+        return cl.remote_class(cls), {**params, "server": spec.name, "serverIP": spec.address,
+                                      "ssh": cl.ssh_argv(spec, self.cluster)}
 
     def addSwitch(self, name, cls=None, **params):
         params["datapath"] = self.lab_datapath
+        cls, params = self._placed(name, cls or self.switch, params)
         return super().addSwitch(name, cls=cls, **params)
 
     def addHost(self, name, cls=None, **params):
+        cls, params = self._placed(name, cls or self.host, params)
         if self._pool is not None and isinstance(cls, type) and issubclass(cls, DockerHost):
             # Mininet still computes the host's defaults (IP, MAC) in topology order.
             pool, real = self._pool, cls
@@ -91,6 +109,8 @@ class _LabMininet(Mininet):
 
     def addLink(self, *args, **kwargs):
         self._resolve_pending()   # links need the hosts: every container is up by now
+        if self.cluster is not None:   # a tunnel where the ends are on two servers; one MTU
+            kwargs["cls"] = cl.lab_link_class(self.cross, kwargs.get("cls") or self.link)
         return super().addLink(*args, **kwargs)
 
     def buildFromTopo(self, topo=None):
@@ -124,15 +144,19 @@ class _LabMininet(Mininet):
     def stop(self):
         # Mininet deletes each link with two commands through the nodes' shells and removes
         # containers one by one (~0.2 s each). Delete every veth pair at once from its
-        # root-namespace end, stop the rest as Mininet does, remove the containers concurrently.
-        ends = [i.name for link in self.links for i in (link.intf1, link.intf2)
+        # root-namespace end on this machine, stop the rest as Mininet does (a tunnel between
+        # servers has two ends to delete, a link on another server its own shells), remove the
+        # containers concurrently.
+        def here(link) -> bool:
+            return not getattr(link, "tunnel", None) and any(
+                not i.node.inNamespace and not getattr(i.node, "isRemote", False) for i in (link.intf1, link.intf2))
+        ends = [i.name for link in self.links if here(link) for i in (link.intf1, link.intf2)
                 if i is not None and not i.node.inNamespace]
         ends = list(dict.fromkeys(n for n in ends if n != "lo"))
         if ends:
             subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"link del {n}\n" for n in ends),
                            capture_output=True, text=True)
-            self.links = [link for link in self.links
-                          if not any(not i.node.inNamespace for i in (link.intf1, link.intf2))]
+            self.links = [link for link in self.links if not here(link)]
         dockers = [h for h in self.hosts if isinstance(h, DockerHost)]
         every = self.hosts
         self.hosts = [h for h in every if not isinstance(h, DockerHost)]
@@ -233,7 +257,7 @@ class EmulatedNetwork:
 
     def __init__(self, topo: Topo, cfg: NetworkConfig, log_dir: Path,
                  platform: PlatformReport | None = None, controller_apps: list[str] | None = None,
-                 controller_args: list[str] | None = None):
+                 controller_args: list[str] | None = None, cluster: ClusterConfig | None = None):
         self.topo, self.cfg, self.log_dir = topo, cfg, Path(log_dir)
         self.controller_args = list(controller_args or [])   # e.g. the lab app's --lab-config
         self.platform = platform or detect()
@@ -245,8 +269,45 @@ class EmulatedNetwork:
         self.net: Mininet | None = None
         self.plan = getattr(topo, "plan", None)
         self._root_rules: list[list] = []   # [table, spec] of iptables rules added in the root ns
+        self._remote_rules: list[list] = []   # [server, table, spec]: the same on a cluster's servers
         self.timings: dict[str, float] = {}   # seconds per bring-up step (controller_s, build_s, ...)
         self._names_ours = False   # this topology's bridge/interface/container names are free for us
+        # on a cluster (issue 22, docs/cluster.md): each node on its server (topologies.placement),
+        # the controller on an address every server reaches, tunnels between servers
+        self.cluster = cluster if cluster is not None and cluster.servers else None
+        self.placement = None
+        self.controller_ip = cfg.controller_ip
+        if self.cluster is not None:
+            self._plan_cluster()
+
+    def _plan_cluster(self) -> None:
+        """The placement of the topology's nodes; refused (:class:`ConfigError`) when the hub
+        (``lab0``'s switch and the management bridge) is not this machine or the topology has
+        no plan."""
+        from topologies.placement import place
+        if self.plan is None:
+            raise ConfigError("a network on a cluster needs a lab topology (with a plan), not "
+                              f"{type(self.topo).__name__}")
+        self.placement = place(self.plan, self.cluster)
+        specs = {s.name: s for s in self.cluster.servers}
+        hub = specs.get(self.placement.hub)
+        if hub is None or not cl.is_local(hub):
+            raise ConfigError(f"cluster.hub = {self.placement.hub!r}: the hub (the backhaul switch, gw1, lab0 and "
+                              "the management bridge) must be this machine, a server whose address is "
+                              "\"localhost\" (lab0 is the orchestrator's own root namespace)")
+        self.controller_ip = self.cluster.controller_address
+
+    def servers_of_switches(self) -> dict[str, list[str]]:
+        """Remote server name -> the topology's switches placed there (empty on one machine)."""
+        out: dict[str, list[str]] = {}
+        if self.placement is None:
+            return out
+        specs = {s.name: s for s in self.cluster.servers}
+        for sw in self.topo.switches():
+            spec = specs[self.placement.server[sw]]
+            if not cl.is_local(spec):
+                out.setdefault(spec.name, []).append(sw)
+        return out
 
     def _choose_datapath(self) -> str:
         want, kernel_ok = self.cfg.datapath, self.platform.ovs_datapath == "kernel"
@@ -274,23 +335,26 @@ class EmulatedNetwork:
         t = time.monotonic()
         self.controller = ManagedProcess(
             "os-ken controller",
-            [sys.executable, "-m", "controller", "--listen", self.cfg.controller_ip,
+            [sys.executable, "-m", "controller", "--listen", self.controller_ip,
              "--port", str(self.cfg.controller_port), *sum((["--app", a] for a in self.apps), []),
              *self.controller_args],
             self.log_dir / "controller.log", cwd=ROOT).start()
-        self.controller.wait_for_port(self.cfg.controller_ip, self.cfg.controller_port)
+        self.controller.wait_for_port(self.controller_ip, self.cfg.controller_port)
         t = self._lap("controller_s", t)
         self.net = _LabMininet(topo=self.topo, switch=DataSwitch, link=ShapedLink, controller=None,
                                autoSetMacs=True, build=False, waitConnected=False,
-                               datapath=self.datapath)
-        self.net.addController(ListeningController("c0", ip=self.cfg.controller_ip,
+                               datapath=self.datapath, cluster=self.cluster, placement=self.placement)
+        self.net.addController(ListeningController("c0", ip=self.controller_ip,
                                                 port=self.cfg.controller_port))
         self.net.build()
         t = self._lap("build_s", t)       # hosts (containers included) and links
         self.net.start()
-        for sw in self.topo.switches():
-            subprocess.run(["ovs-vsctl", "--timeout=5", "br-set-external-id", sw, OWNER_KEY, str(os.getpid())],
-                           capture_output=True)
+        for sw in self.net.switches:
+            argv = ["ovs-vsctl", "--timeout=5", "br-set-external-id", sw.name, OWNER_KEY, str(os.getpid())]
+            if getattr(sw, "isRemote", False):
+                sw.cmd(" ".join(argv))
+            else:
+                subprocess.run(argv, capture_output=True)
         t = self._lap("switches_s", t)
         if self.datapath == "user":
             self._root_stack_off_switch_ports()
@@ -331,6 +395,29 @@ class EmulatedNetwork:
             subprocess.run(["iptables", "-w", "-t", table, "-I", *spec], check=True, capture_output=True)
         self._root_rules.append([table, spec])
 
+    def _remote_rule(self, sw, table: str, spec: list[str]) -> None:
+        """:meth:`_root_rule` on the root namespace of remote switch ``sw``'s server."""
+        spec = [*spec, "-m", "comment", "--comment", IPTABLES_TAG]
+        line = " ".join(spec)
+        out = sw.cmd(f"iptables -w -t {table} -C {line} 2>/dev/null || iptables -w -t {table} -I {line}")
+        if out.strip():
+            raise RuntimeError(f"server {sw.server}: iptables -t {table} {line} failed: {out.strip()}")
+        self._remote_rules.append([sw.server, table, spec])
+
+    def _remove_remote_rules(self) -> list[str]:
+        """Remove the rules :meth:`_remote_rule` added, one ssh per server; the failures."""
+        by_server: dict[str, list[str]] = {}
+        for server, table, spec in self._remote_rules:
+            line = " ".join(spec)
+            by_server.setdefault(server, []).append(f"while iptables -w -t {table} -D {line} 2>/dev/null; do :; done")
+        errors = []
+        for server, lines in by_server.items():
+            r = cl.run_on(self.cluster.server(server), self.cluster, "\n".join(lines) + "\ntrue")
+            if r.returncode:
+                errors.append(f"server {server}: removing the lab's iptables rules failed: {r.stderr.strip()}")
+        self._remote_rules = []
+        return errors
+
     @staticmethod
     def _sysctl(settings: list[str]) -> None:
         for k in range(0, len(settings), 200):
@@ -345,14 +432,28 @@ class EmulatedNetwork:
         included. The stack is kept off every port: no ARP replies, no IPv6, no forwarding,
         and IPv4 dropped before routing (raw PREROUTING); OVS still gets every packet."""
         settings = []
+        remote: dict[str, list] = {}    # server -> [a switch there (its shell), settings]
         for sw in self.net.switches:
+            mine = []
             for i in sw.intfList():
                 if i.name != "lo":
-                    settings += [f"net.ipv4.conf.{i.name}.arp_ignore=8",
-                                 f"net.ipv4.conf.{i.name}.forwarding=0",
-                                 f"net.ipv6.conf.{i.name}.disable_ipv6=1"]
-            self._root_rule("raw", ["PREROUTING", "-i", f"{sw.name}-eth+", "-j", "DROP"])
+                    mine += [f"net.ipv4.conf.{i.name}.arp_ignore=8",
+                             f"net.ipv4.conf.{i.name}.forwarding=0",
+                             f"net.ipv6.conf.{i.name}.disable_ipv6=1"]
+            spec = ["PREROUTING", "-i", f"{sw.name}-eth+", "-j", "DROP"]
+            if getattr(sw, "isRemote", False):
+                remote.setdefault(sw.server, [sw, []])[1].extend(mine)
+                self._remote_rule(sw, "raw", spec)
+            else:
+                settings += mine
+                self._root_rule("raw", spec)
         self._sysctl(settings)
+        for sw, these in remote.values():
+            for k in range(0, len(these), 200):
+                out = sw.cmd("sysctl -q -w " + " ".join(these[k:k + 200]))
+                if out.strip():
+                    raise RuntimeError(f"server {sw.server}: keeping its root namespace off the switch ports "
+                                       f"failed: {out.strip()}")
 
     def _isolate_management(self, mgmt: ipaddress.IPv4Network) -> None:
         """Keep data-network traffic off the management network (see the module docstring)."""
@@ -384,22 +485,30 @@ class EmulatedNetwork:
         return [s.name for s in self.net.switches if getattr(s, "failMode", "secure") != "standalone"]
 
     @staticmethod
-    def _ovsdb(table: str, columns: str) -> list[list]:
-        out = subprocess.run(["ovs-vsctl", "--timeout=5", "--format=json", f"--columns={columns}",
-                              "list", table], capture_output=True, text=True).stdout
+    def _ovsdb(table: str, columns: str, run=None) -> list[list]:
+        """Rows of an ovsdb ``table`` on this machine, or through ``run`` (a remote switch's
+        ``cmd``: its server's ovsdb, in its shell there)."""
+        argv = ["ovs-vsctl", "--timeout=5", "--format=json", f"--columns={columns}", "list", table]
+        out = run(" ".join(argv)) if run else subprocess.run(argv, capture_output=True, text=True).stdout
         try:
             return json.loads(out)["data"]
         except (ValueError, KeyError):
             return []
 
     def connection_state(self) -> dict[str, str]:
-        """Each controlled switch: ``connected``, ``not connected`` or ``no bridge``."""
-        connected = {row[0][1] for row in self._ovsdb("Controller", "_uuid,is_connected")
-                     if row[1] is True}
+        """Each controlled switch: ``connected``, ``not connected`` or ``no bridge`` (on a
+        cluster, each server's switches from that server's ovsdb)."""
+        runs = {None: None}   # server -> how to reach its ovsdb (None: here)
+        for sw in self.net.switches:
+            if getattr(sw, "isRemote", False):
+                runs.setdefault(sw.server, sw.cmd)
         bridges = {}
-        for name, ctl in self._ovsdb("Bridge", "name,controller"):
-            uuids = [ctl[1]] if ctl[0] == "uuid" else [u[1] for u in ctl[1]]
-            bridges[name] = any(u in connected for u in uuids)
+        for run in runs.values():
+            connected = {row[0][1] for row in self._ovsdb("Controller", "_uuid,is_connected", run)
+                         if row[1] is True}
+            for name, ctl in self._ovsdb("Bridge", "name,controller", run):
+                uuids = [ctl[1]] if ctl[0] == "uuid" else [u[1] for u in ctl[1]]
+                bridges[name] = any(u in connected for u in uuids)
         return {s: ("no bridge" if s not in bridges else "connected" if bridges[s] else "not connected")
                 for s in self._controlled_switches()}
 
@@ -421,7 +530,7 @@ class EmulatedNetwork:
                 "output above)." if any(v == "no bridge" for v in state.values()) else "")
         raise TimeoutError(
             f"{len(bad)} of {len(names)} switches did not connect to the controller at "
-            f"{self.cfg.controller_ip}:{self.cfg.controller_port} within {timeout:.0f} s: "
+            f"{self.controller_ip}:{self.cfg.controller_port} within {timeout:.0f} s: "
             f"not connected: {', '.join(bad)}; connected: {', '.join(good) or 'none'}.{hint}\n"
             f"controller log ({self.controller.log_path}):\n{self.controller.log_tail()}")
 
@@ -434,7 +543,7 @@ class EmulatedNetwork:
         self.controller = ManagedProcess(old.name, old.argv, old.log_path, cwd=old.cwd).start()
         if self.controller_group is not None:
             self.controller_group.attach(self.controller.pid)
-        self.controller.wait_for_port(self.cfg.controller_ip, self.cfg.controller_port)
+        self.controller.wait_for_port(self.controller_ip, self.cfg.controller_port)
         self.wait_connected(timeout)
         return time.monotonic() - t0
 
@@ -458,9 +567,35 @@ class EmulatedNetwork:
                                    "stop that run first (or `make clean` if it is hung)")
             print(f"removing OVS bridge {sw} left by an earlier run (pid {owner}, gone)", file=sys.stderr, flush=True)
             subprocess.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-br", sw], capture_output=True)
+        for server, switches in self.servers_of_switches().items():
+            self._clear_dead_bridges_on(server, switches)
         for name in self._root_interfaces():
             print(f"removing interface {name} left by an earlier run", file=sys.stderr, flush=True)
             subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+    def _clear_dead_bridges_on(self, server: str, switches: list[str]) -> None:
+        """:meth:`_clear_dead_run` for the bridges of this topology placed on a remote server:
+        the owner recorded on them is the orchestrator's pid (this machine's)."""
+        spec = self.cluster.server(server)
+        script = "".join(f"ovs-vsctl --timeout=5 br-exists {b} && echo \"{b} $(ovs-vsctl --timeout=5 "
+                         f"br-get-external-id {b} {OWNER_KEY})\"\n" for b in switches) + "true"
+        r = cl.run_on(spec, self.cluster, script)
+        if r.returncode:
+            raise cl.ClusterError(f"server {server}: listing its OVS bridges failed: {r.stderr.strip()}")
+        gone = []
+        for line in r.stdout.splitlines():
+            sw, _, owner = line.strip().partition(" ")
+            if not owner.isdigit():
+                raise RuntimeError(f"an OVS bridge named {sw} exists on server {server} and was not built by a "
+                                   f"testbed run: remove it there (ovs-vsctl del-br {sw}) or pick another topology")
+            if int(owner) != os.getpid() and psutil.pid_exists(int(owner)):
+                raise RuntimeError(f"OVS bridge {sw} on server {server} belongs to a running testbed run "
+                                   f"(pid {owner} here): stop that run first")
+            print(f"removing OVS bridge {sw} on server {server} left by an earlier run (pid {owner}, gone)",
+                  file=sys.stderr, flush=True)
+            gone.append(sw)
+        if gone:
+            cl.run_on(spec, self.cluster, "".join(f"ovs-vsctl --timeout=5 --if-exists del-br {b}\n" for b in gone))
 
     def _root_interfaces(self) -> list[str]:
         """The root-namespace interfaces this topology's root hosts (``lab0``) own, by name."""
@@ -490,14 +625,24 @@ class EmulatedNetwork:
                                      capture_output=True).returncode == 0:
                     pass
             self._root_rules = []
+            errors = self._remove_remote_rules() if self._remote_rules else []
             if not self._names_ours:     # refused before building: the names are another run's
                 return
             # Whatever a crashed start left behind: this topology's containers, bridges and
             # root-namespace interfaces (not those of another run on the same machine).
             remove_leftover_containers(self.topo.hosts())
+            remote = self.servers_of_switches()
             for sw in self.topo.switches():
-                subprocess.run(["ovs-vsctl", "--if-exists", "del-br", sw], capture_output=True)
+                if not any(sw in v for v in remote.values()):
+                    subprocess.run(["ovs-vsctl", "--if-exists", "del-br", sw], capture_output=True)
+            for server, switches in remote.items():
+                r = cl.run_on(self.cluster.server(server), self.cluster,
+                              "".join(f"ovs-vsctl --timeout=5 --if-exists del-br {b}\n" for b in switches))
+                if r.returncode:
+                    errors.append(f"server {server}: removing its OVS bridges failed: {r.stderr.strip()}")
             self._remove_root_interfaces()
+            if errors:
+                raise cl.ClusterError("; ".join(errors))
 
     def _remove_root_interfaces(self) -> None:
         for name in self._root_interfaces():

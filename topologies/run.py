@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from topologies import build_topo
-from topologies.config import NetworkConfig, TopologyConfig
+from topologies.config import ClusterConfig, NetworkConfig, TopologyConfig
 from topologies.network import EmulatedNetwork, probe_reachability
 from topologies.platform import detect
 
@@ -76,18 +76,24 @@ def _memory(emu, container_ids: list[str]) -> dict:
 
 
 def run(topology: TopologyConfig, network: NetworkConfig, n_mec: int, n_ues: int, seed: int, *,
-        cli: bool = False, probe: str = "all", plan: bool = False) -> dict:
+        cli: bool = False, probe: str = "all", plan: bool = False, cluster: ClusterConfig | None = None,
+        checks=None) -> dict:
     """Bring the topology up, measure and check it, tear it down; the result as a dict (see the
     module docstring). ``probe``: ping every pair ("all") or every host to mec*, gw1, lab0
     ("servers"); ``plan``: also return the topology's plan; ``cli``: open the Mininet CLI once
-    it is up. ConfigError (before anything starts) for what this machine cannot emulate."""
+    it is up. ConfigError (before anything starts) for what this machine cannot emulate.
+    ``cluster``: the ``[cluster]`` table; with servers, the network spans them (the placement
+    and the cross-server links of :mod:`topologies.cluster`; ``result["placement"]``).
+    ``checks(emu, net, result)``: more checks on the running network, into ``result``."""
     result: dict = {"topology": topology.kind, "mec": n_mec, "ues": n_ues, "seed": seed,
                     "cores": os.cpu_count(), "loadavg_1m_before": round(os.getloadavg()[0], 2)}
     platform = detect()
     topo = build_topo(topology, n_mec, n_ues, seed, platform)
     log_dir = Path(tempfile.mkdtemp(prefix=f"topology-{topology.kind}-"))
     result["log_dir"] = str(log_dir)
-    emu = EmulatedNetwork(topo, network, log_dir, platform)
+    emu = EmulatedNetwork(topo, network, log_dir, platform, cluster=cluster)
+    if emu.placement is not None:
+        result["placement"] = emu.placement.to_dict()
     mem0, ovs0, t0, t_end = _used_mib(), _ovs_rss_mib(), time.monotonic(), None
     try:
         with emu as net:
@@ -102,6 +108,8 @@ def run(topology: TopologyConfig, network: NetworkConfig, n_mec: int, n_ues: int
             targets = None if probe == "all" else {
                 n.name: n.data_ip for n in topo.plan.nodes.values() if n.role in ("mec", "gw", "lab")}
             result["reachability"] = probe_reachability(net.hosts, targets, attempts=5).to_dict()
+            if checks is not None:
+                checks(emu, net, result)
             if cli:
                 from mininet.cli import CLI
                 from mininet.log import setLogLevel

@@ -40,7 +40,7 @@ from mininet.net import Mininet
 from base.processes import ManagedProcess
 from scenario.config import ROOT, Scenario
 from testbed import leftovers
-from testbed.experiments import cluster_budgets
+from testbed.experiments import cluster_budgets, cluster_lab_network
 from topologies import cluster as cl
 from topologies.config import ServerSpec
 from topologies.network import ListeningController
@@ -73,7 +73,7 @@ def _refusals(scn: Scenario) -> dict:
     return out
 
 
-def run(scn: Scenario, out_dir: Path, budget_slots: int = 20) -> int:
+def run(scn: Scenario, out_dir: Path, budget_slots: int = 20, lab_network: bool = True) -> int:
     cluster = scn.cluster
     if len(cluster.servers) < 2:
         raise SystemExit("cluster-check needs [cluster] with at least two servers (see docs/cluster.md)")
@@ -153,6 +153,11 @@ def run(scn: Scenario, out_dir: Path, budget_slots: int = 20) -> int:
         finally:
             controller.stop()
         result["teardown_s"] = round(time.monotonic() - t, 2)
+        if lab_network and network_done:
+            try:
+                result["lab_network"] = cluster_lab_network.stage(scn)
+            except Exception as e:   # noqa: BLE001 - recorded, a must fails; the rest still runs
+                result["lab_network"] = {"error": f"{type(e).__name__}: {e}"}
         if budget_slots and network_done:
             result["budgets"] = cluster_budgets.stage(cluster, out_dir, slots=budget_slots)
         left = {}
@@ -180,12 +185,16 @@ def run(scn: Scenario, out_dir: Path, budget_slots: int = 20) -> int:
             and all(not g for g in result.get("budgets", {}).get("groups_left", {}).values())
             and result.get("budgets", {}).get("secrets_removed", True),
     }
+    if lab_network:
+        musts.update(cluster_lab_network.musts(result.get("lab_network", {})))
     if budget_slots:
         musts.update(cluster_budgets.musts(result["budgets"], [s.name for s in cluster.servers]))
     result["musts"] = musts
     (out_dir / "cluster-check.json").write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps({k: result[k] for k in ("link", "precheck", "connect_s", "ping", "leftovers", "musts",
                                              "build_s", "teardown_s", "total_s")}, indent=1, default=str))
+    if lab_network:
+        print(json.dumps(result.get("lab_network"), indent=1, default=str))
     if budget_slots:
         b = result["budgets"]
         print(json.dumps({k: b.get(k) for k in ("miner", "error", "applied_ms", "used_by_level", "writes_read_back",

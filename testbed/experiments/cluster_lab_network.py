@@ -1,0 +1,121 @@
+"""The lab-network stage of ``cluster-check``: the lab's own topology across the servers
+(issue 22, step 2: the management network tunnelled).
+
+The scenario's topology kind is replaced by the paper's cells at M = 2 MEC sites and U = 2 UEs
+(one per site: the first placement seed from ``seed`` on that puts one UE nearest each site),
+UEs as plain Mininet hosts (UE containers on a remote server's Docker engine are not yet
+supported). The cluster is this machine, the orchestrator, as the hub (``bh1``, ``gw1``,
+``lab0``, ``mgmt1``: ``lab0`` is the orchestrator's own root namespace) plus the first two
+servers of ``[cluster]``, site 1 pinned on the first and site 2 on the second; built exactly as
+the lab builds its network (:class:`topologies.network.EmulatedNetwork` with the cluster,
+through :func:`topologies.run.run`, the controller's L2 switch app on
+``cluster.controller_address``). So four links cross servers: two backhaul links
+(``acc<k>-bh1``) and two management links (``mgmt1-mec<k>``), each a tunnel of ``cluster.link``.
+
+Measured and required:
+
+- the switches of every server connected to the controller within 10 s of the switches' start;
+- every host reaches every other on the data network (parallel pings), nothing lost;
+- the management network across the tunnels: ``lab0`` and ``gw1`` reach each MEC host's
+  management address, and a full-sized frame at the tunnel MTU (don't fragment) passes from
+  ``lab0`` to the MEC host on the last server;
+- the management network stays closed to UEs across servers: no UE's ping to a MEC host's
+  management address (on its own server and on the other) is answered;
+- teardown leaves nothing on any server (compared by the caller, :mod:`testbed.experiments.cluster_check`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+
+from scenario.config import Scenario
+from topologies import build_topo
+from topologies.config import ClusterConfig, ServerSpec, TopologyConfig
+from topologies.platform import detect
+from topologies.network import probe_reachability
+from topologies.run import run as run_topology
+
+ORCHESTRATOR = "orchestrator"
+M, U = 2, 2
+CONNECT_WITHIN_S = 10.0
+
+
+def _loss(out: str) -> float | None:
+    m = re.search(r"(\d+(?:\.\d+)?)% packet loss", out)
+    return float(m.group(1)) if m else None
+
+
+def one_ue_per_site(topology: TopologyConfig, seed: int) -> int:
+    """The first seed from ``seed`` on whose cells placement puts one UE nearest each site."""
+    platform = detect()
+    for s in range(seed, seed + 200):
+        plan = build_topo(topology, M, U, s, platform).plan
+        if sorted(n.site for n in plan.ues) == [1, 2]:
+            return s
+    raise RuntimeError(f"no seed in [{seed}, {seed + 200}) puts one UE at each of 2 cells sites")
+
+
+def cluster_of(cluster: ClusterConfig) -> ClusterConfig:
+    """This machine as the hub plus the first two servers, site k on server k."""
+    a, b = cluster.servers[:2]
+    return dataclasses.replace(cluster, servers=(ServerSpec(name=ORCHESTRATOR, address="localhost"), a, b),
+                               hub=ORCHESTRATOR, pin={"mec1": a.name, "mec2": b.name})
+
+
+def stage(scn: Scenario) -> dict:
+    """Build, check and tear down the lab's network across the servers; the results."""
+    t0 = time.monotonic()
+    topology = dataclasses.replace(scn.topology, kind="cells", ue_containers=False)
+    seed = one_ue_per_site(topology, scn.seed)
+    cluster = cluster_of(scn.cluster)
+    out: dict = {"topology": "cells", "mec": M, "ues": U, "seed": seed,
+                 "servers": {s.name: s.address for s in cluster.servers}}
+
+    def checks(emu, net, result):
+        t = emu.timings
+        result["switches_connected_after_start_s"] = round(t["switches_s"] + t["configure_s"] + t["connect_s"], 2)
+        result["switch_servers"] = {sw.name: getattr(sw, "server", ORCHESTRATOR) for sw in net.switches}
+        plan = emu.plan
+        pings = {}
+        for src in ("lab0", "gw1"):
+            for mec in ("mec1", "mec2"):
+                o = net.get(src).cmd(f"ping -n -q -c 5 -i 0.2 -W 2 {plan.mgmt_ip(mec)}")
+                pings[f"{src}->{mec} (management)"] = _loss(o)
+        mtu = net.get("mec2").cmd("cat /sys/class/net/mec2-eth1/mtu").strip()
+        o = net.get("lab0").cmd(f"ping -n -q -c 3 -i 0.2 -W 2 -M do -s {int(mtu) - 28} {plan.mgmt_ip('mec2')}")
+        pings[f"lab0->mec2 full frame {mtu} B, DF (management)"] = _loss(o)
+        result["management_ping_loss_pct"] = pings
+        # answered or not (a UE has no route there: ping may not even send)
+        closed = probe_reachability([net.get(n.name) for n in plan.ues],
+                                    {f"{m} management": plan.mgmt_ip(m) for m in ("mec1", "mec2")},
+                                    timeout_s=1, attempts=2)
+        result["ue_to_management"] = {"pairs": closed.pairs, "unanswered": len(closed.failed),
+                                      "ues": {n.name: emu.placement.server[n.name] for n in plan.ues}}
+
+    result = run_topology(topology, scn.network, M, U, seed, cluster=cluster, checks=checks)
+    out.update({k: result.get(k) for k in ("placement", "bringup_s", "bringup_steps_s", "switches_connected_after_start_s",
+                                           "switch_servers", "reachability", "management_ping_loss_pct",
+                                           "ue_to_management", "teardown_s", "notes")})
+    out["total_s"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def musts(r: dict) -> dict[str, bool]:
+    reach = r.get("reachability") or {}
+    mgmt = r.get("management_ping_loss_pct") or {}
+    closed = r.get("ue_to_management") or {}
+    crossing = (r.get("placement") or {}).get("crossing", [])
+    return {
+        "lab network: backhaul and management links cross servers":
+            {x["kind"] for x in crossing} == {"backhaul", "management"},
+        f"lab network: switches connected within {CONNECT_WITHIN_S:g} s":
+            r.get("switches_connected_after_start_s") is not None
+            and r["switches_connected_after_start_s"] <= CONNECT_WITHIN_S,
+        "lab network: every host reaches every other, nothing lost":
+            reach.get("pairs", 0) > 0 and reach.get("failed") == 0,
+        "lab network: management network across servers, nothing lost, full frames too":
+            bool(mgmt) and all(v == 0.0 for v in mgmt.values()),
+        "lab network: UEs cannot reach the management network":
+            closed.get("pairs", 0) == U * 2 and closed.get("unanswered") == closed["pairs"],
+    }
