@@ -35,10 +35,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=$(readlink -f "$ROOT/.venv")
 PY="$ROOT/.venv/bin/python"
 IMAGE=mec-testbed/cluster-check:bookworm
+UE_IMAGE=$("$PY" -c 'from topologies.images import UE_IMAGE; print(UE_IMAGE)')
 STAMP=$(date +%Y%m%d-%H%M%S)
 NAME=mec-cluster-check-$STAMP
 KEEP_IMAGE=0 LINKS="vxlan ssh" LOGS=/tmp/mec-cluster-check.$STAMP CHECK_ARGS=""
-EXTRA=(openssh-server openvswitch-switch mininet mount iptables)   # iproute2, ethtool, net-tools, python3: the base's
+EXTRA=(openssh-server openvswitch-switch mininet mount iptables docker.io)   # iproute2, ethtool, net-tools, python3: the base's
 # Capabilities as scripts/bare-debian-check.sh gives them (this machine's root lacks CAP_SYS_RESOURCE,
 # so --privileged cannot start; where it can, it is used).
 PRIVILEGED=(--cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined
@@ -60,6 +61,7 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "run as root (privileged containers, Mininet)" >&2; exit 2; }
 docker info >/dev/null 2>&1 || { echo "no Docker engine answers on this machine: run \`make setup\` first" >&2; exit 2; }
 command -v mmdebstrap >/dev/null || { echo "mmdebstrap missing: run \`make setup\` first" >&2; exit 2; }
+docker image inspect "$UE_IMAGE" >/dev/null 2>&1 || { echo "no $UE_IMAGE image here: run \`make setup\` first" >&2; exit 2; }
 mkdir -p "$LOGS"
 WORK=$(mktemp -d /tmp/mec-cluster-check-work.XXXXXX)   # the key and known_hosts: the same path in the containers
 T_START=$(date +%s)
@@ -69,7 +71,7 @@ since() { echo $(( $(date +%s) - $1 )); }
 cleanup() {
   local rc=$? s
   set +e
-  for s in a b; do docker rm -f "$NAME-$s" >/dev/null 2>&1; done
+  for s in a b; do docker rm -f -v "$NAME-$s" >/dev/null 2>&1; done
   docker network rm "$NAME" >/dev/null 2>&1
   [ "$KEEP_IMAGE" = 1 ] || docker rmi "$IMAGE" >/dev/null 2>&1
   rm -rf "$WORK"
@@ -101,13 +103,15 @@ start_servers() {
   mounts=(-v "$ROOT:$ROOT:ro")
   case "$VENV" in "$ROOT"/*) ;; *) mounts+=(-v "$VENV:$VENV:ro") ;; esac
   for s in a b; do
+    # /var/lib/docker: the server's own Docker engine's storage, a volume (overlay2 on ext4), removed with -v
     docker run -d --name "$NAME-$s" --hostname "$s" --network "$NAME" --init "${PRIVILEGED[@]}" \
-      "${mounts[@]}" "$IMAGE" sleep infinity >/dev/null
+      "${mounts[@]}" -v /var/lib/docker "$IMAGE" sleep infinity >/dev/null
     # /sys and the cgroup mounts come read-only without --privileged: /sys for the network, the
-    # CPU controller's cgroup mount (v1 here; the container's own group is its root) for the
-    # budgets stage's mec-lab/<run> groups (a bind mount: remount,bind,rw; plain remount,rw is "busy")
+    # cgroup mounts (v1 here; the container's own group is their root) for the budgets stage's
+    # mec-lab/<run> groups and the server's Docker engine (a bind mount: remount,bind,rw; plain
+    # remount,rw is "busy")
     docker exec "$NAME-$s" sh -c 'mount -o remount,rw /sys &&
-      for m in $(awk '"'"'$3 == "cgroup" && $4 ~ /(^|,)cpu(,|$)/ {print $2} $3 == "cgroup2" {print $2}'"'"' /proc/mounts); do
+      for m in $(awk '"'"'$3 == "cgroup" || $3 == "cgroup2" {print $2}'"'"' /proc/mounts); do
         mount -o remount,bind,rw "$m" || exit 1; done'
     docker exec "$NAME-$s" mkdir -p /root/.ssh /run/sshd "$WORK"
     docker cp "$WORK/id.pub" "$NAME-$s:/root/.ssh/authorized_keys"
@@ -121,9 +125,15 @@ start_servers() {
       ovs-vswitchd unix:/var/run/openvswitch/db.sock --pidfile --detach --no-chdir --log-file &&
       ovs-vsctl --timeout=5 show >/dev/null && ovs-appctl --timeout=5 -t ovs-vswitchd version' >>"$LOGS/servers.log" 2>&1 \
       || { tail -n 20 "$LOGS/servers.log"; log "FAILED: Open vSwitch did not start on server $s"; exit 1; }
+    # the server's Docker engine (as make setup starts this machine's), then the UE image from this machine's
+    docker exec "$NAME-$s" sh -c 'nohup dockerd --iptables=false --ip-masq=false --bridge=none >/var/log/dockerd.log 2>&1 &
+      for i in $(seq 1 100); do docker info >/dev/null 2>&1 && exit 0; sleep 0.2; done; tail -n 20 /var/log/dockerd.log; exit 1' \
+      >>"$LOGS/servers.log" 2>&1 || { tail -n 20 "$LOGS/servers.log"; log "FAILED: dockerd did not start on server $s"; exit 1; }
+    docker save "$UE_IMAGE" | docker exec -i "$NAME-$s" docker load >>"$LOGS/servers.log" 2>&1 \
+      || { tail -n 20 "$LOGS/servers.log"; log "FAILED: loading $UE_IMAGE on server $s"; exit 1; }
     eval "IP_$s=$(docker inspect --format "{{(index .NetworkSettings.Networks \"$NAME\").IPAddress}}" "$NAME-$s")"
   done
-  log "servers a ($IP_a) and b ($IP_b) up with sshd and Open vSwitch in $(since "$t") s; this machine is $GATEWAY there"
+  log "servers a ($IP_a) and b ($IP_b) up with sshd, Open vSwitch, a Docker engine and $UE_IMAGE in $(since "$t") s; this machine is $GATEWAY there"
   log "the project's Python there: $(docker exec "$NAME-a" "$PY" -c 'import sys, mininet, os_ken; print(sys.version.split()[0], "at", sys.executable, "imports mininet and os_ken")' 2>&1 | tail -n 1)"
 }
 

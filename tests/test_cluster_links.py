@@ -163,7 +163,7 @@ def test_the_lab_network_refuses_a_hub_on_another_server_and_unsupported_remote_
 
     from base.errors import ConfigError
     from topologies import TopologyConfig, build_topo
-    from topologies.cluster import ClusterSwitch, ClusterHost, remote_class
+    from topologies.cluster import ClusterDockerHost, ClusterHost, ClusterSwitch, remote_class
     from topologies.config import NetworkConfig
     from topologies.docker_host import DockerHost
     from topologies.links import DataSwitch, ManagementBridge
@@ -179,9 +179,9 @@ def test_the_lab_network_refuses_a_hub_on_another_server_and_unsupported_remote_
     assert net.servers_of_switches() == {"far": ["acc2"]} and net.controller_ip == "192.0.2.1"
     assert net.placement.server["mec2"] == "far" and net.placement.server["mec1"] == "here"
     assert remote_class(DataSwitch) is ClusterSwitch and remote_class(Host) is ClusterHost
-    for cls, why in ((ManagementBridge, "keep the hub"), (DockerHost, "not supported yet")):
-        with pytest.raises(ClusterError, match=why):
-            remote_class(cls)
+    assert remote_class(DockerHost) is ClusterDockerHost
+    with pytest.raises(ClusterError, match="keep the hub"):
+        remote_class(ManagementBridge)
 
 
 @pytest.mark.network

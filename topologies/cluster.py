@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +51,8 @@ from mininet.util import quietRun
 
 from base import machine
 from topologies.config import ClusterConfig, ServerSpec
+from topologies.docker_host import (CODE_DIRS, CONTAINER_LABEL, NAME_PREFIX, OWNER_LABEL, ROOT as REPO, ContainerNode,
+                                    DockerHost, container_binds, dead_runs_container)
 
 VXLAN_OVERHEAD = 50   # bytes: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 NETWORK_TOOLS = ("ovs-vsctl", "mnexec", "ip", "iptables")   # what a server's switches, hosts and links need
@@ -111,6 +115,9 @@ def _probe_script(tools: tuple[str, ...], tun: bool, calibration: str | None = N
         path = shlex.quote(calibration)
         lines.append(f"if [ -f {path} ]; then printf 'calibration '; tr -d '\\n' < {path}; echo; "
                      f"else echo 'problem no calibration at {calibration} (run `make calibrate` there)'; fi")
+    if "docker" in tools:
+        lines.append("command -v docker >/dev/null 2>&1 && { docker info >/dev/null 2>&1 "
+                     "|| echo 'problem the Docker engine does not answer (start dockerd)'; }")
     if "ovs-vsctl" in tools:
         lines.append("command -v ovs-vsctl >/dev/null 2>&1 && { ovs-vsctl --timeout=3 show >/dev/null 2>&1 "
                      "|| echo 'problem Open vSwitch does not answer (ovs-ctl start)'; "
@@ -233,6 +240,67 @@ class ClusterNode(RemoteMixin):
 
 class ClusterHost(ClusterNode, Host):
     """A Mininet host on a server of the cluster."""
+
+
+class ClusterDockerHost(ContainerNode, ClusterNode, Host):
+    """:class:`topologies.docker_host.DockerHost` on a server of the cluster: the container is made
+    by that server's own Docker engine (the ``docker`` command over ssh, the same options: no
+    network, no ``NET_ADMIN``/``NET_RAW``, the repository's code read-only at its own path, which
+    is the same on every server, the testbed's labels with the orchestrator's pid as owner), and
+    the node's shell joins its namespaces there (``mnexec -a <pid>`` over ssh)."""
+
+    def __init__(self, name, image=None, cpu_quota=None, mem_limit=None, pids_limit=None, volumes=None,
+                 code=CODE_DIRS, server="localhost", serverIP=None, ssh=None, **params):
+        from topologies.images import UE_IMAGE
+        self.image = image or UE_IMAGE
+        self.cname = NAME_PREFIX + name
+        self.docker_ssh, self.docker_server = list(ssh), server
+        out = self._docker(f"docker inspect --format '{{{{json .Config.Labels}}}}' {self.cname} 2>/dev/null || true")
+        if out.strip() and dead_runs_container(self.cname, json.loads(out.strip()) or {}, f" on server {server}"):
+            self._docker(f"docker rm -f {self.cname} >/dev/null")
+        argv = ["docker", "run", "-d", "--name", self.cname, "--hostname", name, "--network", "none",
+                "--label", f"{CONTAINER_LABEL}=1", "--label", f"{OWNER_LABEL}={os.getpid()}",
+                "--cap-drop", "NET_ADMIN", "--cap-drop", "NET_RAW", "--init", "-w", str(REPO)]
+        for src, b in container_binds(code, volumes).items():
+            argv += ["-v", f"{src}:{b['bind']}:{b['mode']}"]
+        argv += [*(["--memory", mem_limit] if mem_limit else []), *(["--pids-limit", str(pids_limit)] if pids_limit else []),
+                 *(["--cpus", f"{cpu_quota:g}"] if cpu_quota else []), self.image, "sleep", "infinity"]
+        out = self._docker(" ".join(shlex.quote(a) for a in argv) + f" >/dev/null && docker inspect --format "
+                           f"'{{{{.State.Pid}}}}' {self.cname}")
+        pid = out.strip().splitlines()[-1] if out.strip() else ""
+        if not pid.isdigit() or int(pid) <= 0:
+            self._remove_container()
+            raise ClusterError(f"server {server}: the container for host {name} did not start: {out.strip()}")
+        self.container_pid = int(pid)
+        try:
+            super().__init__(name, server=server, serverIP=serverIP, ssh=ssh, inNamespace=True, **params)
+        except BaseException:
+            self._remove_container()
+            raise
+
+    def _docker(self, script: str) -> str:
+        r = subprocess.run([*self.docker_ssh, script], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        if r.returncode:
+            raise ClusterError(f"server {self.docker_server}: {script.split(' >')[0][:120]} failed: "
+                               f"{(r.stderr or r.stdout).strip()}")
+        return r.stdout
+
+    def startShell(self, mnopts=None):
+        # join the container's network and mount namespaces (-a) there, not new ones (-n)
+        self.inNamespace = False
+        try:
+            Host.startShell(self, mnopts=f"-ca{self.container_pid}")
+        finally:
+            self.inNamespace = True
+        self.sendCmd("echo $$")
+        self.finishInit()
+
+    def _remove_container(self):
+        try:
+            self._docker(f"docker rm -f {self.cname} >/dev/null 2>&1 || true")
+        except (ClusterError, subprocess.TimeoutExpired) as e:
+            print(f"could not remove container {self.cname} on server {self.docker_server}: {e}", file=sys.stderr)
 
 
 class ClusterSwitch(ClusterNode, RemoteOVSSwitch):
@@ -440,14 +508,16 @@ def remote_class(cls):
     """The class of a node of class ``cls`` placed on another server: Mininet's remote node
     (:class:`ClusterNode`) over it. A data switch becomes a :class:`ClusterSwitch` (started in
     per-server batches); a standalone bridge, a root-namespace host and a container host are
-    refused (the hub, ``lab0``'s switch and the management bridge, stays on the orchestrator;
-    UE containers on remote servers are not yet supported)."""
+    refused (the hub, ``lab0``'s switch and the management bridge, stays on the orchestrator);
+    a container host is made by that server's Docker engine: :class:`ClusterDockerHost`)."""
     from mininet.node import OVSBridge, OVSSwitch
     if issubclass(cls, OVSBridge):
         raise ClusterError(f"a standalone bridge ({cls.__name__}) on another server is not supported: "
                            "keep the hub (cluster.hub) on this machine")
     if issubclass(cls, OVSSwitch):
         return ClusterSwitch
+    if issubclass(cls, DockerHost):
+        return ClusterDockerHost
     if cls is Host:
         return ClusterHost
     raise ClusterError(f"a {cls.__name__} node on another server is not supported yet")
@@ -464,6 +534,7 @@ ovs-vsctl --timeout=5 list-br 2>/dev/null | sed 's/^/bridge /'
 pgrep -a -f '^(bash --norc --noediting -is mininet:|mnexec )' | sed 's/^/process /'
 pgrep -a -f 'Tunnel=Ethernet' | sed 's/^/process /'
 pgrep -a -f 'nodes[.]server_agent' | sed 's/^/process /'
+command -v docker >/dev/null && docker ps -a --filter label=mec-testbed --format '{{.Names}}' 2>/dev/null | sed 's/^/container /'
 for d in /sys/fs/cgroup/cpu /sys/fs/cgroup; do for t in mec-chain mec-lab; do
   [ -d $d/$t ] && find $d/$t -type d | sed "s|^$d/|cgroup |"; done; done
 true
@@ -478,7 +549,7 @@ def snapshot(spec: ServerSpec, cluster: ClusterConfig) -> dict[str, set[str]]:
     if r.returncode:
         raise ClusterError(f"server {spec.name}: listing what runs there failed: {r.stderr.strip()}")
     kinds: dict[str, set[str]] = {"netns": set(), "veth": set(), "vxlan": set(), "tun": set(),
-                                  "bridge": set(), "process": set(), "cgroup": set()}
+                                  "bridge": set(), "process": set(), "cgroup": set(), "container": set()}
     for line in r.stdout.splitlines():
         kind, _, what = line.partition(" ")
         if kind in kinds and what:

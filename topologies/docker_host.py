@@ -31,7 +31,18 @@ NAME_PREFIX = "mn."
 CODE_DIRS = ("agent", "base", "chain", "contracts", "controller", "nodes", "scenario", "testbed", "topologies", ".venv")
 
 
-class DockerHost(Host):
+class ContainerNode:
+    """Mixin for a Mininet node backed by a container: the container goes with the node
+    (``_remove_container`` is the node class's own: here or on another server)."""
+
+    def terminate(self):
+        try:
+            super().terminate()
+        finally:
+            self._remove_container()
+
+
+class DockerHost(ContainerNode, Host):
     """Mininet host backed by a container of ``image``.
 
     Extra params: ``image`` (default the UE image), ``cpu_quota`` (cores, e.g. 0.5, or None),
@@ -48,14 +59,7 @@ class DockerHost(Host):
         self.image = image
         self._client = docker.from_env()
         _clear_stale(self._client, NAME_PREFIX + name)
-        if code is None:
-            binds = {str(ROOT): {"bind": str(ROOT), "mode": "ro"}}
-        else:        # a symlinked folder (a worktree's .venv) is mounted from its target
-            binds = {str((ROOT / d).resolve()): {"bind": str(ROOT / d), "mode": "ro"}
-                     for d in code if (ROOT / d).exists()}
-        for src, dst in (volumes or {}).items():
-            dst, mode = (dst, "ro") if isinstance(dst, str) else dst
-            binds[src] = {"bind": dst, "mode": mode}
+        binds = container_binds(code, volumes)
         self.container = self._client.containers.run(
             image, name=NAME_PREFIX + name, hostname=name, detach=True, network_mode="none",
             labels={CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid())}, volumes=binds, command=["sleep", "infinity"],
@@ -81,17 +85,39 @@ class DockerHost(Host):
         finally:
             self.inNamespace = True
 
-    def terminate(self):
-        try:
-            super().terminate()
-        finally:
-            self._remove_container()
-
     def _remove_container(self):
         try:
             self.container.remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+def container_binds(code: tuple[str, ...] | None, volumes: dict | None) -> dict[str, dict]:
+    """A UE container's bind mounts, host path -> {"bind": container path, "mode": "ro"|"rw"}:
+    the repository's ``code`` folders read-only at their own paths (None: the whole
+    repository), then ``volumes`` (see :class:`DockerHost`)."""
+    if code is None:
+        binds = {str(ROOT): {"bind": str(ROOT), "mode": "ro"}}
+    else:        # a symlinked folder (a worktree's .venv) is mounted from its target
+        binds = {str((ROOT / d).resolve()): {"bind": str(ROOT / d), "mode": "ro"}
+                 for d in code if (ROOT / d).exists()}
+    for src, dst in (volumes or {}).items():
+        dst, mode = (dst, "ro") if isinstance(dst, str) else dst
+        binds[src] = {"bind": dst, "mode": mode}
+    return binds
+
+
+def dead_runs_container(cname: str, labels: dict, where: str = "") -> bool:
+    """An existing container named ``cname`` with ``labels``: True when it is the testbed's own
+    from a run that died (its owner pid, a process of this machine, is gone: remove it); raises
+    for anything else, never touched. ``where``: " on server X" for a remote engine."""
+    owner = labels.get(OWNER_LABEL, "")
+    if labels.get(CONTAINER_LABEL) == "1" and owner.isdigit() and not psutil.pid_exists(int(owner)):
+        print(f"removing container {cname}{where} left by an earlier run (pid {owner}, gone)", file=sys.stderr,
+              flush=True)
+        return True
+    raise RuntimeError(f"a container named {cname} exists{where} and is not a leftover of a dead testbed run "
+                       f"(labels {labels}); remove or rename it (docker rm -f {cname}) and start again")
 
 
 def _clear_stale(client, cname: str) -> None:
@@ -101,14 +127,8 @@ def _clear_stale(client, cname: str) -> None:
         c = client.containers.get(cname)
     except docker.errors.NotFound:
         return
-    labels = c.labels or {}
-    owner = labels.get(OWNER_LABEL, "")
-    if labels.get(CONTAINER_LABEL) == "1" and owner.isdigit() and not psutil.pid_exists(int(owner)):
-        print(f"removing container {cname} left by an earlier run (pid {owner}, gone)", file=sys.stderr, flush=True)
+    if dead_runs_container(cname, c.labels or {}):
         c.remove(force=True)
-        return
-    raise RuntimeError(f"a container named {cname} exists and is not a leftover of a dead testbed run "
-                       f"(labels {labels}); remove or rename it (docker rm -f {cname}) and start again")
 
 
 def remove_leftover_containers(hosts: list[str] | None = None) -> list[str]:

@@ -3,9 +3,10 @@
 The network layer of issue 22, shown on real servers (``make cluster-check`` makes two of them
 as containers, ``scripts/cluster-check.sh``). From this machine, the orchestrator:
 
-1. the pre-start check (:func:`topologies.cluster.check_servers`) passes on every server, and
-   refuses, naming the server, one that lacks the Docker engine the UE containers would need
-   and one reached on a port where no sshd listens (both recorded);
+1. the pre-start check (:func:`topologies.cluster.check_servers`) passes on every server (the
+   tools of the network and of UE containers, the Docker engine answering), and refuses, naming
+   the server, servers asked for a calibration of their own where they have none and one
+   reached on a port where no sshd listens (both recorded);
 2. the os-ken controller (the L2 switch app) listens on ``cluster.controller_address``;
 3. per server k: an OpenFlow 1.3 userspace OVS switch ``s<k>`` and a host ``h<k>``
    (10.0.0.k/24) on it, Mininet's remote nodes over ssh; ``s<k>`` and ``s<k+1>`` joined by the
@@ -47,6 +48,7 @@ from topologies.network import ListeningController
 
 CONNECT_WITHIN_S = 10.0
 PINGS = 10
+NO_CALIBRATION = "/run/mec-cluster-check-none/calibration.json"   # a path with no calibration on any server
 
 
 def _loss(out: str) -> float | None:
@@ -55,14 +57,14 @@ def _loss(out: str) -> float | None:
 
 
 def _refusals(scn: Scenario) -> dict:
-    """What the check refuses, by name: a server without Docker (the UE containers' engine),
-    a server whose port has no sshd."""
+    """What the check refuses, by name: servers without a calibration of their own (at a path
+    where none is), a server whose port has no sshd."""
     out = {}
     try:
-        cl.check_servers(scn.cluster, containers=True)
-        out["without_docker"] = "NOT refused"
+        cl.check_servers(scn.cluster, containers=True, calibration=NO_CALIBRATION)
+        out["no_calibration"] = "NOT refused"
     except cl.ClusterError as e:
-        out["without_docker"] = str(e)
+        out["no_calibration"] = str(e)
     first = scn.cluster.servers[0]
     ghost = ServerSpec(name="ghost", address=first.address, user=first.user, port=1)
     try:
@@ -83,7 +85,7 @@ def run(scn: Scenario, out_dir: Path, budget_slots: int = 20, lab_network: bool 
                     "servers": {s.name: s.address for s in cluster.servers},
                     "controller": f"{cluster.controller_address}:{scn.network.controller_port}"}
     t0 = time.monotonic()
-    checks = cl.check_servers(cluster, containers=False)
+    checks = cl.check_servers(cluster, containers=True)
     result["precheck"] = {n: {"ok": c.ok, "clock_offset_s": round(c.clock_offset_s, 4), "rtt_s": round(c.rtt_s, 4)}
                           for n, c in checks.items()}
     result["precheck_s"] = round(time.monotonic() - t0, 2)

@@ -3,8 +3,8 @@
 
 The scenario's topology kind is replaced by the paper's cells at M = 2 MEC sites and U = 2 UEs
 (one per site: the first placement seed from ``seed`` on that puts one UE nearest each site),
-UEs as plain Mininet hosts (UE containers on a remote server's Docker engine are not yet
-supported). The cluster is this machine, the orchestrator, as the hub (``bh1``, ``gw1``,
+each UE a container made by its server's own Docker engine
+(:class:`topologies.cluster.ClusterDockerHost`). The cluster is this machine, the orchestrator, as the hub (``bh1``, ``gw1``,
 ``lab0``, ``mgmt1``: ``lab0`` is the orchestrator's own root namespace) plus the first two
 servers of ``[cluster]``, site 1 pinned on the first and site 2 on the second; built exactly as
 the lab builds its network (:class:`topologies.network.EmulatedNetwork` with the cluster,
@@ -66,7 +66,7 @@ def cluster_of(cluster: ClusterConfig) -> ClusterConfig:
 def stage(scn: Scenario) -> dict:
     """Build, check and tear down the lab's network across the servers; the results."""
     t0 = time.monotonic()
-    topology = dataclasses.replace(scn.topology, kind="cells", ue_containers=False)
+    topology = dataclasses.replace(scn.topology, kind="cells", ue_containers=True)
     seed = one_ue_per_site(topology, scn.seed)
     cluster = cluster_of(scn.cluster)
     out: dict = {"topology": "cells", "mec": M, "ues": U, "seed": seed,
@@ -92,11 +92,21 @@ def stage(scn: Scenario) -> dict:
                                     timeout_s=1, attempts=2)
         result["ue_to_management"] = {"pairs": closed.pairs, "unanswered": len(closed.failed),
                                       "ues": {n.name: emu.placement.server[n.name] for n in plan.ues}}
+        # each UE a container of its own server's Docker engine, running, its shell inside it
+        result["ue_containers"] = {}
+        for n in plan.ues:
+            h = net.get(n.name)
+            state = h._docker(f"docker inspect --format '{{{{.State.Running}}}} {{{{.State.Pid}}}}' {h.cname}").split()
+            result["ue_containers"][n.name] = {
+                "server": h.server, "class": type(h).__name__, "container": h.cname,
+                "running": state[:1] == ["true"], "pid_matches": state[1:] == [str(h.container_pid)],
+                # the shell joined the container's mount namespace: its /etc/hostname is the container's
+                "etc_hostname_inside": h.cmd("cat /etc/hostname").strip()}
 
     result = run_topology(topology, scn.network, M, U, seed, cluster=cluster, checks=checks)
     out.update({k: result.get(k) for k in ("placement", "bringup_s", "bringup_steps_s", "switches_connected_after_start_s",
                                            "switch_servers", "reachability", "management_ping_loss_pct",
-                                           "ue_to_management", "teardown_s", "notes")})
+                                           "ue_to_management", "ue_containers", "teardown_s", "notes")})
     out["total_s"] = round(time.monotonic() - t0, 2)
     return out
 
@@ -116,6 +126,10 @@ def musts(r: dict) -> dict[str, bool]:
             reach.get("pairs", 0) > 0 and reach.get("failed") == 0,
         "lab network: management network across servers, nothing lost, full frames too":
             bool(mgmt) and all(v == 0.0 for v in mgmt.values()),
+        "lab network: each UE a running container of its own server's Docker engine":
+            len(r.get("ue_containers") or {}) == U and all(
+                c["running"] and c["pid_matches"] and c["class"] == "ClusterDockerHost" and c["etc_hostname_inside"] == ue
+                for ue, c in r["ue_containers"].items()),
         "lab network: UEs cannot reach the management network":
             closed.get("pairs", 0) == U * 2 and closed.get("unanswered") == closed["pairs"],
     }
