@@ -156,6 +156,55 @@ def over_ssh(ssh: list[str] | None, stdin: bytes) -> Launcher:
     return launch
 
 
+#: run there as ``sh -c LIFELINE sh PROGRAM...``: the program with stdin from /dev/null, and a
+#: watcher that reads the wrapper's stdin (held open by the orchestrator) and, when it closes,
+#: sends the program SIGTERM, then SIGKILL after GRACE s; the wrapper ends with the program.
+#: Its first line says the program's pid on that server (``remote pid N``).
+#: (A background job's stdin is /dev/null in a shell without job control: the lifeline is fd 3.
+#: The watcher holds no output, so the ssh session ends with the program, and it stops waiting
+#: as soon as the program is gone.)
+LIFELINE = ('exec 3<&0; "$@" </dev/null 3<&- & p=$!; echo "remote pid $p"; '
+            '{ cat <&3 >/dev/null; kill -TERM $p; i=0; while kill -0 $p && [ $i -lt "$GRACE_DS" ]; do '
+            'sleep 0.1; i=$((i+1)); done; kill -0 $p && kill -KILL $p; } >/dev/null 2>&1 & w=$!; '
+            'exec 3<&-; wait $p; rc=$?; kill $w 2>/dev/null; exit $rc')
+
+
+def in_remote_host(host, uid: int | None = None, grace_s: float = 10.0) -> Launcher:
+    """Run inside Mininet host ``host`` on another server of a cluster (a remote node of
+    ``topologies.cluster``: ``host.pid`` is its shell's pid there, ``host.sshcmd`` reaches the
+    server): over ssh, ``mnexec -a <pid>`` into its network and mount namespaces, as ``uid``
+    when given, with ``cwd`` and ``env`` set there. No signal crosses ssh, so the program's
+    stop is its lifeline (:data:`LIFELINE`, :func:`over_ssh`'s held stdin): stop() closes it
+    and the program gets SIGTERM there, then SIGKILL after ``grace_s``; the same happens when
+    this process or its ssh client dies. The handle is the local ssh client; the program's pid
+    there is the log's first line."""
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"] if uid is not None else []
+    ssh = [a for a in host.sshcmd if a != "-tt"]
+
+    def launch(argv, log, *, cwd=None, env=None) -> Handle:
+        wrapped = ["env", f"GRACE_DS={max(1, round(grace_s * 10))}", "sh", "-c", LIFELINE, "sh",
+                   "mnexec", "-a", str(host.pid), *prefix, *argv]
+        return over_ssh(ssh, b"")(wrapped, log, cwd=cwd, env=env)
+    launch.where = f"mininet host {host.name} on server {host.server}" + (f" as uid {uid}" if uid is not None else "")
+    launch.uid = uid
+    return launch
+
+
+def remote_pid(proc: "ManagedProcess", timeout_s: float = 10.0) -> int:
+    """The pid on its server of a program started by :func:`in_remote_host` (its log's line)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = re.findall(r"^remote pid (\d+)$", proc.log_path.read_text(errors="replace"), re.M)
+        except OSError:
+            found = []
+        if found:          # the last: a restarted program appends to the same log
+            return int(found[-1])
+        if time.monotonic() > deadline or not proc.alive:
+            raise ProcessError(f"{proc.name}: no 'remote pid' line in its log {proc.log_path}:\n{proc.log_tail()}")
+        time.sleep(0.05)
+
+
 class _ContainerHandle:
     """A process ``docker exec``-ed in a container: not our child, so it is watched by its
     host pid (the engine reports it) and signalled directly."""

@@ -64,6 +64,7 @@ command -v mmdebstrap >/dev/null || { echo "mmdebstrap missing: run \`make setup
 docker image inspect "$UE_IMAGE" >/dev/null 2>&1 || { echo "no $UE_IMAGE image here: run \`make setup\` first" >&2; exit 2; }
 mkdir -p "$LOGS"
 WORK=$(mktemp -d /tmp/mec-cluster-check-work.XXXXXX)   # the key and known_hosts: the same path in the containers
+SHARED=$(mktemp -d /tmp/mec-cluster-check-shared.XXXXXX)   # cluster.shared_dir: here and in both servers (NFS's role)
 T_START=$(date +%s)
 log() { printf '[cluster-check %s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$LOGS/check.log"; }
 since() { echo $(( $(date +%s) - $1 )); }
@@ -74,7 +75,7 @@ cleanup() {
   for s in a b; do docker rm -f -v "$NAME-$s" >/dev/null 2>&1; done
   docker network rm "$NAME" >/dev/null 2>&1
   [ "$KEEP_IMAGE" = 1 ] || docker rmi "$IMAGE" >/dev/null 2>&1
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$SHARED"
   left=$(docker ps -a --filter "name=$NAME" --format '{{.Names}}'; docker network ls --filter "name=$NAME" --format '{{.Name}}')
   [ -z "$left" ] && log "removed: containers, network$([ "$KEEP_IMAGE" = 1 ] || echo ', image'), key" \
                  || log "NOT removed: $left"
@@ -100,7 +101,7 @@ start_servers() {
   docker network create --internal "$NAME" >/dev/null
   GATEWAY=$(docker network inspect --format '{{(index .IPAM.Config 0).Gateway}}' "$NAME")
   ssh-keygen -q -t ed25519 -N '' -C "$NAME" -f "$WORK/id"
-  mounts=(-v "$ROOT:$ROOT:ro")
+  mounts=(-v "$ROOT:$ROOT:ro" -v "$SHARED:$SHARED:rw")
   case "$VENV" in "$ROOT"/*) ;; *) mounts+=(-v "$VENV:$VENV:ro") ;; esac
   for s in a b; do
     # /var/lib/docker: the server's own Docker engine's storage, a volume (overlay2 on ext4), removed with -v
@@ -145,7 +146,8 @@ run_check() {   # run_check KIND
   "$PY" -m testbed cluster-check --out "$out" $CHECK_ARGS \
     --set "cluster.servers=[{name='a', address='$IP_a'}, {name='b', address='$IP_b'}]" \
     --set "cluster.controller_address='$GATEWAY'" --set "cluster.link='$1'" \
-    --set "cluster.ssh_key='$WORK/id'" --set "cluster.known_hosts='$WORK/known_hosts'" 2>&1 | tee "$LOGS/check-$1.log"
+    --set "cluster.ssh_key='$WORK/id'" --set "cluster.known_hosts='$WORK/known_hosts'" \
+    --set "cluster.shared_dir='$SHARED'" 2>&1 | tee "$LOGS/check-$1.log"
   rc=${PIPESTATUS[0]}
   set -e
   log "cluster-check over $1 links exited $rc ($out/cluster-check.json)"

@@ -154,3 +154,33 @@ def test_leak_check_ignores_a_users_own_node_and_catches_ours(tmp_path):
     finally:
         user.kill()
     assert local().where == "local"
+
+
+def test_a_program_in_a_remote_host_ends_with_its_lifeline(tmp_path):
+    """in_remote_host's wrapper (here without ssh: a host whose shell is this process, an empty
+    ssh command): the program's pid there is in its log; stop() closes the lifeline and the
+    program gets SIGTERM; an orchestrator killed outright (SIGKILL to the handle) ends it too,
+    after the wrapper's grace (SIGTERM ignored here, so SIGKILL)."""
+    import types
+
+    from base.processes import in_remote_host, remote_pid
+    host = types.SimpleNamespace(name="h1", server="here", pid=os.getpid(), sshcmd=[])
+    p = ManagedProcess("sleeper", ["sleep", "300"], tmp_path / "a.log", launcher=in_remote_host(host), grace_s=5)
+    p.start()
+    pid = remote_pid(p)
+    assert pid != p.pid and psutil.Process(pid).cmdline() == ["sleep", "300"]
+    t0 = time.monotonic()
+    p.stop()
+    assert time.monotonic() - t0 < 2, "the wrapper outlived its program (a watcher holding its output?)"
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    stubborn = ManagedProcess("stubborn", [sys.executable, "-c", "import signal, time; signal.signal("
+                              "signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"], tmp_path / "b.log",
+                              launcher=in_remote_host(host, grace_s=1), grace_s=5)
+    stubborn.start()
+    pid = remote_pid(stubborn)
+    os.killpg(stubborn.pid, signal.SIGKILL)        # the local end (the ssh client) dies
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    stubborn.stop()

@@ -534,6 +534,7 @@ ovs-vsctl --timeout=5 list-br 2>/dev/null | sed 's/^/bridge /'
 pgrep -a -f '^(bash --norc --noediting -is mininet:|mnexec )' | sed 's/^/process /'
 pgrep -a -f 'Tunnel=Ethernet' | sed 's/^/process /'
 pgrep -a -f 'nodes[.]server_agent' | sed 's/^/process /'
+pgrep -a -x geth | sed 's/^/process /'
 command -v docker >/dev/null && docker ps -a --filter label=mec-testbed --format '{{.Names}}' 2>/dev/null | sed 's/^/container /'
 for d in /sys/fs/cgroup/cpu /sys/fs/cgroup; do for t in mec-chain mec-lab; do
   [ -d $d/$t ] && find $d/$t -type d | sed "s|^$d/|cgroup |"; done; done
@@ -543,7 +544,7 @@ true
 
 def snapshot(spec: ServerSpec, cluster: ClusterConfig) -> dict[str, set[str]]:
     """What a run could leave on a server: network namespaces of running processes, veth,
-    VXLAN and TAP interfaces, OVS bridges, Mininet shells, ssh tunnels, budgets agents
+    VXLAN and TAP interfaces, OVS bridges, Mininet shells, ssh tunnels, geth, budgets agents
     (:mod:`topologies.remote`) and the lab's cgroups (``mec-lab``, ``mec-chain``)."""
     r = run_on(spec, cluster, SNAPSHOT_SCRIPT)
     if r.returncode:

@@ -194,6 +194,7 @@ class ClusterConfig:
     known_hosts: str = ""               # known_hosts file; "" = ssh's default
     max_clock_skew_s: float = 1.0       # refuse a server whose clock is further off than this
     agent_port: int = 7717              # TCP port of each server's budget agent (nodes/server_agent.py)
+    shared_dir: str = ""                # a folder shared by every server at the same path (NFS): run data
 
     def __post_init__(self):
         c = "cluster"
@@ -229,6 +230,8 @@ class ClusterConfig:
                 "an integer in [1280, 65535]", self.underlay_mtu)
         require(is_int(self.agent_port) and 1 <= self.agent_port <= 65535, f"{c}.agent_port", "a TCP port",
                 self.agent_port)
+        require(isinstance(self.shared_dir, str) and (self.shared_dir == "" or self.shared_dir.startswith("/")),
+                f"{c}.shared_dir", "\"\" or an absolute path (the same on every server)", self.shared_dir)
         for name in ("ssh_key", "known_hosts"):
             require(isinstance(getattr(self, name), str), f"{c}.{name}", "a path or \"\"", getattr(self, name))
         require(is_number(self.max_clock_skew_s) and 0 < self.max_clock_skew_s <= 60, f"{c}.max_clock_skew_s",

@@ -26,8 +26,11 @@ Measured and required:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
 import time
+from pathlib import Path
 
 from scenario.config import Scenario
 from topologies import build_topo
@@ -63,8 +66,64 @@ def cluster_of(cluster: ClusterConfig) -> ClusterConfig:
                                hub=ORCHESTRATOR, pin={"mec1": a.name, "mec2": b.name})
 
 
+CHAIN_OBSERVE_S = 30.0     # mining across the servers, then the heads compared
+
+
+def _chain(scn: Scenario, emu, net, shared: Path) -> dict:
+    """The lab's chain on the network across servers: a geth miner in mec1 (server a) and mec2
+    (server b), started there over ssh (:func:`base.processes.in_remote_host`), and the RPC
+    gateway in gw1 (here), devp2p and the miners' RPC on the tunnelled management network, the
+    datadirs in ``shared`` (the same path on every server). Each miner mines with one thread
+    (threads budget: the lab's quotas on remote servers go through their agents, the budgets
+    stage) for :data:`CHAIN_OBSERVE_S`; then both stop and the heads are compared."""
+    from base.processes import in_mininet_host, in_remote_host, remote_pid
+    from chain.network import Chain
+    plan, c = emu.plan, scn.chain
+    mecs = ["mec1", "mec2"]
+    cfg = dataclasses.replace(c, n_nodes=2, workdir=str(shared / f"chain-{os.getpid()}"), budget_mode="threads",
+                              outside="none")
+    out: dict = {"workdir": cfg.workdir, "miners": {m: emu.placement.server[m] for m in mecs}}
+    chain = Chain(cfg, ips=[plan.mgmt_ip(m) for m in mecs], names=mecs,
+                  launchers=[in_remote_host(net.get(m)) for m in mecs], quota_parents=[None, None],
+                  gateway_ip=plan.mgmt_ip("gw1"), gateway_rpc_ip=plan.data_ip("gw1"),
+                  gateway_launcher=in_mininet_host(net.get("gw1")))
+    t0 = time.monotonic()
+    try:
+        out["start_s"] = {k: round(v, 2) for k, v in chain.start([1, 1], wait=True).items()}
+        out["remote_pids"] = {nd.name: remote_pid(nd.proc) for nd in chain.nodes}
+        out["peers"] = {nd.name: nd.peer_count() for nd in chain.nodes}
+        out["gateway_peers"] = int(chain.gateway.rpc("net_peerCount"), 16)
+        time.sleep(CHAIN_OBSERVE_S)
+        for nd in chain.nodes:
+            nd.set_hash_budget(0)
+        deadline = time.monotonic() + 15
+        while True:
+            heads = {nd.name: nd.head() for nd in [*chain.nodes, chain.gateway]}
+            if len({h["hash"] for h in heads.values()}) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        out["heads"] = {k: {"number": int(h["number"], 16) if isinstance(h["number"], str) else h["number"],
+                            "hash": h["hash"]} for k, h in heads.items()}
+        top = min(v["number"] for v in out["heads"].values())
+        authors: dict[str, int] = {}
+        for n in range(1, top + 1):
+            who = chain.miner_of(chain.gateway.rpc("eth_getBlockByNumber", hex(n), False)["miner"]) or "other"
+            authors[who] = authors.get(who, 0) + 1
+        out["blocks_by_miner"] = authors
+    except Exception as e:   # noqa: BLE001 - recorded; a must fails
+        out["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        t = time.monotonic()
+        chain.stop()
+        out["stop_s"] = round(time.monotonic() - t, 2)
+        shutil.rmtree(cfg.workdir, ignore_errors=True)
+    out["total_s"] = round(time.monotonic() - t0, 2)
+    return out
+
+
 def stage(scn: Scenario) -> dict:
-    """Build, check and tear down the lab's network across the servers; the results."""
+    """Build, check and tear down the lab's network across the servers (and the chain on it,
+    when ``cluster.shared_dir`` names a folder shared by the servers); the results."""
     t0 = time.monotonic()
     topology = dataclasses.replace(scn.topology, kind="cells", ue_containers=True)
     seed = one_ue_per_site(topology, scn.seed)
@@ -102,11 +161,13 @@ def stage(scn: Scenario) -> dict:
                 "running": state[:1] == ["true"], "pid_matches": state[1:] == [str(h.container_pid)],
                 # the shell joined the container's mount namespace: its /etc/hostname is the container's
                 "etc_hostname_inside": h.cmd("cat /etc/hostname").strip()}
+        if scn.cluster.shared_dir:
+            result["chain"] = _chain(scn, emu, net, Path(scn.cluster.shared_dir))
 
     result = run_topology(topology, scn.network, M, U, seed, cluster=cluster, checks=checks)
     out.update({k: result.get(k) for k in ("placement", "bringup_s", "bringup_steps_s", "switches_connected_after_start_s",
                                            "switch_servers", "reachability", "management_ping_loss_pct",
-                                           "ue_to_management", "ue_containers", "teardown_s", "notes")})
+                                           "ue_to_management", "ue_containers", "chain", "teardown_s", "notes")})
     out["total_s"] = round(time.monotonic() - t0, 2)
     return out
 
@@ -130,6 +191,12 @@ def musts(r: dict) -> dict[str, bool]:
             len(r.get("ue_containers") or {}) == U and all(
                 c["running"] and c["pid_matches"] and c["class"] == "ClusterDockerHost" and c["etc_hostname_inside"] == ue
                 for ue, c in r["ue_containers"].items()),
+        **({} if "chain" not in r else {
+            "chain: the miners on both servers peer (with each other and the gateway here)":
+                (r["chain"].get("peers") or {}) == {"mec1": 2, "mec2": 2} and r["chain"].get("gateway_peers") == 2,
+            "chain: one head on every node, blocks of both servers' miners in it":
+                "error" not in r["chain"] and len({h["hash"] for h in r["chain"]["heads"].values()}) == 1
+                and all(r["chain"]["blocks_by_miner"].get(m, 0) > 0 for m in ("mec1", "mec2"))}),
         "lab network: UEs cannot reach the management network":
             closed.get("pairs", 0) == U * 2 and closed.get("unanswered") == closed["pairs"],
     }
