@@ -29,6 +29,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -127,14 +128,34 @@ class _LifelineHandle(_PopenHandle):
             super().send_signal(sig)
 
 
-def over_ssh(ssh: list[str] | None, stdin: bytes) -> Launcher:
+class _SignalLineHandle(_PopenHandle):
+    """A process on another server behind a lifeline wrapper (:data:`LIFELINE`,
+    :mod:`base.container_exec`): SIGTERM and SIGINT are sent as a line on its stdin (the wrapper
+    signals the program there and keeps waiting, for as long as the program takes: an executor
+    redeeming its vouchers); SIGKILL kills the local ssh client, and the closed stdin makes the
+    wrapper stop the program (SIGTERM, then SIGKILL after its grace)."""
+
+    def send_signal(self, sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT) and self.popen.stdin is not None and not self.popen.stdin.closed:
+            try:
+                self.popen.stdin.write(b"TERM\n" if sig == signal.SIGTERM else b"INT\n")
+                self.popen.stdin.flush()
+                return
+            except (BrokenPipeError, ValueError):
+                pass
+        super().send_signal(sig)
+
+
+def over_ssh(ssh: list[str] | None, stdin: bytes, *, signal_lines: bool = False) -> Launcher:
     """Run on another server: ``ssh`` is the ssh command up to its destination (e.g.
     ``topologies.cluster.ssh_argv``), the program's argv is quoted for the remote shell, ``cwd``
     is entered there and ``env`` set on top of the remote environment; ``ssh=None``: here, as
     our child (``env`` on top of ours). ``stdin`` is written first and the pipe stays open:
     the program must end when its stdin closes. That is its stop (SIGTERM closes the pipe;
     SIGKILL kills the ssh client, and sshd then closes the program's stdin), and how it ends
-    when this process dies without a word (the kernel closes the pipe): nothing is left there."""
+    when this process dies without a word (the kernel closes the pipe): nothing is left there.
+    ``signal_lines``: the program is a lifeline wrapper that takes ``TERM``/``INT`` lines on its
+    stdin (:class:`_SignalLineHandle`); the pipe's end still stops it."""
     def launch(argv, log, *, cwd=None, env=None) -> Handle:
         if ssh:
             prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
@@ -151,7 +172,7 @@ def over_ssh(ssh: list[str] | None, stdin: bytes) -> Launcher:
             popen.stdin.flush()
         except BrokenPipeError:
             pass                      # it exited at once: start() reports it with its log
-        return _LifelineHandle(popen, group=True)
+        return (_SignalLineHandle if signal_lines else _LifelineHandle)(popen, group=True)
     launch.where = f"over ssh ({ssh[-1]})" if ssh else "local, stdin held"
     return launch
 
@@ -160,11 +181,13 @@ def over_ssh(ssh: list[str] | None, stdin: bytes) -> Launcher:
 #: watcher that reads the wrapper's stdin (held open by the orchestrator) and, when it closes,
 #: sends the program SIGTERM, then SIGKILL after GRACE s; the wrapper ends with the program.
 #: Its first line says the program's pid on that server (``remote pid N``).
-#: (A background job's stdin is /dev/null in a shell without job control: the lifeline is fd 3.
-#: The watcher holds no output, so the ssh session ends with the program, and it stops waiting
-#: as soon as the program is gone.)
+#: A ``TERM`` or ``INT`` line on the lifeline is that signal for the program (the orchestrator's
+#: stop: the program takes the time it needs). (A background job's stdin is /dev/null in a shell
+#: without job control: the lifeline is fd 3. The watcher holds no output, so the ssh session
+#: ends with the program, and it stops waiting as soon as the program is gone.)
 LIFELINE = ('exec 3<&0; "$@" </dev/null 3<&- & p=$!; echo "remote pid $p"; '
-            '{ cat <&3 >/dev/null; kill -TERM $p; i=0; while kill -0 $p && [ $i -lt "$GRACE_DS" ]; do '
+            '{ while read -r s <&3; do case $s in TERM|INT) kill -"$s" $p;; esac; done; '
+            'kill -TERM $p; i=0; while kill -0 $p && [ $i -lt "$GRACE_DS" ]; do '
             'sleep 0.1; i=$((i+1)); done; kill -0 $p && kill -KILL $p; } >/dev/null 2>&1 & w=$!; '
             'exec 3<&-; wait $p; rc=$?; kill $w 2>/dev/null; exit $rc')
 
@@ -173,10 +196,10 @@ def in_remote_host(host, uid: int | None = None, grace_s: float = 10.0) -> Launc
     """Run inside Mininet host ``host`` on another server of a cluster (a remote node of
     ``topologies.cluster``: ``host.pid`` is its shell's pid there, ``host.sshcmd`` reaches the
     server): over ssh, ``mnexec -a <pid>`` into its network and mount namespaces, as ``uid``
-    when given, with ``cwd`` and ``env`` set there. No signal crosses ssh, so the program's
-    stop is its lifeline (:data:`LIFELINE`, :func:`over_ssh`'s held stdin): stop() closes it
-    and the program gets SIGTERM there, then SIGKILL after ``grace_s``; the same happens when
-    this process or its ssh client dies. The handle is the local ssh client; the program's pid
+    when given, with ``cwd`` and ``env`` set there. No signal crosses ssh: SIGTERM and SIGINT
+    travel as lines on its stdin (:data:`LIFELINE`, :class:`_SignalLineHandle`), and the program
+    takes the time it needs; when the stdin closes (SIGKILL to the local ssh client, this
+    process or its ssh client dead) it gets SIGTERM there, then SIGKILL after ``grace_s``. The handle is the local ssh client; the program's pid
     there is the log's first line."""
     prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"] if uid is not None else []
     ssh = [a for a in host.sshcmd if a != "-tt"]
@@ -184,9 +207,28 @@ def in_remote_host(host, uid: int | None = None, grace_s: float = 10.0) -> Launc
     def launch(argv, log, *, cwd=None, env=None) -> Handle:
         wrapped = ["env", f"GRACE_DS={max(1, round(grace_s * 10))}", "sh", "-c", LIFELINE, "sh",
                    "mnexec", "-a", str(host.pid), *prefix, *argv]
-        return over_ssh(ssh, b"")(wrapped, log, cwd=cwd, env=env)
+        return over_ssh(ssh, b"", signal_lines=True)(wrapped, log, cwd=cwd, env=env)
     launch.where = f"mininet host {host.name} on server {host.server}" + (f" as uid {uid}" if uid is not None else "")
     launch.uid = uid
+    launch.remote = True
+    return launch
+
+
+def in_remote_container(ssh: list[str] | None, container: str, *, log_inside: str, grace_s: float = 10.0,
+                        python: str | None = None) -> Launcher:
+    """Run inside Docker container ``container`` of another server's engine (a UE container
+    there): over ``ssh`` (None: here), ``python -m base.container_exec`` does there what
+    :func:`in_container` does here and ends the program when its stdin, the lifeline, closes
+    (SIGTERM, SIGKILL after ``grace_s``). ``python``: the project's interpreter there (the same
+    path on every server)."""
+    py = python or sys.executable
+
+    def launch(argv, log, *, cwd=None, env=None) -> Handle:
+        wrapped = [py, "-m", "base.container_exec", "--container", container, "--log-inside", log_inside,
+                   "--grace", f"{grace_s:g}", *(["--cwd", str(cwd)] if cwd else []), "--", *argv]
+        return over_ssh(ssh, b"", signal_lines=True)(wrapped, log, cwd=cwd, env=env)
+    launch.where = f"container {container} over ssh ({ssh[-1]})" if ssh else f"container {container}, stdin held"
+    launch.remote = True
     return launch
 
 

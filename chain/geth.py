@@ -117,6 +117,9 @@ class GethNode:
         self.verbosity, self.max_threads = verbosity, max_threads
         self.budget_mode, self.cpu_period_us = budget_mode, cpu_period_us
         self.launcher = launcher or default_launcher()
+        # on another server (base.processes.in_remote_host): its cgroup is made there, its quota
+        # written there by the server's agent; none here
+        self.remote = bool(getattr(self.launcher, "remote", False))
         self.proc: ManagedProcess | None = None
         self.quota: CpuQuota | None = None
         self.threads = 0                    # current budget: mining threads
@@ -237,7 +240,7 @@ class GethNode:
         try:
             self.proc.start()
             self.started_at = self.proc.started_at
-            if self.budget_mode == "cpu_quota" or cpu_quota is not None:
+            if (self.budget_mode == "cpu_quota" or cpu_quota is not None) and not self.remote:
                 self._ensure_quota()
             if not wait:    # the caller waits for the RPC (a chain launches all nodes first)
                 return self
@@ -357,7 +360,11 @@ class GethNode:
         self.check_budget(threads, cpu_quota)
         if not self.alive:
             raise GethError(f"{self.name}: not running, cannot set its hash budget")
-        if cpu_quota is not None or self.budget_mode == "cpu_quota" or self.quota is not None:
+        if self.remote:
+            if cpu_quota is not None:
+                raise GethError(f"{self.name} runs on another server: its CPU quota is written there by the "
+                                "server's agent (topologies.remote), not here")
+        elif cpu_quota is not None or self.budget_mode == "cpu_quota" or self.quota is not None:
             self._ensure_quota().set(cpu_quota)
             self.cpu_quota = cpu_quota
         if threads == 0:

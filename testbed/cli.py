@@ -197,7 +197,7 @@ def cmd_cluster_check(scn: Scenario, args) -> int:
     from testbed.experiments import cluster_check
     return cluster_check.run(scn, _out(scn, args, "cluster-check", time.strftime("%Y%m%d-%H%M%S-")
                                        + scn.cluster.link), budget_slots=args.budget_slots,
-                             lab_network=not args.no_lab_network)
+                             lab_network=not args.no_lab_network, live_lab=not args.no_live_lab)
 
 
 def cmd_bench_server_agent(scn: Scenario, args) -> int:
@@ -324,7 +324,9 @@ VERBS: dict[str, Verb] = {
                       lambda p: (p.add_argument("--budget-slots", type=int, default=20,
                                                 help="slots of the budgets stage (0: none)"),
                                  p.add_argument("--no-lab-network", action="store_true",
-                                                help="skip the lab's topology across the servers"))),
+                                                help="skip the lab's topology across the servers"),
+                                 p.add_argument("--no-live-lab", action="store_true",
+                                                help="skip the live lab (testbed run) across the servers"))),
     "bench-server-agent": (cmd_bench_server_agent, None, "hash budgets through a cluster server's agent "
                            "(nodes/server_agent.py) in a namespace of its own, on real cgroups: request -> "
                            "applied p50/p95/p99 against issue 22's 300 ms (JSON)",

@@ -53,8 +53,12 @@ from scenario.config import ROOT, Scenario
 from topologies import build_topo
 from topologies.docker_host import CODE_DIRS
 from topologies.network import EmulatedNetwork
+from topologies import remote
+from topologies.cluster import ClusterError, check_servers, is_local, ssh_argv
 from topologies.platform import detect
-from base.processes import ManagedProcess, ProcessGroup, in_container, in_mininet_host, log_ready
+from topologies.remote import put_files
+from base.processes import (ManagedProcess, ProcessGroup, in_container, in_mininet_host, in_remote_container,
+                            in_remote_host, log_ready, remote_pid)
 from scenario.runinfo import Endpoint, LabInfo
 
 SECRETS_ROOT = Path("/run/mec-lab")
@@ -230,6 +234,11 @@ class Lab:
         self.secrets = SECRETS_ROOT / self.run_id
         self.policy_proc: ManagedProcess | None = None
         self.token = secrets.token_hex(24)
+        # on a cluster (issue 22, docs/cluster.md): nodes on their servers (the placement)
+        self.cluster = scn.cluster if scn.cluster.enabled else None
+        self.placement = None
+        self.remote_groups: set[str] = set()     # servers where mec-lab/<run> was made
+        self.remote_secrets: set[str] = set()    # servers holding some of the run's keys
 
     # ---- paths ------------------------------------------------------------------------------
     @property
@@ -251,6 +260,8 @@ class Lab:
         self.mapping = units.LiveMapping(self.scn.model, self.scn.lab.mining_cores, self.scn.lab.host_cores,
                                          self.calibration)
         self.chain_plan = plan_chain(self.scn, self.mapping)
+        if self.cluster is not None:
+            self._check_cluster(cal_path)
         sweep_dead_runs()
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             # a run's chain data, keys and results belong to that run: never mixed with another's
@@ -275,6 +286,11 @@ class Lab:
         with _step("topology", self.timings):
             self.topo = build_topo(scn.topology, self.M, self.U, scn.seed, self.platform)
             self._mount_ue_files()
+        if self.cluster is not None:
+            from topologies.placement import place
+            self.placement = place(self.topo.plan, self.cluster)
+            with _step("the run's keys on the cluster's servers", self.timings):
+                self._put_secrets_on_servers()
         self._write_controller_config()
         with _step("the programs' code byte-compiled", self.timings):
             compile_code()
@@ -282,7 +298,7 @@ class Lab:
             self.network = EmulatedNetwork(
                 self.topo, scn.network, self.run_dir / "logs", self.platform,
                 controller_apps=CONTROLLER_APPS,
-                controller_args=["--lab-config", str(self.secrets / "controller.json")])
+                controller_args=["--lab-config", str(self.secrets / "controller.json")], cluster=self.cluster)
             self.net = self.network.start()
             self._tell_controller()
         with _step("MEC host cgroups", self.timings):
@@ -303,6 +319,9 @@ class Lab:
         with _step("chain (miners + RPC gateway)", self.timings):
             self._guard_miner_rpc()
             self._start_chain()
+        if self.cluster is not None:
+            with _step("the cluster's servers: the lab's cgroups and budgets agents", self.timings):
+                self._start_remote_groups()
         with _step("trading contract", self.timings):
             self._deploy()
         self._write_lab_info()
@@ -359,8 +378,75 @@ class Lab:
         return base + int(mec[3:]) if base else None
 
     def launcher(self, mec: str):
-        """Where MEC host ``mec``'s programs run: in its namespace, as its own uid."""
+        """Where MEC host ``mec``'s programs run: in its namespace, as its own uid (on its
+        server, over ssh, when the cluster placed it on another one)."""
+        if self.remote_server(mec) is not None:
+            return in_remote_host(self.net.get(mec), self.mec_uid(mec))
         return in_mininet_host(self.net.get(mec), self.mec_uid(mec))
+
+    # ---- on a cluster -----------------------------------------------------------------------
+    def remote_server(self, node: str):
+        """The ServerSpec of the other server ``node`` is placed on; None: this machine."""
+        if self.placement is None:
+            return None
+        spec = self.cluster.server(self.placement.server[node])
+        return None if is_local(spec) else spec
+
+    def _check_cluster(self, cal_path: Path) -> None:
+        """Before anything starts: the run folder in the folder every server shares, and every
+        other server passing the pre-start check with a calibration of its own."""
+        shared = self.cluster.shared_dir
+        if not shared or not self.run_dir.is_relative_to(Path(shared).resolve()):
+            raise ConfigError(f"a lab on a cluster keeps its run folder in cluster.shared_dir, the folder every "
+                              f"server shares at the same path (docs/cluster.md): {self.run_dir} is not in "
+                              f"{shared or '(cluster.shared_dir unset)'}")
+        others = tuple(x for x in self.cluster.servers if not is_local(x))
+        if others:
+            check_servers(dataclasses.replace(self.cluster, servers=others, hub="", pin={}), containers=True,
+                          calibration=str(cal_path))
+
+    def _put_secrets_on_servers(self) -> None:
+        """Each other server gets the keys of its own MEC hosts and UEs, at the same paths as
+        here (its own ``/run/mec-lab/<run>``), owned as here; nothing else of the secrets folder."""
+        keys = self.secrets / "keys"
+        by_server: dict[str, dict] = {}
+        for node in [*(f"mec{i}" for i in range(1, self.M + 1)), *(f"ue{j}" for j in range(1, self.U + 1))]:
+            spec = self.remote_server(node)
+            if spec is not None:
+                uid = self.mec_uid(node) if node.startswith("mec") else None
+                by_server.setdefault(spec.name, {})[str(keys / f"{node}.key")] = ((keys / f"{node}.key").read_text(), uid)
+        mode = 0o711 if self.scn.lab.mec_uid_base else 0o700
+        for server, files in by_server.items():
+            self.remote_secrets.add(server)
+            put_files(self.cluster.server(server), self.cluster, {str(self.secrets): mode, str(keys): mode}, files)
+
+    def _start_remote_groups(self) -> None:
+        """After the chain started: on each other server, the lab's groups of its MEC hosts
+        around each miner (``topologies.remote.make_groups``), the miners' starting budget, and
+        the server's budgets agent (the controller's ``LabSettings.agents``)."""
+        from nodes.server_agent import AgentClient
+        lab, start = self.scn.lab, float(self.mapping.miner_cores(self.scn.model.hash_levels_mhs[
+            self.scn.model.equal_hash_level]))
+        by_server: dict[str, dict] = {}
+        for nd in self.chain.nodes:
+            spec = self.remote_server(nd.name)
+            if spec is not None:
+                cores = float(lab.host_cores_by_server.get(nd.name, lab.host_cores))
+                by_server.setdefault(spec.name, {})[nd.name] = {
+                    "host_cores": cores, "executor_cores": executor_cores(cores, start, lab.coupling),
+                    "miner_pid": remote_pid(nd.proc)}
+        for server, hosts in by_server.items():
+            spec = self.cluster.server(server)
+            self.remote_groups.add(server)
+            remote.make_groups(spec, self.cluster, self.run_id, hosts)
+            agent = remote.agent(spec, self.cluster, {m: self.miner_settings[m] for m in hosts},
+                                 self.agent_secrets[server], self.run_dir / "logs" / f"agent-{server}.log")
+            self.procs.start(agent)
+            client = AgentClient(remote.agent_address(spec, self.cluster), self.agent_secrets[server].read_text().strip())
+            try:
+                client.apply({m: start for m in hosts})
+            finally:
+                client.close()
 
     def _check_mec_uid(self) -> None:
         """A MEC host's uid must reach the programs (a parent folder of mode 0700, such as a
@@ -417,14 +503,33 @@ class Lab:
                          "desired_s": list(self.scn.model.desired_time_s_range)},
             work={"iterations_per_gcycle": self.mapping.iterations_per_gcycle,
                   "demand_reading": self.scn.model.demand_reading},
-            miners={m: {"host_group": f"{CGROUP_PARENT}/{self.run_id}/{m}",
-                        "period_us": self.chain_cfg.cpu_period_us,
-                        "host_cores": float(self.scn.lab.host_cores_by_server.get(m, self.scn.lab.host_cores)),
-                        "coupling": self.scn.lab.coupling} for m in names},
+            miners=self.miner_settings,
             miner_rpc={m: f"http://{plan.mgmt_ip(m)}:{self.chain_cfg.http_port + i}"
                        for i, m in enumerate(names)},
-            agents={},                       # one machine: every miner's budget is written here
+            agents={server: {"address": remote.agent_address(self.cluster.server(server), self.cluster),
+                             "secret_file": str(f)} for server, f in self.agent_secrets.items()},
         ).write(self.secrets / "controller.json")
+
+    @property
+    def miner_settings(self) -> dict[str, dict]:
+        """The controller's ``LabSettings.miners``: each miner's host group, period, host cores,
+        coupling, and the server it is on when that is another one (its agent writes there)."""
+        out = {}
+        for i in range(1, self.M + 1):
+            m = f"mec{i}"
+            spec = self.remote_server(m)
+            out[m] = {"host_group": f"{CGROUP_PARENT}/{self.run_id}/{m}", "period_us": self.chain_cfg.cpu_period_us,
+                      "host_cores": float(self.scn.lab.host_cores_by_server.get(m, self.scn.lab.host_cores)),
+                      "coupling": self.scn.lab.coupling, **({"server": spec.name} if spec is not None else {})}
+        return out
+
+    @property
+    def agent_secrets(self) -> dict[str, Path]:
+        """Each other server with MEC hosts: its agent's secret file (made on first use)."""
+        if not hasattr(self, "_agent_secrets"):
+            servers = sorted({s["server"] for s in self.miner_settings.values() if "server" in s})
+            self._agent_secrets = {s: remote.write_secret(self.secrets, s) for s in servers}
+        return self._agent_secrets
 
     def _tell_controller(self) -> None:
         """Static ARP entries for the service and probe addresses, then the hosts' addresses
@@ -491,11 +596,13 @@ class Lab:
         start = float(self.mapping.miner_cores(self.scn.model.hash_levels_mhs[self.scn.model.equal_hash_level]))
         for i in range(1, self.M + 1):
             m = f"mec{i}"
+            self.host_groups[m] = f"{CGROUP_PARENT}/{self.run_id}/{m}"
+            if self.remote_server(m) is not None:     # made on its server once its miner runs
+                continue
             cores = float(lab.host_cores_by_server.get(m, lab.host_cores))
             host = CpuQuota(m, parent=f"{CGROUP_PARENT}/{self.run_id}")
             self.quotas.append(host)
             host.set(None, weight=cores)
-            self.host_groups[m] = f"{CGROUP_PARENT}/{self.run_id}/{m}"
             ex = CpuQuota("executor", parent=self.host_groups[m])
             left = executor_cores(cores, start, lab.coupling)
             ex.set(left, weight=left)
@@ -534,10 +641,12 @@ class Lab:
         self.chain = Chain(self.chain_cfg, ips=[plan.mgmt_ip(h.name) for h in mecs],
                            rpc_ips=[plan.mgmt_ip(h.name) for h in mecs],
                            launchers=[self.launcher(h.name) for h in mecs],
-                           quota_parents=[self.host_groups[h.name] for h in mecs],
+                           quota_parents=[None if self.remote_server(h.name) else self.host_groups[h.name]
+                                          for h in mecs],
                            gateway_ip=plan.mgmt_ip("gw1"), gateway_rpc_ip=plan.data_ip("gw1"),
                            gateway_launcher=in_mininet_host(gw),
-                           budgets=[1] * self.M, cpu_quotas=[q] * self.M, outside=outside,
+                           budgets=[1] * self.M, outside=outside,
+                           cpu_quotas=[None if self.remote_server(h.name) else q for h in mecs],
                            alloc=self.setup["alloc"] if self.setup else None)
         self.chain.__enter__()
 
@@ -602,6 +711,10 @@ class Lab:
         CPU quota (f_m): a task's cycles are the host's, shared with its miner; the executor's
         own network and payment checks go to the run's services group (no quota, ahead of
         the hosts when the machine is busy)."""
+        spec = self.remote_server(mec)
+        if spec is not None:     # on its server (the executor's own processes: no services group there)
+            remote.attach_kernel(spec, self.cluster, self.run_id, mec, remote_pid(executor))
+            return
         kernels = [c for c in psutil.Process(executor.pid).children(recursive=True)
                    if "nodes.work" in " ".join(c.cmdline())]
         if len(kernels) != 1:
@@ -616,9 +729,14 @@ class Lab:
     def start_ue(self, name: str) -> ManagedProcess:
         argv = [self._python(), "-m", "nodes.ue_client", "--lab", f"{LAB_MOUNT}/lab.json", "--name", name,
                 "--key", KEY_MOUNT, "--out", OUT_MOUNT]
+        spec = self.remote_server(name)
+        if spec is None:
+            launcher = in_container(f"mn.{name}", log_inside=f"{OUT_MOUNT}/client.log")
+        else:     # the container of the server's own engine; its wrapper's lines join the same log
+            launcher = in_remote_container(ssh_argv(spec, self.cluster), f"mn.{name}",
+                                           log_inside=f"{OUT_MOUNT}/client.log", grace_s=60, python=self._python())
         p = ManagedProcess(f"UE client {name}", argv, self.run_dir / "ues" / name / "client.log",
-                           launcher=in_container(f"mn.{name}", log_inside=f"{OUT_MOUNT}/client.log"),
-                           cwd=ROOT, grace_s=60)
+                           launcher=launcher, cwd=ROOT, grace_s=60)
         self.procs.start(p)
         self.ue_clients[name] = p
         return p
@@ -646,7 +764,7 @@ class Lab:
                          ("chain data", self._remove_chain_data),
                          ("network", lambda: self.network and self.network.stop()),
                          ("cgroups", self._remove_cgroups),
-                         ("secrets", lambda: shutil.rmtree(self.secrets, ignore_errors=True))):
+                         ("secrets", self._remove_secrets)):
             try:
                 fn()
             except Exception as e:        # keep tearing the rest down
@@ -664,6 +782,29 @@ class Lab:
         for q in reversed(self.quotas):
             q.remove()
         self.quotas.clear()
+        errors = []
+        for server in sorted(self.remote_groups):
+            try:
+                left = remote.remove_groups(self.cluster.server(server), self.cluster, self.run_id)
+                if left:
+                    errors.append(f"server {server}: groups left {left}")
+            except ClusterError as e:
+                errors.append(str(e))
+        self.remote_groups.clear()
+        if errors:
+            raise LabError("; ".join(errors))
+
+    def _remove_secrets(self) -> None:
+        shutil.rmtree(self.secrets, ignore_errors=True)
+        errors = []
+        for server in sorted(self.remote_secrets):
+            try:
+                remote.remove_folder(self.cluster.server(server), self.cluster, self.secrets)
+            except ClusterError as e:
+                errors.append(str(e))
+        self.remote_secrets.clear()
+        if errors:
+            raise LabError("; ".join(errors))
 
     def __enter__(self) -> "Lab":
         return self.start()

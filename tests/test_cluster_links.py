@@ -225,3 +225,34 @@ def test_the_lab_network_on_a_cluster_of_this_machine_is_built_at_the_tunnels_mt
     assert set(seen["mtu"].values()) == {str(1500 - VXLAN_OVERHEAD)}, seen["mtu"]
     assert seen["ue_to_mgmt"].pairs == 3 * 4 and len(seen["ue_to_mgmt"].failed) == 3 * 4
     assert " 0% packet loss" in seen["lab0_full_frame"]
+
+
+def test_a_lab_on_a_cluster_keeps_its_run_in_the_shared_folder(tmp_path):
+    """testbed run on a cluster: the run folder must be in cluster.shared_dir (the folder every
+    server sees at the same path), refused by name before anything starts."""
+    import dataclasses
+
+    from base.errors import ConfigError
+    from scenario.config import load_scenario
+    from testbed.lab import Lab
+    scn = load_scenario("lab", ["model.n_servers=2"])
+    for shared in ("", str(tmp_path / "elsewhere")):
+        cluster = _cluster(ServerSpec(name="here", address="localhost"), ServerSpec(name="far", address="192.0.2.9"),
+                           shared_dir=shared)
+        lab = Lab(dataclasses.replace(scn, cluster=cluster), tmp_path / "run", start_ues=False)
+        with pytest.raises(ConfigError, match=r"a lab on a cluster keeps its run folder in cluster.shared_dir"):
+            lab.start()
+        assert not (tmp_path / "run").exists()
+
+
+def test_the_same_outcomes_rule():
+    """cluster-check's comparison of a run on one machine with the same scenario's on two
+    servers: the tasks both offered must match in size, demand, deadline and outcome."""
+    from testbed.experiments.cluster_live import same_outcomes
+    t = lambda ue, i, out="completed", mb="2.5": {"ue": ue, "task_id": str(i), "data_mb": mb, "demand": "1.2",  # noqa: E731
+                                                  "desired_s": "1.5", "outcome": out}
+    one = [t("ue1", 1), t("ue1", 2), t("ue2", 1, "stopped")]
+    same = same_outcomes(one, [t("ue1", 1), t("ue1", 2), t("ue2", 1, "stopped"), t("ue2", 2)])
+    assert same["compared"] == 3 and same["differ"] == [] and same["only_two"] == ["ue2#2"]
+    bad = same_outcomes(one, [t("ue1", 1, "refunded"), t("ue1", 2, mb="9.9"), t("ue2", 1, "stopped")])
+    assert [d["task"] for d in bad["differ"]] == ["ue1#1", "ue1#2"]

@@ -158,9 +158,10 @@ def test_leak_check_ignores_a_users_own_node_and_catches_ours(tmp_path):
 
 def test_a_program_in_a_remote_host_ends_with_its_lifeline(tmp_path):
     """in_remote_host's wrapper (here without ssh: a host whose shell is this process, an empty
-    ssh command): the program's pid there is in its log; stop() closes the lifeline and the
-    program gets SIGTERM; an orchestrator killed outright (SIGKILL to the handle) ends it too,
-    after the wrapper's grace (SIGTERM ignored here, so SIGKILL)."""
+    ssh command): the program's pid there is in its log; stop() sends SIGTERM through the
+    lifeline and the program takes the time it needs (past the wrapper's own grace); an
+    orchestrator killed outright (SIGKILL to the handle) ends it too, after the wrapper's grace
+    (SIGTERM ignored here, so SIGKILL)."""
     import types
 
     from base.processes import in_remote_host, remote_pid
@@ -173,6 +174,14 @@ def test_a_program_in_a_remote_host_ends_with_its_lifeline(tmp_path):
     p.stop()
     assert time.monotonic() - t0 < 2, "the wrapper outlived its program (a watcher holding its output?)"
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    # a program that needs 3 s after SIGTERM (an executor redeeming): it gets them, and its exit code
+    slow = ManagedProcess("slow", ["sh", "-c", "trap 'sleep 3; exit 7' TERM; while :; do sleep 0.1; done"],
+                          tmp_path / "c.log", launcher=in_remote_host(host, grace_s=1), grace_s=20)
+    slow.start()
+    remote_pid(slow)
+    t0 = time.monotonic()
+    slow.stop()
+    assert slow.returncode == 7 and 2.5 < time.monotonic() - t0 < 15
     stubborn = ManagedProcess("stubborn", [sys.executable, "-c", "import signal, time; signal.signal("
                               "signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"], tmp_path / "b.log",
                               launcher=in_remote_host(host, grace_s=1), grace_s=5)

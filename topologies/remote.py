@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import shlex
+import subprocess
 from pathlib import Path
 
 from base.processes import ManagedProcess, log_ready, over_ssh
@@ -143,3 +144,66 @@ def read_quotas(spec: ServerSpec, cluster: ClusterConfig, groups: list[str]) -> 
     group -> (quota µs per period or None for no cap, period µs) (:func:`chain.cgroup.read_quota`)."""
     got = _python_on(spec, cluster, _READ_QUOTAS, {"groups": list(groups)}, "reading CPU quotas")
     return {g: (q, p) for g, (q, p) in got.items()}
+
+
+_PUT_FILES = """
+import json, os, sys
+a = json.loads(sys.stdin.read())
+for d in a["dirs"]:
+    os.makedirs(d["path"], mode=0o700, exist_ok=True)
+    os.chmod(d["path"], d["mode"])
+for f in a["files"]:
+    fd = os.open(f["path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f["text"])
+    if f.get("uid") is not None:
+        os.chown(f["path"], f["uid"], f["uid"])
+print(json.dumps(len(a["files"])))
+"""
+
+
+def put_files(spec: ServerSpec, cluster: ClusterConfig, dirs: dict[str, int], files: dict[str, tuple[str, int | None]]) -> int:
+    """Write ``files`` (path -> (text, owner uid or None for root), each 0600) on server
+    ``spec``, after making ``dirs`` (path -> mode) there, in one ssh; the texts travel on ssh's
+    stdin (a key never on a command line). The number written; :class:`ClusterError` otherwise."""
+    script = f"exec {shlex.quote(str(PYTHON))} -c {shlex.quote(_PUT_FILES)}"
+    argv = ["bash", "-c", script] if is_local(spec) else [*ssh_argv(spec, cluster), script]
+    body = json.dumps({"dirs": [{"path": k, "mode": v} for k, v in dirs.items()],
+                       "files": [{"path": k, "text": t, "uid": u} for k, (t, u) in files.items()]})
+    r = subprocess.run(argv, input=body, capture_output=True, text=True, timeout=30)
+    if r.returncode:
+        why = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ClusterError(f"server {spec.name}: writing {len(files)} file(s) of the run failed: {why}")
+    return int(r.stdout.strip().splitlines()[-1])
+
+
+def remove_folder(spec: ServerSpec, cluster: ClusterConfig, folder: Path) -> None:
+    """Remove the run's ``folder`` (its secrets: ``/run/mec-lab/<run>``) on server ``spec``."""
+    if not str(folder).startswith("/run/mec-lab/"):
+        raise ValueError(f"not a run's secrets folder: {folder}")
+    r = run_on(spec, cluster, f"rm -rf {shlex.quote(str(folder))}")
+    if r.returncode:
+        raise ClusterError(f"server {spec.name}: removing {folder} failed: {r.stderr.strip()}")
+
+
+_ATTACH_KERNEL = """
+import json, sys
+import psutil
+from chain.cgroup import CpuQuota
+a = json.loads(sys.argv[1])
+kernels = [c for c in psutil.Process(a["pid"]).children(recursive=True) if "nodes.work" in " ".join(c.cmdline())]
+if len(kernels) != 1:
+    raise SystemExit(f"expected one work kernel process below pid {a['pid']}, found {len(kernels)}")
+parent, _, name = a["group"].rpartition("/")
+CpuQuota(name, parent=parent).attach(kernels[0].pid)
+print(json.dumps(kernels[0].pid))
+"""
+
+
+def attach_kernel(spec: ServerSpec, cluster: ClusterConfig, run: str, mec: str, executor_pid: int) -> int:
+    """Put MEC host ``mec``'s work kernel (the ``nodes.work`` child of its executor, pid
+    ``executor_pid`` on server ``spec``) into its ``executor`` group there, as ``testbed.lab``
+    does here; the kernel's pid."""
+    return _python_on(spec, cluster, _ATTACH_KERNEL, {"pid": executor_pid,
+                                                      "group": f"{LAB_TREE}/{_run_name(run)}/{mec}/executor"},
+                      f"attaching {mec}'s work kernel")

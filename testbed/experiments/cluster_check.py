@@ -41,7 +41,7 @@ from mininet.net import Mininet
 from base.processes import ManagedProcess
 from scenario.config import ROOT, Scenario
 from testbed import leftovers
-from testbed.experiments import cluster_budgets, cluster_lab_network
+from testbed.experiments import cluster_budgets, cluster_lab_network, cluster_live
 from topologies import cluster as cl
 from topologies.config import ServerSpec
 from topologies.network import ListeningController
@@ -75,7 +75,8 @@ def _refusals(scn: Scenario) -> dict:
     return out
 
 
-def run(scn: Scenario, out_dir: Path, budget_slots: int = 20, lab_network: bool = True) -> int:
+def run(scn: Scenario, out_dir: Path, budget_slots: int = 20, lab_network: bool = True,
+        live_lab: bool = True) -> int:
     cluster = scn.cluster
     if len(cluster.servers) < 2:
         raise SystemExit("cluster-check needs [cluster] with at least two servers (see docs/cluster.md)")
@@ -160,6 +161,11 @@ def run(scn: Scenario, out_dir: Path, budget_slots: int = 20, lab_network: bool 
                 result["lab_network"] = cluster_lab_network.stage(scn)
             except Exception as e:   # noqa: BLE001 - recorded, a must fails; the rest still runs
                 result["lab_network"] = {"error": f"{type(e).__name__}: {e}"}
+        if live_lab and network_done and scn.cluster.shared_dir:
+            try:
+                result["live_lab"] = cluster_live.stage(scn, Path(scn.cluster.shared_dir), out_dir)
+            except Exception as e:   # noqa: BLE001 - recorded, a must fails; the rest still runs
+                result["live_lab"] = {"error": f"{type(e).__name__}: {e}"}
         if budget_slots and network_done:
             result["budgets"] = cluster_budgets.stage(cluster, out_dir, slots=budget_slots)
         left = {}
@@ -189,6 +195,8 @@ def run(scn: Scenario, out_dir: Path, budget_slots: int = 20, lab_network: bool 
     }
     if lab_network:
         musts.update(cluster_lab_network.musts(result.get("lab_network", {})))
+    if live_lab and scn.cluster.shared_dir:
+        musts.update(cluster_live.musts(result.get("live_lab", {})))
     if budget_slots:
         musts.update(cluster_budgets.musts(result["budgets"], [s.name for s in cluster.servers]))
     result["musts"] = musts
@@ -197,6 +205,8 @@ def run(scn: Scenario, out_dir: Path, budget_slots: int = 20, lab_network: bool 
                                              "build_s", "teardown_s", "total_s")}, indent=1, default=str))
     if lab_network:
         print(json.dumps(result.get("lab_network"), indent=1, default=str))
+    if live_lab:
+        print(json.dumps(result.get("live_lab"), indent=1, default=str))
     if budget_slots:
         b = result["budgets"]
         print(json.dumps({k: b.get(k) for k in ("miner", "error", "applied_ms", "used_by_level", "writes_read_back",

@@ -1,0 +1,149 @@
+"""The live-lab stage of ``cluster-check``: ``testbed run`` across the servers (issue 22, step 2).
+
+The ``lab`` scenario at M = 2 MEC servers and U = 2 UEs on the cells topology, one UE nearest
+each site (the placement seed of :func:`testbed.experiments.cluster_lab_network.one_ue_per_site`),
+the cluster of that stage (this machine as the hub: ``bh1``, ``gw1``, ``lab0``, the controller,
+the policy loop, the chain's RPC gateway, the contract's deployer; site 1 on server a, site 2 on
+server b), the run folder in ``cluster.shared_dir``. The small chain of the test labs (2 x 60
+MHash/s on 2 x 0.06 cores, the MEC servers' own chain at the shortest interval ethash's minimum
+difficulty allows on this machine's calibration) and the ``round_robin`` policy, which takes the
+servers in turn, so each UE is served by the MEC server of the other server too.
+
+Required: at least one paid task in each direction (a UE on server b served by the MEC server on
+server a, and the reverse), the books closing on chain, and nothing left on any server.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from chain.config import MIN_DIFFICULTY
+from scenario.config import Scenario, load_scenario
+from scenario.units import Calibration, LiveMapping
+from testbed.experiments import cluster_lab_network as lab_network
+
+SLOTS = 6
+
+
+def scenario(scn: Scenario) -> Scenario:
+    """The stage's scenario (see the module docstring)."""
+    over = ["model.n_servers=2", "model.n_users=2", "model.hash_budget_mhs=120", "lab.mining_cores=0.12",
+            f"lab.slots={SLOTS}", "lab.policy=round_robin", "topology.kind=cells", "chain.outside=none"]
+    base = load_scenario("lab", over)
+    m = LiveMapping(base.model, base.lab.mining_cores, base.lab.host_cores, Calibration.load(base.path(base.lab.calibration)))
+    hps = float(m.real_hashrate(base.model.hash_levels_mhs[base.model.equal_hash_level])) * base.model.n_servers
+    seed = lab_network.one_ue_per_site(base.topology, scn.seed)
+    fitted = load_scenario("lab", over + [f"seed={seed}",
+                                          f"lab.block_interval_s={max(2.0, 1.2 * MIN_DIFFICULTY / hps):.2f}"])
+    return dataclasses.replace(fitted, cluster=lab_network.cluster_of(scn.cluster))
+
+
+OUTCOME_FIELDS = ("data_mb", "demand", "desired_s", "outcome")   # what "the same task outcome" compares
+
+
+def _run(scn: Scenario, run_dir: Path, keep: Path) -> dict:
+    """One live run (``testbed run``) of ``scn`` into ``run_dir``; its summary, slots, books and
+    tasks, the report copied to ``keep``."""
+    from testbed.experiments import live
+    out: dict = {"run_dir": str(run_dir)}
+    try:
+        summary = live.run(scn, run_dir)
+        out["summary"] = {k: summary.get(k) for k in ("tasks", "lost", "bring_up", "teardown_s", "total_s")}
+    except Exception as e:   # noqa: BLE001 - recorded; a must fails
+        out["error"] = f"{type(e).__name__}: {e}"
+    if (run_dir / "raw.json").exists():
+        raw = json.loads((run_dir / "raw.json").read_text())
+        audit = raw.get("audit") or {}
+        out["audit"] = {k: v for k, v in audit.items() if k not in ("ues", "mec_wallets")}
+        out["audit"]["adds_up"] = {n: x.get("adds_up") for part in ("ues", "mec_wallets")
+                                   for n, x in (audit.get(part) or {}).items()}
+        slots = raw.get("slots") or []
+        out["applied_ms"] = {k: _pct([1000 * s[k] for s in slots if s.get(k) is not None])
+                             for k in ("slot_to_applied_s",)}
+        out["applied_ms"]["budgets_applied"] = _pct([1000 * s["applied"]["budgets_applied_s"] for s in slots
+                                                     if (s.get("applied") or {}).get("budgets_applied_s") is not None])
+    tasks = run_dir / "tasks.csv"
+    out["tasks"] = list(csv.DictReader(tasks.open())) if tasks.exists() else []
+    keep.mkdir(parents=True, exist_ok=True)
+    for f in ("summary.json", "summary.md", "tasks.csv", "slots.csv", "raw.json"):
+        if (run_dir / f).exists():
+            shutil.copy(run_dir / f, keep / f)
+    return out
+
+
+def _pct(xs: list[float]) -> dict:
+    import numpy as np
+    return {"n": len(xs), **({"p50": round(float(np.percentile(xs, 50)), 2), "p95": round(float(np.percentile(xs, 95)), 2),
+                              "max": round(max(xs), 2)} if xs else {})}
+
+
+def same_outcomes(one: list[dict], two: list[dict]) -> dict:
+    """Tasks of a run on one machine against the same scenario's on a cluster, matched by UE and
+    task number: the tasks both offered must be the same tasks (size, demand, deadline: the
+    UEs' seeded draws) with the same outcome. How many each offered is timing (the last slot's
+    end), reported."""
+    a = {(t["ue"], t["task_id"]): t for t in one}
+    b = {(t["ue"], t["task_id"]): t for t in two}
+    both = sorted(set(a) & set(b), key=lambda k: (k[0], int(k[1])))
+    differ = [{"task": f"{u}#{i}", "one": {f: a[(u, i)][f] for f in OUTCOME_FIELDS},
+               "two": {f: b[(u, i)][f] for f in OUTCOME_FIELDS}}
+              for u, i in both if any(a[(u, i)][f] != b[(u, i)][f] for f in OUTCOME_FIELDS)]
+    count = lambda ts: {o: sum(t["outcome"] == o for t in ts) for o in sorted({t["outcome"] for t in ts})}  # noqa: E731
+    return {"offered_one": len(a), "offered_two": len(b), "compared": len(both), "differ": differ,
+            "only_one": sorted(f"{u}#{i}" for u, i in set(a) - set(b)),
+            "only_two": sorted(f"{u}#{i}" for u, i in set(b) - set(a)),
+            "outcomes_one": count(one), "outcomes_two": count(two)}
+
+
+def stage(scn: Scenario, shared: Path, out_dir: Path) -> dict:
+    """Run the live lab across the servers for :data:`SLOTS` slots, then the same scenario on
+    this machine alone; what the cluster run served by direction, its books and applied
+    latencies, and the two runs' task outcomes side by side. The runs' reports are copied to
+    ``out_dir/live-lab`` and ``out_dir/live-lab-one-machine`` (the run folders are in the shared
+    folder, which a check removes)."""
+    from topologies import build_topo
+    from topologies.config import ClusterConfig
+    from topologies.placement import place
+    from topologies.platform import detect
+    t0 = time.monotonic()
+    run_scn = scenario(scn)
+    where = place(build_topo(run_scn.topology, 2, 2, run_scn.seed, detect()).plan, run_scn.cluster).server
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out: dict = {"seed": run_scn.seed, "slots": SLOTS, "policy": run_scn.lab.policy,
+                 "servers": {n: where[n] for n in ("mec1", "mec2", "ue1", "ue2")}}
+    two = _run(run_scn, shared / f"run-{stamp}-cluster", out_dir / "live-lab")
+    directions: dict[str, int] = {}
+    for t in two["tasks"]:
+        if t["outcome"] == "completed" and t["ue"] in where and t["mec"] in where:
+            key = f"{t['ue']} ({where[t['ue']]}) -> {t['mec']} ({where[t['mec']]})"
+            directions[key] = directions.get(key, 0) + 1
+    out["served"] = directions
+    out["cluster_run"] = {k: v for k, v in two.items() if k != "tasks"}
+    one = _run(dataclasses.replace(run_scn, cluster=ClusterConfig()), shared / f"run-{stamp}-one-machine",
+               out_dir / "live-lab-one-machine")
+    out["one_machine_run"] = {k: v for k, v in one.items() if k != "tasks"}
+    out["same_outcomes"] = same_outcomes(one["tasks"], two["tasks"])
+    out["total_s"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def musts(r: dict) -> dict[str, bool]:
+    served = r.get("served") or {}
+    across = {(k.split("(")[1].split(")")[0], k.split("(")[2].split(")")[0]) for k in served}
+    two, one = r.get("cluster_run") or {}, r.get("one_machine_run") or {}
+    books = lambda x: "error" not in x and ((x.get("summary") or {}).get("lost") or {}).get("books_close") is True  # noqa: E731
+    applied = ((two.get("applied_ms") or {}).get("budgets_applied") or {})
+    same = r.get("same_outcomes") or {}
+    return {
+        "live lab: a paid task each way across servers (UE on b -> MEC on a, UE on a -> MEC on b)":
+            "error" not in two and {("b", "a"), ("a", "b")} <= across,
+        "live lab: the books close (across servers, and on one machine)": books(two) and books(one),
+        "live lab: budgets applied on the servers' miners, slot start -> applied p95 < 300 ms":
+            applied.get("n", 0) > 0 and applied.get("p95", 1e9) < 300.0,
+        "live lab: the same tasks with the same outcomes at one server and at two":
+            same.get("compared", 0) > 0 and not same.get("differ"),
+    }
