@@ -249,10 +249,17 @@ def test_the_same_outcomes_rule():
     """cluster-check's comparison of a run on one machine with the same scenario's on two
     servers: the tasks both offered must match in size, demand, deadline and outcome."""
     from testbed.experiments.cluster_live import same_outcomes
-    t = lambda ue, i, out="completed", mb="2.5": {"ue": ue, "task_id": str(i), "data_mb": mb, "demand": "1.2",  # noqa: E731
-                                                  "desired_s": "1.5", "outcome": out}
+    def t(ue, i, out="completed", mb="2.5", slot="0"):
+        return {"ue": ue, "task_id": str(i), "data_mb": mb, "demand": "1.2", "desired_s": "1.5", "outcome": out,
+                "slot": "" if out == "stopped" else slot}
     one = [t("ue1", 1), t("ue1", 2), t("ue2", 1, "stopped")]
-    same = same_outcomes(one, [t("ue1", 1), t("ue1", 2), t("ue2", 1, "stopped"), t("ue2", 2)])
+    same = same_outcomes(one, [t("ue1", 1), t("ue1", 2), t("ue2", 1, "stopped"), t("ue2", 2)], slots=6)
     assert same["compared"] == 3 and same["differ"] == [] and same["only_two"] == ["ue2#2"]
-    bad = same_outcomes(one, [t("ue1", 1, "refunded"), t("ue1", 2, mb="9.9"), t("ue2", 1, "stopped")])
+    bad = same_outcomes(one, [t("ue1", 1, "refunded"), t("ue1", 2, mb="9.9"), t("ue2", 1, "stopped")], slots=6)
     assert [d["task"] for d in bad["differ"]] == ["ue1#1", "ue1#2"]
+    # served after the policy's last slot (the drain's fallback) in one run, stopped in the other: listed, not compared
+    drain = same_outcomes(one, [t("ue1", 1), t("ue1", 2), t("ue2", 1, slot="6")], slots=6)
+    assert drain["differ"] == [] and drain["compared"] == 2 and [x["task"] for x in drain["after_last_slot"]] == ["ue2#1"]
+    # ... but a task stopped in one run and served within the slots in the other is a difference
+    assert [d["task"] for d in same_outcomes(one, [t("ue1", 1), t("ue1", 2), t("ue2", 1, slot="5")], slots=6)["differ"]] \
+        == ["ue2#1"]

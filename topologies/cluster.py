@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -225,8 +226,24 @@ class ClusterNode(RemoteMixin):
         if self.isRemote:
             ssh = self.sshcmd if tt else [a for a in self.sshcmd if a != "-tt"]
             cmd = [*ssh, *cmd]
-        params.update(preexec_fn=self._ignoreSignal)
+        params.update(preexec_fn=_own_group_default_hangup)
         return super(RemoteMixin, self)._popen(cmd, **params)
+
+    def terminate(self):
+        """Mininet ends a node's shell with SIGHUP and then waits for it: for a remote node that
+        is its ssh client, which waits for its server; give it 3 s, then SIGKILL (sshd then
+        hangs up the shell there), so a teardown never hangs on one server."""
+        if self.isRemote and self.shell is not None and self.shell.poll() is None:
+            for sig in (signal.SIGHUP, signal.SIGKILL):
+                try:
+                    os.killpg(self.shell.pid, sig)
+                    self.shell.wait(timeout=3)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+                except ProcessLookupError:
+                    break
+        super().terminate()
 
 
     def rcmd(self, *cmd, **opts):
@@ -309,6 +326,15 @@ class ClusterSwitch(ClusterNode, RemoteOVSSwitch):
 
     def __init__(self, name, protocols="OpenFlow13", **params):
         super().__init__(name, protocols=protocols, **params)
+
+
+def _own_group_default_hangup() -> None:
+    """In a node's ssh client before exec: its own process group (Mininet's ``_ignoreSignal``:
+    Ctrl-C at the orchestrator does not reach it) and SIGHUP's default action back: ssh keeps an
+    ignored SIGHUP ignored (an orchestrator under ``nohup``), and Mininet ends a node's shell
+    with SIGHUP."""
+    os.setpgrp()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------------------- links

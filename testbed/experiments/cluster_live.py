@@ -81,19 +81,26 @@ def _pct(xs: list[float]) -> dict:
                               "max": round(max(xs), 2)} if xs else {})}
 
 
-def same_outcomes(one: list[dict], two: list[dict]) -> dict:
+def same_outcomes(one: list[dict], two: list[dict], slots: int = SLOTS) -> dict:
     """Tasks of a run on one machine against the same scenario's on a cluster, matched by UE and
     task number: the tasks both offered must be the same tasks (size, demand, deadline: the
     UEs' seeded draws) with the same outcome. How many each offered is timing (the last slot's
-    end), reported."""
+    end), reported. So is a task that either run served after the policy's ``slots`` slots (in
+    the drain, where the controller's fallback decides until the UEs stop): whether a UE's last
+    announcement is served before its client is stopped is the drain's timing, not the cluster's;
+    such tasks are listed (``after_last_slot``), not compared."""
     a = {(t["ue"], t["task_id"]): t for t in one}
     b = {(t["ue"], t["task_id"]): t for t in two}
+    late = lambda t: (t.get("slot") or "").strip() != "" and int(t["slot"]) >= slots  # noqa: E731
     both = sorted(set(a) & set(b), key=lambda k: (k[0], int(k[1])))
+    after = [k for k in both if late(a[k]) or late(b[k])]
     differ = [{"task": f"{u}#{i}", "one": {f: a[(u, i)][f] for f in OUTCOME_FIELDS},
                "two": {f: b[(u, i)][f] for f in OUTCOME_FIELDS}}
-              for u, i in both if any(a[(u, i)][f] != b[(u, i)][f] for f in OUTCOME_FIELDS)]
+              for u, i in both if (u, i) not in after and any(a[(u, i)][f] != b[(u, i)][f] for f in OUTCOME_FIELDS)]
     count = lambda ts: {o: sum(t["outcome"] == o for t in ts) for o in sorted({t["outcome"] for t in ts})}  # noqa: E731
-    return {"offered_one": len(a), "offered_two": len(b), "compared": len(both), "differ": differ,
+    return {"offered_one": len(a), "offered_two": len(b), "compared": len(both) - len(after), "differ": differ,
+            "after_last_slot": [{"task": f"{u}#{i}", "one": {f: a[(u, i)][f] for f in ("slot", "outcome")},
+                                 "two": {f: b[(u, i)][f] for f in ("slot", "outcome")}} for u, i in after],
             "only_one": sorted(f"{u}#{i}" for u, i in set(a) - set(b)),
             "only_two": sorted(f"{u}#{i}" for u, i in set(b) - set(a)),
             "outcomes_one": count(one), "outcomes_two": count(two)}
