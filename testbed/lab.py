@@ -46,6 +46,7 @@ from chain.cgroup import CGROUP_ROOT, CpuQuota, _v1_dir, executor_cores
 from chain.network import Chain
 from controller.settings import LabSettings
 from nodes.api_client import ApiClient
+from nodes.server_agent import AgentClient
 from scenario import units
 from base import machine
 from base.errors import ConfigError
@@ -56,6 +57,7 @@ from topologies.network import EmulatedNetwork
 from topologies import remote
 from topologies.cluster import ClusterError, check_servers, is_local, ssh_argv
 from topologies.platform import detect
+from topologies.placement import place
 from topologies.remote import put_files
 from base.processes import (ManagedProcess, ProcessGroup, in_container, in_mininet_host, in_remote_container,
                             in_remote_host, log_ready, remote_pid)
@@ -287,7 +289,6 @@ class Lab:
             self.topo = build_topo(scn.topology, self.M, self.U, scn.seed, self.platform)
             self._mount_ue_files()
         if self.cluster is not None:
-            from topologies.placement import place
             self.placement = place(self.topo.plan, self.cluster)
             with _step("the run's keys on the cluster's servers", self.timings):
                 self._put_secrets_on_servers()
@@ -424,7 +425,6 @@ class Lab:
         """After the chain started: on each other server, the lab's groups of its MEC hosts
         around each miner (``topologies.remote.make_groups``), the miners' starting budget, and
         the server's budgets agent (the controller's ``LabSettings.agents``)."""
-        from nodes.server_agent import AgentClient
         lab, start = self.scn.lab, float(self.mapping.miner_cores(self.scn.model.hash_levels_mhs[
             self.scn.model.equal_hash_level]))
         by_server: dict[str, dict] = {}

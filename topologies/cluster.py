@@ -47,13 +47,14 @@ from dataclasses import dataclass, field
 
 from mininet.examples.cluster import RemoteLink, RemoteMixin, RemoteOVSSwitch
 from mininet.link import Link
-from mininet.node import Host
+from mininet.node import Host, OVSBridge, OVSSwitch
 from mininet.util import quietRun
 
 from base import machine
 from topologies.config import ClusterConfig, ServerSpec
 from topologies.docker_host import (CODE_DIRS, CONTAINER_LABEL, NAME_PREFIX, OWNER_LABEL, ROOT as REPO, ContainerNode,
                                     DockerHost, container_binds, dead_runs_container)
+from topologies.images import UE_IMAGE
 
 VXLAN_OVERHEAD = 50   # bytes: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 NETWORK_TOOLS = ("ovs-vsctl", "mnexec", "ip", "iptables")   # what a server's switches, hosts and links need
@@ -268,7 +269,6 @@ class ClusterDockerHost(ContainerNode, ClusterNode, Host):
 
     def __init__(self, name, image=None, cpu_quota=None, mem_limit=None, pids_limit=None, volumes=None,
                  code=CODE_DIRS, server="localhost", serverIP=None, ssh=None, **params):
-        from topologies.images import UE_IMAGE
         self.image = image or UE_IMAGE
         self.cname = NAME_PREFIX + name
         self.docker_ssh, self.docker_server = list(ssh), server
@@ -536,7 +536,6 @@ def remote_class(cls):
     per-server batches); a standalone bridge, a root-namespace host and a container host are
     refused (the hub, ``lab0``'s switch and the management bridge, stays on the orchestrator);
     a container host is made by that server's Docker engine: :class:`ClusterDockerHost`)."""
-    from mininet.node import OVSBridge, OVSSwitch
     if issubclass(cls, OVSBridge):
         raise ClusterError(f"a standalone bridge ({cls.__name__}) on another server is not supported: "
                            "keep the hub (cluster.hub) on this machine")

@@ -45,6 +45,7 @@ from topologies import cluster as cl
 from topologies.config import ClusterConfig, NetworkConfig
 from topologies.docker_host import DockerHost, remove_leftover_containers
 from topologies.links import DataSwitch, ShapedLink
+from topologies.placement import place
 from topologies.platform import PlatformReport, detect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,7 +285,6 @@ class EmulatedNetwork:
         """The placement of the topology's nodes; refused (:class:`ConfigError`) when the hub
         (``lab0``'s switch and the management bridge) is not this machine or the topology has
         no plan."""
-        from topologies.placement import place
         if self.plan is None:
             raise ConfigError("a network on a cluster needs a lab topology (with a plan), not "
                               f"{type(self.topo).__name__}")

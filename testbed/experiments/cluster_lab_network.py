@@ -32,6 +32,7 @@ import shutil
 import time
 from pathlib import Path
 
+from base.processes import in_mininet_host, in_remote_host, remote_pid
 from scenario.config import Scenario
 from topologies import build_topo
 from topologies.config import ClusterConfig, ServerSpec, TopologyConfig
@@ -76,7 +77,6 @@ def _chain(scn: Scenario, emu, net, shared: Path) -> dict:
     datadirs in ``shared`` (the same path on every server). Each miner mines with one thread
     (threads budget: the lab's quotas on remote servers go through their agents, the budgets
     stage) for :data:`CHAIN_OBSERVE_S`; then both stop and the heads are compared."""
-    from base.processes import in_mininet_host, in_remote_host, remote_pid
     from chain.network import Chain
     plan, c = emu.plan, scn.chain
     mecs = ["mec1", "mec2"]

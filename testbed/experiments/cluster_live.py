@@ -25,6 +25,10 @@ from chain.config import MIN_DIFFICULTY
 from scenario.config import Scenario, load_scenario
 from scenario.units import Calibration, LiveMapping
 from testbed.experiments import cluster_lab_network as lab_network
+from topologies import build_topo
+from topologies.config import ClusterConfig
+from topologies.placement import place
+from topologies.platform import detect
 
 SLOTS = 6
 
@@ -112,10 +116,6 @@ def stage(scn: Scenario, shared: Path, out_dir: Path) -> dict:
     latencies, and the two runs' task outcomes side by side. The runs' reports are copied to
     ``out_dir/live-lab`` and ``out_dir/live-lab-one-machine`` (the run folders are in the shared
     folder, which a check removes)."""
-    from topologies import build_topo
-    from topologies.config import ClusterConfig
-    from topologies.placement import place
-    from topologies.platform import detect
     t0 = time.monotonic()
     run_scn = scenario(scn)
     where = place(build_topo(run_scn.topology, 2, 2, run_scn.seed, detect()).plan, run_scn.cluster).server
