@@ -177,14 +177,14 @@ def over_ssh(ssh: list[str] | None, stdin: bytes, *, signal_lines: bool = False)
     return launch
 
 
-#: run there as ``sh -c LIFELINE sh PROGRAM...``: the program with stdin from /dev/null, and a
-#: watcher that reads the wrapper's stdin (held open by the orchestrator) and, when it closes,
-#: sends the program SIGTERM, then SIGKILL after GRACE s; the wrapper ends with the program.
-#: Its first line says the program's pid on that server (``remote pid N``).
-#: A ``TERM`` or ``INT`` line on the lifeline is that signal for the program (the orchestrator's
-#: stop: the program takes the time it needs). (A background job's stdin is /dev/null in a shell
-#: without job control: the lifeline is fd 3. The watcher holds no output, so the ssh session
-#: ends with the program, and it stops waiting as soon as the program is gone.)
+#: Run there as ``sh -c LIFELINE sh PROGRAM...``: the program with stdin from /dev/null, and a
+#: watcher reading the wrapper's stdin (held open by the orchestrator): a ``TERM`` or ``INT``
+#: line is that signal for the program (the orchestrator's stop: the program takes the time it
+#: needs); when the stdin closes, SIGTERM, then SIGKILL after GRACE_DS tenths of a second. The
+#: wrapper ends with the program; its first line is the program's pid there (``remote pid N``).
+#: (A background job's stdin is /dev/null in a shell without job control: the lifeline is fd 3.
+#: The watcher holds no output, so the ssh session ends with the program, and it stops waiting
+#: as soon as the program is gone.)
 LIFELINE = ('exec 3<&0; "$@" </dev/null 3<&- & p=$!; echo "remote pid $p"; '
             '{ while read -r s <&3; do case $s in TERM|INT) kill -"$s" $p;; esac; done; '
             'kill -TERM $p; i=0; while kill -0 $p && [ $i -lt "$GRACE_DS" ]; do '
@@ -199,8 +199,8 @@ def in_remote_host(host, uid: int | None = None, grace_s: float = 10.0) -> Launc
     when given, with ``cwd`` and ``env`` set there. No signal crosses ssh: SIGTERM and SIGINT
     travel as lines on its stdin (:data:`LIFELINE`, :class:`_SignalLineHandle`), and the program
     takes the time it needs; when the stdin closes (SIGKILL to the local ssh client, this
-    process or its ssh client dead) it gets SIGTERM there, then SIGKILL after ``grace_s``. The handle is the local ssh client; the program's pid
-    there is the log's first line."""
+    process or its ssh client dead) it gets SIGTERM there, then SIGKILL after ``grace_s``. The
+    handle is the local ssh client; the program's pid there is the log's first line."""
     prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"] if uid is not None else []
     ssh = [a for a in host.sshcmd if a != "-tt"]
 
@@ -218,9 +218,9 @@ def in_remote_container(ssh: list[str] | None, container: str, *, log_inside: st
                         python: str | None = None) -> Launcher:
     """Run inside Docker container ``container`` of another server's engine (a UE container
     there): over ``ssh`` (None: here), ``python -m base.container_exec`` does there what
-    :func:`in_container` does here and ends the program when its stdin, the lifeline, closes
-    (SIGTERM, SIGKILL after ``grace_s``). ``python``: the project's interpreter there (the same
-    path on every server)."""
+    :func:`in_container` does here, with the same lifeline as :func:`in_remote_host` (signals as
+    lines; its end: SIGTERM, SIGKILL after ``grace_s``). ``python``: the project's interpreter
+    there (the same path on every server)."""
     py = python or sys.executable
 
     def launch(argv, log, *, cwd=None, env=None) -> Handle:

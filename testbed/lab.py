@@ -58,7 +58,6 @@ from topologies import remote
 from topologies.cluster import ClusterError, check_servers, is_local, ssh_argv
 from topologies.platform import detect
 from topologies.placement import place
-from topologies.remote import put_files
 from base.processes import (ManagedProcess, ProcessGroup, in_container, in_mininet_host, in_remote_container,
                             in_remote_host, log_ready, remote_pid)
 from scenario.runinfo import Endpoint, LabInfo
@@ -241,6 +240,8 @@ class Lab:
         self.placement = None
         self.remote_groups: set[str] = set()     # servers where mec-lab/<run> was made
         self.remote_secrets: set[str] = set()    # servers holding some of the run's keys
+        self.miners: dict[str, dict] = {}        # the controller's LabSettings.miners (_start)
+        self.agent_secrets: dict[str, Path] = {}  # server -> its budgets agent's secret file
 
     # ---- paths ------------------------------------------------------------------------------
     @property
@@ -292,6 +293,10 @@ class Lab:
             self.placement = place(self.topo.plan, self.cluster)
             with _step("the run's keys on the cluster's servers", self.timings):
                 self._put_secrets_on_servers()
+        self.miners = self._miner_settings()
+        # each other server with MEC hosts: a secret for its budgets agent
+        self.agent_secrets = {s: remote.write_secret(self.secrets, s)
+                              for s in sorted({m["server"] for m in self.miners.values() if "server" in m})}
         self._write_controller_config()
         with _step("the programs' code byte-compiled", self.timings):
             compile_code()
@@ -419,7 +424,8 @@ class Lab:
         mode = 0o711 if self.scn.lab.mec_uid_base else 0o700
         for server, files in by_server.items():
             self.remote_secrets.add(server)
-            put_files(self.cluster.server(server), self.cluster, {str(self.secrets): mode, str(keys): mode}, files)
+            remote.put_files(self.cluster.server(server), self.cluster, {str(self.secrets): mode, str(keys): mode},
+                             files)
 
     def _start_remote_groups(self) -> None:
         """After the chain started: on each other server, the lab's groups of its MEC hosts
@@ -439,7 +445,7 @@ class Lab:
             spec = self.cluster.server(server)
             self.remote_groups.add(server)
             remote.make_groups(spec, self.cluster, self.run_id, hosts)
-            agent = remote.agent(spec, self.cluster, {m: self.miner_settings[m] for m in hosts},
+            agent = remote.agent(spec, self.cluster, {m: self.miners[m] for m in hosts},
                                  self.agent_secrets[server], self.run_dir / "logs" / f"agent-{server}.log")
             self.procs.start(agent)
             client = AgentClient(remote.agent_address(spec, self.cluster), self.agent_secrets[server].read_text().strip())
@@ -503,15 +509,14 @@ class Lab:
                          "desired_s": list(self.scn.model.desired_time_s_range)},
             work={"iterations_per_gcycle": self.mapping.iterations_per_gcycle,
                   "demand_reading": self.scn.model.demand_reading},
-            miners=self.miner_settings,
+            miners=self.miners,
             miner_rpc={m: f"http://{plan.mgmt_ip(m)}:{self.chain_cfg.http_port + i}"
                        for i, m in enumerate(names)},
             agents={server: {"address": remote.agent_address(self.cluster.server(server), self.cluster),
                              "secret_file": str(f)} for server, f in self.agent_secrets.items()},
         ).write(self.secrets / "controller.json")
 
-    @property
-    def miner_settings(self) -> dict[str, dict]:
+    def _miner_settings(self) -> dict[str, dict]:
         """The controller's ``LabSettings.miners``: each miner's host group, period, host cores,
         coupling, and the server it is on when that is another one (its agent writes there)."""
         out = {}
@@ -522,14 +527,6 @@ class Lab:
                       "host_cores": float(self.scn.lab.host_cores_by_server.get(m, self.scn.lab.host_cores)),
                       "coupling": self.scn.lab.coupling, **({"server": spec.name} if spec is not None else {})}
         return out
-
-    @property
-    def agent_secrets(self) -> dict[str, Path]:
-        """Each other server with MEC hosts: its agent's secret file (made on first use)."""
-        if not hasattr(self, "_agent_secrets"):
-            servers = sorted({s["server"] for s in self.miner_settings.values() if "server" in s})
-            self._agent_secrets = {s: remote.write_secret(self.secrets, s) for s in servers}
-        return self._agent_secrets
 
     def _tell_controller(self) -> None:
         """Static ARP entries for the service and probe addresses, then the hosts' addresses
@@ -782,27 +779,27 @@ class Lab:
         for q in reversed(self.quotas):
             q.remove()
         self.quotas.clear()
-        errors = []
-        for server in sorted(self.remote_groups):
-            try:
-                left = remote.remove_groups(self.cluster.server(server), self.cluster, self.run_id)
-                if left:
-                    errors.append(f"server {server}: groups left {left}")
-            except ClusterError as e:
-                errors.append(str(e))
-        self.remote_groups.clear()
-        if errors:
-            raise LabError("; ".join(errors))
+
+        def groups(spec):
+            left = remote.remove_groups(spec, self.cluster, self.run_id)
+            if left:
+                raise ClusterError(f"server {spec.name}: groups left {left}")
+        self._on_servers(self.remote_groups, groups)
 
     def _remove_secrets(self) -> None:
         shutil.rmtree(self.secrets, ignore_errors=True)
+        self._on_servers(self.remote_secrets, lambda spec: remote.remove_folder(spec, self.cluster, self.secrets))
+
+    def _on_servers(self, servers: set[str], fn) -> None:
+        """Teardown on other servers: ``fn(spec)`` on each of ``servers`` (emptied), all of
+        them even when one fails; then one LabError naming every failure."""
         errors = []
-        for server in sorted(self.remote_secrets):
+        for server in sorted(servers):
             try:
-                remote.remove_folder(self.cluster.server(server), self.cluster, self.secrets)
+                fn(self.cluster.server(server))
             except ClusterError as e:
                 errors.append(str(e))
-        self.remote_secrets.clear()
+        servers.clear()
         if errors:
             raise LabError("; ".join(errors))
 

@@ -80,7 +80,6 @@ class _LabMininet(Mininet):
         self._pool: ThreadPoolExecutor | None = None
         # on a cluster (issue 22): each node on the server the placement gives it
         self.cluster, self.placement = cluster, placement
-        self.specs = {s.name: s for s in cluster.servers} if cluster is not None else {}
         self.cross = cl.link_class(cluster) if cluster is not None else None   # VNIs from cluster.vni_base
         super().__init__(*args, **kwargs)
 
@@ -89,8 +88,8 @@ class _LabMininet(Mininet):
         another server becomes Mininet's remote node there (:func:`topologies.cluster.remote_class`)."""
         if self.placement is None:
             return cls, params
-        spec = self.specs.get(self.placement.server.get(name, ""))
-        if spec is None or cl.is_local(spec):
+        spec = self.cluster.server(self.placement.server[name])
+        if cl.is_local(spec):
             return cls, params
         return cl.remote_class(cls), {**params, "server": spec.name, "serverIP": spec.address,
                                       "ssh": cl.ssh_argv(spec, self.cluster)}
