@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
@@ -163,5 +164,14 @@ class AnvilNode:
         return self.rpc("evm_snapshot")
 
     def revert(self, snapshot_id: str) -> None:
+        """Roll the chain back to `snapshot_id`; its clock goes on from the host clock.
+
+        anvil's evm_revert also resets its clock to the snapshot block's time, so after each
+        revert the chain's time lagged the host clock by the time spent since the snapshot,
+        and the lag added up over a module of rolled-back tests. A deadline counted from the
+        clock (``TradingContract.trading``) was then more than ``increase_time(TAU + 5)`` ahead
+        of the chain: CI saw refund revert DeadlineNotReached at block time == deadline."""
         if not self.rpc("evm_revert", snapshot_id):
             raise AnvilError(f"evm_revert({snapshot_id}) refused")
+        latest = int(self.rpc("eth_getBlockByNumber", "latest", False)["timestamp"], 16)
+        self.rpc("evm_setTime", max(latest, int(time.time())))

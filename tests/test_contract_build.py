@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -135,6 +136,22 @@ def test_anvil_node_stops_when_the_block_raises():
     assert node.proc is None
     assert not _alive(pids)
 
+
+@pytest.mark.chain
+def test_anvil_revert_rolls_back_the_chain_but_not_the_clock():
+    """evm_revert alone sets anvil's clock back to the snapshot block's time, so the chain lags
+    the host clock by the time since the snapshot (the CI failure of the refund tests)."""
+    with AnvilNode(accounts=1) as node:
+        node.rpc("evm_mine")
+        snap = node.snapshot()
+        time.sleep(2.2)
+        node.rpc("evm_mine")
+        node.revert(snap)
+        before = int(time.time())
+        node.rpc("evm_mine")
+        latest = node.rpc("eth_getBlockByNumber", "latest", False)
+        assert int(latest["number"], 16) == 2  # the block mined after the snapshot is gone
+        assert int(latest["timestamp"], 16) >= before
 
 def _tree(pid: int) -> list[int]:
     """The process and its descendants (the npm wrapper starts the anvil binary as a child)."""
