@@ -85,7 +85,8 @@ class Api:
                  long_poll_max_s: float = 30.0, page: Callable[[], bytes] | None = None,
                  extra: dict[str, Callable[[dict], dict]] | None = None, work: dict | None = None):
         """``extra``: more policy-only endpoints, ``"PUT name" -> handler(json body)``. ``work``:
-        ``{"iterations_per_gcycle", "demand_reading"}``, to check a UE's wrong_result claim."""
+        ``{"iterations_per_gcycle": {MEC server: its figure}, "demand_reading"}``, to check a UE's
+        wrong_result claim (each server's own figure: its calibration, on a cluster)."""
         self.work = work
         self.state = state
         self.extra = extra or {}
@@ -238,7 +239,7 @@ class Api:
         if signer != self.accounts[r.mec]:
             raise Refused(f"the receipt is not {r.mec}'s: no proof that it returned this result", status=403)
         gcycles = task["demand"] * (task["data_mb"] if self.work["demand_reading"] == "per_mb" else 1.0)
-        need = kernel_iterations(gcycles, self.work["iterations_per_gcycle"])
+        need = kernel_iterations(gcycles, self.work["iterations_per_gcycle"][r.mec])
         ok, why = verify_from(h0, res, need, picks={segment})
         if ok:
             raise Refused(f"{r.mec}'s result for {r.ue}'s task {r.task_id} verifies (segment {segment}): "

@@ -30,7 +30,8 @@ class BudgetApplier:
 
     ``miners``: name -> {"host_group": path under the CPU controller (the MEC host's group),
     "period_us", "host_cores", "coupling"} and, for a miner on another server of a cluster,
-    "server" (its name). The miner's own group is the child named ``<name>-<geth pid>`` (a
+    "server" (its name) and "levels_cores" (each level's quota by that server's calibration,
+    instead of ``levels_cores``). The miner's own group is the child named ``<name>-<geth pid>`` (a
     restarted miner gets a new one, found again here). ``agents``: server name -> the
     :class:`nodes.server_agent.AgentClient` of that server's agent, which applies the budgets
     of the miners placed there (issue 22) with the same writer; the others are written here.
@@ -58,7 +59,7 @@ class BudgetApplier:
         remote: dict[str, dict[str, float]] = {}
         root = controller_dir()
         for name, k in a.levels.items():
-            cores = self.levels_cores[k]
+            cores = self.miners[name].get("levels_cores", self.levels_cores)[k]
             server = self._agent(name)
             if server is not None:
                 remote.setdefault(server, {})[name] = cores

@@ -81,9 +81,8 @@ class Executor:
         self.dishonest = dishonest or name in self.scn.lab.dishonest
         self.lazy = lazy              # fault injection: a true hash chain of one iteration, said so
         self.stall_s = stall_s        # fault injection: this long more before each task's result
-        cal = units.Calibration.load(Path(self.info.calibration))
-        self.mapping = units.LiveMapping(self.scn.model, self.scn.lab.mining_cores,
-                                         self.scn.lab.host_cores, cal)
+        # its server's own calibration on a cluster (the work kernel's iterations per Gcycle)
+        self.mapping = self.info.mappings(Path(lab_path).parent)[name]
         cfg = self.scn.contract
         self.trade = LightTrade(self.info.gateway_url, self.info.contract, cfg)   # no web3.py: ~40 MB less
         self.cpu = threading.Lock()               # one task at a time

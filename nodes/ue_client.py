@@ -100,10 +100,9 @@ class UEClient:
         # (a seeded draw would follow from lab.json, which every server reads).
         self.check_rng = random.SystemRandom()
         # The iteration count a task needs is the UE's own figure from the ξ_u it paid for, the
-        # same conversion as the executors' (the lab's calibration, public): a server that did
-        # fewer iterations and says so is caught, not believed.
-        self.mapping = units.LiveMapping(self.scn.model, self.scn.lab.mining_cores, self.scn.lab.host_cores,
-                                         units.Calibration.load(Path(lab_path).parent / "calibration.json"))
+        # same conversion as the serving executor's (its server's calibration, public): a server
+        # that did fewer iterations and says so is caught, not believed.
+        self.mappings = self.info.mappings(Path(lab_path).parent)
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.records = open(self.out / "tasks.jsonl", "a", buffering=1)
@@ -404,8 +403,7 @@ class UEClient:
         drawn from the scenario's distributions)."""
         task = task or self.draw()
         rec = {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb, "demand": task.demand,
-               "desired_s": task.desired_s, "gcycles": task.gcycles, "t_start": time.time(),
-               "iterations": self.mapping.kernel_iterations(task.gcycles)}
+               "desired_s": task.desired_s, "gcycles": task.gcycles, "t_start": time.time()}
         self.api.request("POST", "/task", {"ue": self.name, "task_id": task_id, "data_mb": task.data_mb,
                                            "demand": task.demand, "desired_s": task.desired_s})
         t0 = time.monotonic()
@@ -416,7 +414,7 @@ class UEClient:
             rec["outcome"] = "stopped" if self.stopping else "dropped"
             return rec
         mec = a["mec"]
-        rec.update(mec=mec, slot=a.get("slot"))
+        rec.update(mec=mec, slot=a.get("slot"), iterations=self.mappings[mec].kernel_iterations(task.gcycles))
         if self.channel:
             return self._run_channel_task(task_id, task, mec, rec, t0)
         t_pay = time.monotonic()

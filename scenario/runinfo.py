@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from scenario import units
 from scenario.config import scenario_from_dict
 
 
@@ -37,6 +38,9 @@ class LabInfo:
     servers: dict[str, Endpoint] = field(default_factory=dict)
     ues: dict[str, Endpoint] = field(default_factory=dict)
     service_ip: str | None = None   # the address UEs send tasks to when the controller steers
+    # On a cluster (issue 22): MEC server -> the file name, in the lab folder, of the calibration
+    # of the server it runs on, when that is not the lab's own (``calibration``)
+    calibrations: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         """Write atomically (a program waiting for the file never reads half of it)."""
@@ -60,3 +64,14 @@ class LabInfo:
 
     def scenario_obj(self):
         return scenario_from_dict(self.scenario)
+
+    def mappings(self, lab_dir: Path) -> dict[str, units.LiveMapping]:
+        """Each MEC server's :class:`scenario.units.LiveMapping`: the lab's (from
+        ``calibration.json`` in ``lab_dir``, the folder of lab.json as the reader sees it: a UE
+        container mounts it elsewhere), or, on another server of a cluster, that server's
+        (:meth:`LiveMapping.for_server`)."""
+        scn = self.scenario_obj()
+        lab = units.LiveMapping(scn.model, scn.lab.mining_cores, scn.lab.host_cores,
+                                units.Calibration.load(Path(lab_dir) / "calibration.json"))
+        return {m: lab.for_server(units.Calibration.load(Path(lab_dir) / self.calibrations[m]))
+                if m in self.calibrations else lab for m in self.servers}

@@ -156,6 +156,23 @@ class Calibration:
         c = np.asarray(cores, dtype=float)
         return np.where(c <= xs[-1], np.interp(c, xs, ys), c * ys[-1] / xs[-1])
 
+    def cores_at(self, hps) -> np.ndarray | float:
+        """The CPU quota (cores) at which one geth miner hashes ``hps`` H/s: :meth:`hashrate_at`
+        inverted (linear between the measured points, proportional beyond the largest)."""
+        import numpy as np
+        pts = sorted((p["quota_cores"], p["hashrate_hps"]) for p in self.hashrate_points
+                     if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
+        if not pts:
+            return np.asarray(hps, dtype=float) / self.hashrate_hps_per_core
+        xs, ys = [0.0] + [q for q, _ in pts], [0.0] + [h for _, h in pts]
+        h = np.asarray(hps, dtype=float)
+        return np.where(h <= ys[-1], np.interp(h, ys, xs), h * xs[-1] / ys[-1])
+
+    def same_as(self, other: "Calibration") -> bool:
+        """The same measurements (the date aside): the same mapping follows from both."""
+        a, b = asdict(self), asdict(other)
+        return {k: v for k, v in a.items() if k != "date"} == {k: v for k, v in b.items() if k != "date"}
+
     @classmethod
     def load(cls, path: Path) -> "Calibration":
         if not Path(path).exists():
@@ -183,18 +200,35 @@ class LiveMapping:
         mining_cores: cores that the whole hash budget P stands for (all miners together).
         executor_cores: the CPU quota that stands for one server's f_m.
         cal: this machine's :class:`Calibration`.
+        reference: on a cluster (issue 22), the lab's own mapping (the orchestrator's
+            calibration) when ``cal`` is another server's: see :meth:`for_server`.
     """
 
-    def __init__(self, model, mining_cores: float, executor_cores: float, cal: Calibration):
+    def __init__(self, model, mining_cores: float, executor_cores: float, cal: Calibration,
+                 reference: "LiveMapping | None" = None):
         if mining_cores <= 0 or executor_cores <= 0:
             raise ValueError("mining_cores and executor_cores must be > 0")
-        self.model, self.cal = model, cal
+        self.model, self.cal, self.reference = model, cal, reference
         self.mining_cores, self.executor_cores = mining_cores, executor_cores
+
+    def for_server(self, cal: Calibration) -> "LiveMapping":
+        """The mapping of a MEC server on another server of a cluster, whose own calibration is
+        ``cal``: one exchange rate X for the whole lab (this mapping's, so the chain's
+        difficulty holds), each level's quota where that server's miner hashes what this
+        mapping's does at it (its own rate curve, inverted), and the work kernel's iterations
+        from its own clock and kernel rate. The same measurements: this very mapping."""
+        if cal.same_as(self.cal):
+            return self
+        return LiveMapping(self.model, self.mining_cores, self.executor_cores, cal, reference=self)
 
     # hash power
     def miner_cores(self, p_mhs) -> np.ndarray | float:
-        """CPU quota (cores) of a miner given p_m MHash/s of the model."""
+        """CPU quota (cores) of a miner given p_m MHash/s of the model: a share of
+        ``mining_cores``; on another server (:meth:`for_server`), the quota at which its miner
+        hashes what the lab's reference miner does at that share."""
         import numpy as np
+        if self.reference is not None:
+            return self.cal.cores_at(self.reference.real_hashrate(p_mhs))
         return np.asarray(p_mhs, dtype=float) / self.model.hash_budget_mhs * self.mining_cores
 
     def real_hashrate(self, p_mhs) -> np.ndarray | float:
@@ -207,6 +241,8 @@ class LiveMapping:
         """X, real hashes per second that one model MHash/s stands for: the calibrated rate of
         one miner at an equal split of the budget (P/M each, ``mining_cores``/M cores) over P/M.
         The exchange rate of hash power between the model and the lab, set once here."""
+        if self.reference is not None:
+            return self.reference.hps_per_mhs
         m = self.model
         share = m.hash_budget_mhs / m.n_servers
         return float(self.real_hashrate(share)) / share
@@ -226,14 +262,7 @@ class LiveMapping:
     def outside_cores(self, hash_mhs: float) -> float:
         """CPU quota (cores) at which one geth miner hashes ``hash_mhs`` model MHash/s: the
         calibration's rate curve inverted (linear between its points, proportional beyond)."""
-        import numpy as np
-        target = hash_mhs * self.hps_per_mhs
-        pts = sorted((p["quota_cores"], p["hashrate_hps"]) for p in self.cal.hashrate_points
-                     if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
-        xs, ys = [0.0] + [q for q, _ in pts], [0.0] + [h for _, h in pts]
-        if target <= ys[-1]:
-            return float(np.interp(target, ys, xs))
-        return float(target * xs[-1] / ys[-1])
+        return float(self.cal.cores_at(hash_mhs * self.hps_per_mhs))
 
     # computation
     @property

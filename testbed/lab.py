@@ -241,6 +241,8 @@ class Lab:
         self.remote_groups: set[str] = set()     # servers where mec-lab/<run> was made
         self.remote_secrets: set[str] = set()    # servers holding some of the run's keys
         self.miners: dict[str, dict] = {}        # the controller's LabSettings.miners (_start)
+        self.server_cals: dict[str, units.Calibration] = {}   # other server -> its calibration
+        self.mec_mappings: dict[str, units.LiveMapping] = {}  # MEC server -> its mapping (_start)
         self.agent_secrets: dict[str, Path] = {}  # server -> its budgets agent's secret file
 
     # ---- paths ------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ class Lab:
                                          self.calibration)
         self.chain_plan = plan_chain(self.scn, self.mapping)
         if self.cluster is not None:
-            self._check_cluster(cal_path)
+            self.server_cals = self._check_cluster(cal_path)
         sweep_dead_runs()
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             # a run's chain data, keys and results belong to that run: never mixed with another's
@@ -293,6 +295,7 @@ class Lab:
             self.placement = place(self.topo.plan, self.cluster)
             with _step("the run's keys on the cluster's servers", self.timings):
                 self._put_secrets_on_servers()
+        self._map_servers()
         self.miners = self._miner_settings()
         # each other server with MEC hosts: a secret for its budgets agent
         self.agent_secrets = {s: remote.write_secret(self.secrets, s)
@@ -398,18 +401,43 @@ class Lab:
         spec = self.cluster.server(self.placement.server[node])
         return None if is_local(spec) else spec
 
-    def _check_cluster(self, cal_path: Path) -> None:
+    def _check_cluster(self, cal_path: Path) -> dict[str, units.Calibration]:
         """Before anything starts: the run folder in the folder every server shares, and every
-        other server passing the pre-start check with a calibration of its own."""
+        other server passing the pre-start check with a calibration of its own; returns those
+        calibrations (server -> :class:`scenario.units.Calibration`)."""
         shared = self.cluster.shared_dir
         if not shared or not self.run_dir.is_relative_to(Path(shared).resolve()):
             raise ConfigError(f"a lab on a cluster keeps its run folder in cluster.shared_dir, the folder every "
                               f"server shares at the same path (docs/cluster.md): {self.run_dir} is not in "
                               f"{shared or '(cluster.shared_dir unset)'}")
         others = tuple(x for x in self.cluster.servers if not is_local(x))
-        if others:
-            check_servers(dataclasses.replace(self.cluster, servers=others, hub="", pin={}), containers=True,
-                          calibration=str(cal_path))
+        if not others:
+            return {}
+        checks = check_servers(dataclasses.replace(self.cluster, servers=others, hub="", pin={}), containers=True,
+                               calibration=str(cal_path))
+        return {name: units.Calibration(**c.calibration) for name, c in checks.items()}
+
+    def _map_servers(self) -> None:
+        """Each MEC server's mapping (issue 22): the lab's, or on another server of a cluster
+        that server's own (its miner's quota per level and its work kernel's iterations per
+        Gcycle by its calibration, one exchange rate X for the chain: ``LiveMapping.for_server``).
+        A server whose miner cannot fit its host at the top level is refused by name. Each other
+        server's calibration is put in the lab folder, public, for its executor and the UEs."""
+        lab, m = self.scn.lab, self.scn.model
+        for i in range(1, self.M + 1):
+            name = f"mec{i}"
+            spec = self.remote_server(name)
+            mp = self.mapping if spec is None else self.mapping.for_server(self.server_cals[spec.name])
+            self.mec_mappings[name] = mp
+            if mp is self.mapping:
+                continue
+            (self.lab_dir / f"calibration-{spec.name}.json").write_text(
+                json.dumps(dataclasses.asdict(self.server_cals[spec.name]), indent=1) + "\n")
+            top, cores = float(mp.miner_cores(max(m.hash_levels_mhs))), float(lab.host_cores_by_server.get(name, lab.host_cores))
+            if lab.coupling == "shared" and cores <= top:
+                raise ConfigError(f"{name} on server {spec.name}: by that server's calibration its miner takes "
+                                  f"{top:.3f} cores at the top hash level, more than the host's {cores:g} "
+                                  "(lab.host_cores): give the host more or lower lab.mining_cores")
 
     def _put_secrets_on_servers(self) -> None:
         """Each other server gets the keys of its own MEC hosts and UEs, at the same paths as
@@ -431,15 +459,15 @@ class Lab:
         """After the chain started: on each other server, the lab's groups of its MEC hosts
         around each miner (``topologies.remote.make_groups``), the miners' starting budget, and
         the server's budgets agent (the controller's ``LabSettings.agents``)."""
-        lab, start = self.scn.lab, float(self.mapping.miner_cores(self.scn.model.hash_levels_mhs[
-            self.scn.model.equal_hash_level]))
+        lab, equal = self.scn.lab, self.scn.model.hash_levels_mhs[self.scn.model.equal_hash_level]
+        start = {m: float(mp.miner_cores(equal)) for m, mp in self.mec_mappings.items()}
         by_server: dict[str, dict] = {}
         for nd in self.chain.nodes:
             spec = self.remote_server(nd.name)
             if spec is not None:
                 cores = float(lab.host_cores_by_server.get(nd.name, lab.host_cores))
                 by_server.setdefault(spec.name, {})[nd.name] = {
-                    "host_cores": cores, "executor_cores": executor_cores(cores, start, lab.coupling),
+                    "host_cores": cores, "executor_cores": executor_cores(cores, start[nd.name], lab.coupling),
                     "miner_pid": remote_pid(nd.proc)}
         for server, hosts in by_server.items():
             spec = self.cluster.server(server)
@@ -450,7 +478,7 @@ class Lab:
             self.procs.start(agent)
             client = AgentClient(remote.agent_address(spec, self.cluster), self.agent_secrets[server].read_text().strip())
             try:
-                client.apply({m: start for m in hosts})
+                client.apply({m: start[m] for m in hosts})
             finally:
                 client.close()
 
@@ -507,7 +535,7 @@ class Lab:
             task_ranges={"data_mb": list(self.scn.model.data_mb_range),
                          "demand": list(self.scn.model.demand_gcycles_range),
                          "desired_s": list(self.scn.model.desired_time_s_range)},
-            work={"iterations_per_gcycle": self.mapping.iterations_per_gcycle,
+            work={"iterations_per_gcycle": {m: mp.iterations_per_gcycle for m, mp in self.mec_mappings.items()},
                   "demand_reading": self.scn.model.demand_reading},
             miners=self.miners,
             miner_rpc={m: f"http://{plan.mgmt_ip(m)}:{self.chain_cfg.http_port + i}"
@@ -518,7 +546,8 @@ class Lab:
 
     def _miner_settings(self) -> dict[str, dict]:
         """The controller's ``LabSettings.miners``: each miner's host group, period, host cores,
-        coupling, and the server it is on when that is another one (its agent writes there)."""
+        coupling, and the server it is on when that is another one (its agent writes there) with
+        each level's quota there when that server's calibration is not the lab's."""
         out = {}
         for i in range(1, self.M + 1):
             m = f"mec{i}"
@@ -526,6 +555,8 @@ class Lab:
             out[m] = {"host_group": f"{CGROUP_PARENT}/{self.run_id}/{m}", "period_us": self.chain_cfg.cpu_period_us,
                       "host_cores": float(self.scn.lab.host_cores_by_server.get(m, self.scn.lab.host_cores)),
                       "coupling": self.scn.lab.coupling, **({"server": spec.name} if spec is not None else {})}
+            if self.mec_mappings[m] is not self.mapping:
+                out[m]["levels_cores"] = [float(c) for c in self.mec_mappings[m].miner_cores(self.scn.model.hash_levels_mhs)]
         return out
 
     def _tell_controller(self) -> None:
@@ -683,6 +714,8 @@ class Lab:
             api_url=self.api_url, executor_port=self.scn.lab.executor_port, scenario=public,
             service_ip=SERVICE_IP,
             calibration=str(self.lab_dir / "calibration.json"),
+            calibrations={m: f"calibration-{self.placement.server[m]}.json"
+                          for m, mp in self.mec_mappings.items() if mp is not self.mapping},
             servers={f"mec{i}": Endpoint(f"mec{i}", plan.data_ip(f"mec{i}"), a.address,
                                           self.accounts.mec_wallets[i - 1].address)
                      for i, a in enumerate(self.accounts.mec_servers, 1)},

@@ -48,7 +48,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from scenario.units import Calibration, LiveMapping, wei_to_token
+from scenario.units import wei_to_token
 from testbed.policy import observation, project, to_assignment
 from nodes.api_client import ApiClient
 from scenario.runinfo import LabInfo
@@ -70,8 +70,8 @@ class LiveEnv(gym.Env):
         self.trade = TradingContract(self.w3, self.lab.contract, self.scn.contract)
         self.servers = list(self.lab.servers)
         self.miner_of = {e.address.lower(): m for m, e in self.lab.servers.items()}
-        self.mapping = LiveMapping(c, self.scn.lab.mining_cores, self.scn.lab.host_cores,
-                                   Calibration.load(Path(self.lab.calibration)))
+        # each MEC server's (its own server's calibration on a cluster): p̂_m from its miner's CPU
+        self.mappings = self.lab.mappings(self.info_file.parent)
         self.action_space = spaces.MultiDiscrete([c.n_users + 1] * c.n_servers + [c.n_levels] * c.n_servers)
         # the simulation's bounds; measured values may exceed them (Box is advisory here)
         from agent.env import MecChainEnv
@@ -170,7 +170,8 @@ class LiveEnv(gym.Env):
         c = self.cfg
         r = reads if reads is not None else self.slot_reads(t0, t1)
         cores = miner_cores(snap0, snap1, self.servers)
-        terms, hash_mhs = measured_terms(c, self.mapping, cores, r["revenue_wei"], r["latency"])
+        terms, hash_mhs = measured_terms(c, [self.mappings[m] for m in self.servers], cores, r["revenue_wei"],
+                                         r["latency"])
         geth = [float((snap1.get("miners") or {}).get(m, {}).get("hashrate_hps") or 0.0) for m in self.servers]
         slot_share = (t1 - t0) / c.slot_s
         return {"server_utility": terms.utility, "mining_reward": float(terms.mining.sum()),
@@ -223,12 +224,13 @@ class LiveEnv(gym.Env):
             lab.stop()
 
 
-def measured_terms(cfg, mapping, cores, revenue_wei, latency_s):
+def measured_terms(cfg, mappings, cores, revenue_wei, latency_s):
     """Eq. (11) from what the lab measured in a slot (:func:`agent.model.utility_terms`): the
-    miners' CPU (cores) as hash p̂_m (MHash/s), what each server was paid (wei) and the execution
-    times of its tasks (s). Returns (the terms, p̂)."""
+    miners' CPU (cores) as hash p̂_m (MHash/s) by each server's mapping (``mappings``, one per
+    server), what each server was paid (wei) and the execution times of its tasks (s).
+    Returns (the terms, p̂)."""
     from agent.model import utility_terms
-    hash_mhs = np.asarray(mapping.measured_hash_mhs(cores), dtype=float)
+    hash_mhs = np.array([float(mp.measured_hash_mhs(c)) for mp, c in zip(mappings, cores, strict=True)])
     revenue = np.array([wei_to_token(int(w)) for w in np.asarray(revenue_wei).ravel()]).reshape(np.shape(revenue_wei))
     return utility_terms(cfg, hash_mhs, revenue, latency_s), hash_mhs
 

@@ -2,6 +2,7 @@
 :func:`topologies.cluster.vxlan_commands` between two network namespaces joined by a veth
 "underlay", and the pre-start check refusing a server, named, for what is missing. The check
 over ssh between two servers is `make cluster-check` (scripts/cluster-check.sh)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -263,3 +264,40 @@ def test_the_same_outcomes_rule():
     # ... but a task stopped in one run and served within the slots in the other is a difference
     assert [d["task"] for d in same_outcomes(one, [t("ue1", 1), t("ue1", 2), t("ue2", 1, slot="5")], slots=6)["differ"]] \
         == ["ue2#1"]
+
+
+def test_the_lab_maps_each_server_by_its_own_calibration(tmp_path):
+    """Issue 22's mapping per server, through the Lab: mec2 placed on server b, whose
+    calibration hashes twice as much per core and clocks 1.5x: its miner settings carry its own
+    quota per level (half the lab's), the controller checks its work with its own iterations
+    per Gcycle, lab.json names its calibration (put in the lab folder, public); mec1, here, keeps
+    the lab's. A server whose miner could not fit its host at the top level is refused by name."""
+    from base.errors import ConfigError
+    from scenario.config import load_scenario
+    from scenario.units import Calibration, LiveMapping
+    from testbed.lab import Lab
+    from topologies.placement import Placement
+    scn = load_scenario("lab", ["model.n_servers=2"])
+    ref = Calibration(date="2026-01-01T00:00:00+00:00", machine={}, core_hz=2.6e9, core_hz_source="test",
+                      kernel_iterations_per_core_s=3e6, cycles_per_iteration=2.6e9 / 3e6,
+                      kernel_quota_linearity=1.0, hashrate_hps_per_core=2e5, hashrate_points=[])
+    fast = dataclasses.replace(ref, hashrate_hps_per_core=4e5, core_hz=1.5 * ref.core_hz)
+    lab = Lab(scn, tmp_path / "run", start_ues=False)
+    lab.lab_dir.mkdir(parents=True)
+    lab.chain_cfg = scn.chain
+    lab.mapping = LiveMapping(scn.model, scn.lab.mining_cores, scn.lab.host_cores, ref)
+    lab.placement = Placement(server={"mec1": "here", "mec2": "b"})
+    lab.server_cals = {"b": fast}
+    lab.remote_server = lambda node: ServerSpec(name="b", address="192.0.2.2") if node == "mec2" else None
+    lab._map_servers()
+    miners = lab._miner_settings()
+    levels = list(scn.model.hash_levels_mhs)
+    assert "levels_cores" not in miners["mec1"]
+    assert miners["mec2"]["levels_cores"] == pytest.approx([x / 2 for x in lab.mapping.miner_cores(levels)])
+    assert lab.mec_mappings["mec2"].iterations_per_gcycle == pytest.approx(1.5 * lab.mapping.iterations_per_gcycle)
+    assert Calibration.load(lab.lab_dir / "calibration-b.json") == fast
+    slow = dataclasses.replace(ref, hashrate_hps_per_core=1e4)        # 20x the lab's cores per level
+    lab.server_cals = {"b": slow}
+    with pytest.raises(ConfigError, match=r"mec2 on server b: by that server's calibration its miner takes "
+                                          r"[0-9.]+ cores at the top hash level, more than the host's"):
+        lab._map_servers()

@@ -21,6 +21,9 @@ from controller.state import LabState
 RANGES = {"data_mb": (1.0, 5.0), "demand": (0.6, 1.6), "desired_s": (0.5, 2.0)}
 TOKEN = "t0ken"
 ITERATIONS_PER_GCYCLE = 2000.0       # the announced tasks have ξ = 1.0 Gcycles: 2,000 iterations
+# per MEC server: mec2 as on another server of a cluster whose calibration makes it twice as many
+WORK = {"iterations_per_gcycle": {"mec1": ITERATIONS_PER_GCYCLE, "mec2": 2 * ITERATIONS_PER_GCYCLE},
+        "demand_reading": "total"}
 
 
 @pytest.fixture
@@ -28,7 +31,7 @@ def api():
     keys = {"mec1": Account.create(), "mec2": Account.create(), "ue1": Account.create(), "ue2": Account.create()}
     state = LabState(["mec1", "mec2"], ["ue1", "ue2"], [20.0, 40.0], 80.0, window_s=60.0, task_ranges=RANGES)
     app = Api(state, {k: a.address for k, a in keys.items()}, TOKEN, long_poll_max_s=5.0,
-              work={"iterations_per_gcycle": ITERATIONS_PER_GCYCLE, "demand_reading": "total"})
+              work=WORK)
     server = make_api_server("127.0.0.1", 0, app, trusted=("127.0.0.2",), read_deadline_s=1.0,
                              max_connections=40, per_client=8)
     th = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -182,9 +185,9 @@ def test_a_ue_failure_report_needs_a_kind_and_is_counted_by_kind(api):
     assert st == 400 and "latency_s" in body["error"]
 
 
-def _claim(api, task_id: int, res, data: bytes, signer_key, segment: int = 0, evidence=True):
-    """ue1's wrong_result report on ``res`` (a WorkResult) for ``data``, with a receipt signed by
-    ``signer_key`` (None: no evidence at all)."""
+def _claim(api, task_id: int, res, data: bytes, signer_key, segment: int = 0, evidence=True, mec="mec1"):
+    """ue1's wrong_result report against ``mec`` on ``res`` (a WorkResult) for ``data``, with a
+    receipt signed by ``signer_key`` (None: no evidence at all)."""
     import hashlib
 
     from nodes.wire import receipt_bytes
@@ -193,7 +196,7 @@ def _claim(api, task_id: int, res, data: bytes, signer_key, segment: int = 0, ev
     detail = {"outcome": "wrong_result"}
     if evidence:
         detail["evidence"] = {"receipt": receipt, "result": res.to_bytes().hex(), "h0": h0.hex(), "segment": segment}
-    return api.call("POST", "/report", {"source": "ue", "mec": "mec1", "ue": "ue1", "task_id": task_id,
+    return api.call("POST", "/report", {"source": "ue", "mec": mec, "ue": "ue1", "task_id": task_id,
                                         "latency_s": 1.0, "ok": False, "detail": detail}, signer="ue1")
 
 
@@ -219,6 +222,21 @@ def test_a_wrong_result_claim_counts_only_when_the_servers_signed_result_fails(a
     assert _claim(api, 15, lazy, data, api.keys["mec1"])[0] == 200             # 1 iteration, not 2,000
     rep = api.call("GET", "/reputation")[1]["mec1"]
     assert rep["failed"] == 2 and rep["failed_by_kind"] == {"wrong_result": 2}, rep
+
+
+def test_a_wrong_result_claim_is_checked_with_the_serving_servers_own_iteration_count(api):
+    """On a cluster each server's work kernel runs its own calibration's iterations per Gcycle
+    (issue 22): mec2's figure is twice mec1's here, so mec1's honest count is short at mec2."""
+    from nodes.work import compute
+    data = b"task data" * 100
+    for tid in (21, 22):
+        api.give("ue1", "mec2", tid)
+    own = compute(data, round(1.0 * WORK["iterations_per_gcycle"]["mec2"]))
+    st, body = _claim(api, 21, own, data, api.keys["mec2"], mec="mec2")
+    assert st == 403 and "verifies" in body["error"], body
+    short = compute(data, round(1.0 * ITERATIONS_PER_GCYCLE))
+    assert _claim(api, 22, short, data, api.keys["mec2"], mec="mec2")[0] == 200
+    assert api.call("GET", "/reputation")[1]["mec2"]["failed_by_kind"] == {"wrong_result": 1}
 
 
 def test_an_assignment_or_a_task_is_journaled_before_anyone_sees_it():
@@ -354,7 +372,7 @@ def write_settings(tmp_path, keys: dict, port: int, miners: dict, agents: dict |
                 api_read_deadline_s=1.0, api_max_connections=40, api_per_client=8,
                 token_file=str(tmp_path / "token"), budget_log=str(tmp_path / "budgets.jsonl"),
                 state_file=str(tmp_path / "state.json"), task_ranges={k: list(v) for k, v in RANGES.items()},
-                work={"iterations_per_gcycle": ITERATIONS_PER_GCYCLE, "demand_reading": "total"},
+                work=WORK,
                 miners=miners, miner_rpc={}, agents=agents or {}).write(tmp_path / "controller.json")
 
 

@@ -192,7 +192,8 @@ def test_a_configuration_others_can_read_or_a_short_secret_is_refused(tmp_path):
 def test_the_controllers_budgets_go_through_the_agent_for_a_miner_on_another_server(tmp_path):
     """controller.budgets' BudgetApplier: mec1 on this machine (written here), mec2 on server
     "b" (an agent in a network namespace of its own): one assignment sets both, through the one
-    writer; the CPU times come from both; an agent gone loses nothing (the quota stays)."""
+    writer, each at its own server's quota for the level (mec2's by server b's calibration); the
+    CPU times come from both; an agent gone loses nothing (the quota stays)."""
     from controller.budgets import BudgetApplier
     from controller.state import Assignment
 
@@ -210,7 +211,7 @@ def test_the_controllers_budgets_go_through_the_agent_for_a_miner_on_another_ser
     levels = [0.0, 0.2, 0.4]
     miners = {m: {"host_group": f"mec-lab/{run}/{m}", "period_us": PERIOD, "host_cores": HOST, "coupling": "shared"}
               for m in ("mec1", "mec2")}
-    miners["mec2"]["server"] = "b"
+    miners["mec2"].update(server="b", levels_cores=[0.0, 0.15, 0.3])   # b hashes more per core
     ns = f"mec-agentt-{os.getpid()}"
     with lab_groups(run, ["mec1", "mec2"], HOST) as groups, netns(ns) as (_, there):
         with agent_process(agent_config(run, ["mec2"], secret, HOST, PERIOD), tmp_path, listen=there, ns=ns) \
@@ -219,14 +220,14 @@ def test_the_controllers_budgets_go_through_the_agent_for_a_miner_on_another_ser
             app = BudgetApplier(miners, levels, log, agents={"b": client})
             t0 = time.time()
             got = app.apply(Assignment(slot=1, serve={}, levels={"mec1": 1, "mec2": 2}, decided_at=t0))
-            assert got["budgets"] - t0 < 0.3 and got["budgets_cores"] == {"mec1": 0.2, "mec2": 0.4}, got
-            assert _quota(groups["mec1"]) == 0.2 and _quota(groups["mec2"]) == 0.4
-            assert _quota(groups["mec2"].parent / "executor") == pytest.approx(0.6) and not log.lines
+            assert got["budgets"] - t0 < 0.3 and got["budgets_cores"] == {"mec1": 0.2, "mec2": 0.3}, got
+            assert _quota(groups["mec1"]) == 0.2 and _quota(groups["mec2"]) == 0.3
+            assert _quota(groups["mec2"].parent / "executor") == pytest.approx(HOST - 0.3) and not log.lines
             assert set(app.cpu_seconds()["seconds"]) == {"mec1", "mec2"}
             proc.stop()                                   # the agent gone: mec2's quota stays, said by name
             got = app.apply(Assignment(slot=2, serve={}, levels={"mec1": 2, "mec2": 1}, decided_at=time.time()))
-            assert got["budgets_cores"] == {"mec1": 0.4, "mec2": 0.4}
-            assert _quota(groups["mec1"]) == 0.4 and _quota(groups["mec2"]) == 0.4
+            assert got["budgets_cores"] == {"mec1": 0.4, "mec2": 0.3}
+            assert _quota(groups["mec1"]) == 0.4 and _quota(groups["mec2"]) == 0.3
             assert len(log.lines) == 1 and "mec2 not applied on server b" in log.lines[0], log.lines
             assert set(app.cpu_seconds()["seconds"]) == {"mec1"}
     leaked = leftovers.leaks(before, leftovers.snapshot())

@@ -351,6 +351,46 @@ CURVE = [{"quota_cores": 0.04, "hashrate_hps": 5600.0}, {"quota_cores": 0.08, "h
          {"quota_cores": 0.16, "hashrate_hps": 26200.0}, {"quota_cores": 0.3, "hashrate_hps": 51500.0}]
 
 
+def test_a_server_of_a_cluster_maps_by_its_own_calibration_at_the_labs_exchange_rate(tmp_path):
+    """Issue 22: a MEC server on another server of a cluster gets each level's quota from that
+    server's hash curve (what the lab's reference miner hashes at its quota), the work kernel's
+    iterations from its own clock, and the lab's one exchange rate X (so the chain's difficulty
+    holds); the same measurements give the lab's very mapping. LabInfo hands each reader the
+    mapping of the server a MEC runs on."""
+    from scenario.runinfo import LabInfo
+    scn = load_scenario("lab")
+    cfg = scn.model
+    ref_cal = _calibration(hashrate_points=CURVE)
+    lab = LiveMapping(cfg, scn.lab.mining_cores, scn.lab.host_cores, ref_cal)
+    assert lab.for_server(dataclasses.replace(ref_cal, date="2026-02-02T00:00:00+00:00")) is lab
+    fast = dataclasses.replace(ref_cal, core_hz=1.5 * ref_cal.core_hz,     # twice the hashes per core,
+                               hashrate_points=[{**p, "hashrate_hps": 2 * p["hashrate_hps"]} for p in CURVE])
+    b = lab.for_server(fast)                                               # 1.5x the clock
+    levels = np.asarray(cfg.hash_levels_mhs)
+    assert np.all(b.miner_cores(levels) < lab.miner_cores(levels))
+    assert fast.hashrate_at(b.miner_cores(levels)) == pytest.approx(lab.real_hashrate(levels))
+    assert b.real_hashrate(levels) == pytest.approx(lab.real_hashrate(levels))
+    flat = LiveMapping(cfg, scn.lab.mining_cores, scn.lab.host_cores, _calibration())   # proportional curves
+    flat_b = flat.for_server(_calibration(hashrate_hps_per_core=4e5))
+    assert flat_b.miner_cores(levels) == pytest.approx(flat.miner_cores(levels) / 2)
+    assert b.hps_per_mhs == lab.hps_per_mhs
+    assert b.difficulty(cfg.network_hash_mhs, cfg.slot_s) == lab.difficulty(cfg.network_hash_mhs, cfg.slot_s)
+    assert b.iterations_per_gcycle == pytest.approx(1.5 * lab.iterations_per_gcycle)
+    for p in levels:                      # p̂ from the CPU its miner uses at the level: p's own figure
+        assert b.measured_hash_mhs(b.miner_cores(p)) == pytest.approx(lab.measured_hash_mhs(lab.miner_cores(p)))
+    assert b.nominal_seconds(2.0) == lab.nominal_seconds(2.0)
+    ref_cal.save(tmp_path / "calibration.json")
+    fast.save(tmp_path / "calibration-b.json")
+    info = LabInfo(run="r", chain_id=1, contract="0x0", deploy_block=0, gateway_url="", api_url="", executor_port=0,
+                   scenario=scn.to_dict(), calibration="/elsewhere/calibration.json",
+                   servers={f"mec{i}": None for i in range(1, cfg.n_servers + 1)},
+                   calibrations={"mec2": "calibration-b.json"})
+    maps = info.mappings(tmp_path)
+    assert maps["mec2"].iterations_per_gcycle == pytest.approx(b.iterations_per_gcycle)
+    assert maps["mec1"].iterations_per_gcycle == pytest.approx(lab.iterations_per_gcycle)
+    assert maps["mec1"] is maps["mec3"] and maps["mec1"].reference is None
+
+
 def test_measured_hash_is_the_models_hash_at_an_equal_split_and_follows_the_curve():
     cfg = load_scenario("lab").model                  # M = 10, P = 600: 60 MHash/s each
     m = LiveMapping(cfg, mining_cores=0.8, executor_cores=0.2, cal=_calibration(hashrate_points=CURVE))
@@ -434,7 +474,7 @@ def test_one_eq11_for_the_simulator_the_live_lab_and_fidelity():
     lat = np.where(served, model.execution_latency(model.task_gcycles(cfg, d, xi),
                                                    model.task_capacity(cfg.cpu_ghz, p, cfg.cpu_per_mhs)), 0.0)
     wei = [units.price_wei(units.token_to_wei(cfg.unit_price), int(round(x * 1e9))) for x in xi]
-    live, hash_hat = measured_terms(cfg, mapping, cores, wei, lat)
+    live, hash_hat = measured_terms(cfg, [mapping] * cfg.n_servers, cores, wei, lat)
     assert hash_hat == pytest.approx(p)
     assert live.utility == pytest.approx(info["server_utility"], rel=1e-9, abs=1e-9)
     tasks = [{"mec": servers[i], "slot": 0, "demand": xi[i]} for i in range(cfg.n_servers) if served[i]]
