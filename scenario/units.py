@@ -164,7 +164,8 @@ class Calibration:
                      if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
         if not pts:
             return np.asarray(hps, dtype=float) / self.hashrate_hps_per_core
-        xs, ys = [0.0] + [q for q, _ in pts], [0.0] + [h for _, h in pts]
+        xs = [0.0] + [q for q, _ in pts]
+        ys = np.maximum.accumulate([0.0] + [h for _, h in pts])   # a noisy dip: not a second answer
         h = np.asarray(hps, dtype=float)
         return np.where(h <= ys[-1], np.interp(h, ys, xs), h * xs[-1] / ys[-1])
 
