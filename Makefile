@@ -27,7 +27,7 @@ help:
 	@echo "make dag     full ethash DAGs (epochs 0+1, ~25 CPU-min, 2 GiB) for chain.pow_mode=full"
 	@echo "make clean   remove bridges, namespaces, containers left by a crashed run"
 	@echo "make bare-debian-check  the lab VM's set-up and tests in a bare Debian 12 container (~35 min)"
-	@echo "make cluster-check  two Debian 12 containers as servers: the network, the chain and a live run across them (~8 min, docs/cluster.md)"
+	@echo "make cluster-check  two Debian 12 containers as servers: the network, the chain and live runs across them (~10 min, docs/cluster.md)"
 	@echo "Every target runs \`python -m testbed VERB --scenario NAME\`; SET=\"--set a.b=v\" overrides."
 
 setup:

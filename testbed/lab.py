@@ -284,7 +284,9 @@ class Lab:
         t0 = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lab_dir.mkdir(exist_ok=True)
-        shutil.copy(scn.path(scn.lab.calibration), self.lab_dir / "calibration.json")
+        # public, whatever the source's mode: the MEC hosts' uids and the UEs read it
+        shutil.copyfile(scn.path(scn.lab.calibration), self.lab_dir / "calibration.json")
+        (self.lab_dir / "calibration.json").chmod(0o644)
         self.platform = detect()
         self._make_secrets()
 
@@ -431,8 +433,9 @@ class Lab:
             self.mec_mappings[name] = mp
             if mp is self.mapping:
                 continue
-            (self.lab_dir / f"calibration-{spec.name}.json").write_text(
-                json.dumps(dataclasses.asdict(self.server_cals[spec.name]), indent=1) + "\n")
+            public = self.lab_dir / f"calibration-{spec.name}.json"
+            public.write_text(json.dumps(dataclasses.asdict(self.server_cals[spec.name]), indent=1) + "\n")
+            public.chmod(0o644)
             top, cores = float(mp.miner_cores(max(m.hash_levels_mhs))), float(lab.host_cores_by_server.get(name, lab.host_cores))
             if lab.coupling == "shared" and cores <= top:
                 raise ConfigError(f"{name} on server {spec.name}: by that server's calibration its miner takes "

@@ -296,8 +296,42 @@ def test_the_lab_maps_each_server_by_its_own_calibration(tmp_path):
     assert miners["mec2"]["levels_cores"] == pytest.approx([x / 2 for x in lab.mapping.miner_cores(levels)])
     assert lab.mec_mappings["mec2"].iterations_per_gcycle == pytest.approx(1.5 * lab.mapping.iterations_per_gcycle)
     assert Calibration.load(lab.lab_dir / "calibration-b.json") == fast
+    assert (lab.lab_dir / "calibration-b.json").stat().st_mode & 0o777 == 0o644   # b's MEC host uid reads it
     slow = dataclasses.replace(ref, hashrate_hps_per_core=1e4)        # 20x the lab's cores per level
     lab.server_cals = {"b": slow}
     with pytest.raises(ConfigError, match=r"mec2 on server b: by that server's calibration its miner takes "
                                           r"[0-9.]+ cores at the top hash level, more than the host's"):
         lab._map_servers()
+
+
+def test_the_heterogeneous_stage_judges_by_server_bs_own_mapping():
+    """make cluster-check's run with server b's made calibration (every rate x 1.25): b's mapping
+    runs 1.25x the iterations and gives its miner fewer cores per level; the must holds only when
+    b's miner ran at b's quotas, mec1's at the lab's, and every served task at its server's own
+    iterations, b's tasks completed and verified, the books closed."""
+    from scenario.config import load_scenario
+    from scenario.units import Calibration, LiveMapping
+    from testbed.experiments.cluster_live import faster, hetero_ok
+    cal = Calibration(date="2026-01-01T00:00:00+00:00", machine={}, core_hz=2.6e9, core_hz_source="test",
+                      kernel_iterations_per_core_s=3e6, cycles_per_iteration=2.6e9 / 3e6, kernel_quota_linearity=1.0,
+                      hashrate_hps_per_core=2e5, hashrate_points=[{"quota_cores": 0.1, "hashrate_hps": 15000.0},
+                                                                  {"quota_cores": 0.3, "hashrate_hps": 51500.0}])
+    fast = faster(cal, 1.25)
+    assert fast.cycles_per_iteration == cal.cycles_per_iteration and fast.hashrate_at(0.2) == 1.25 * cal.hashrate_at(0.2)
+    scn = load_scenario("lab")
+    lab = LiveMapping(scn.model, scn.lab.mining_cores, scn.lab.host_cores, cal)
+    b = lab.for_server(fast)
+    assert b.iterations_per_gcycle == pytest.approx(1.25 * lab.iterations_per_gcycle)
+    lv = list(scn.model.hash_levels_mhs)
+    cores = {"lab": [round(float(c), 5) for c in lab.miner_cores(lv)], "b": [round(float(c), 5) for c in b.miner_cores(lv)]}
+    good = {"k": 1.25, "levels_cores": cores, "summary": {"lost": {"books_close": True}},
+            "budgets_cores_used": {"mec1": [cores["lab"][2]], "mec2": [cores["b"][2]]},
+            "served": {"mec1": [{"task": "ue2#1", "iterations": 10, "own": 10}],
+                       "mec2": [{"task": "ue1#1", "iterations": 13, "own": 13}]},
+            "outcomes_by_mec": {"mec1": ["completed"], "mec2": ["completed"]}}
+    assert hetero_ok(good)
+    for bad in ({"budgets_cores_used": {"mec1": [cores["lab"][2]], "mec2": [cores["lab"][2]]}},   # b at the lab's quota
+                {"served": {**good["served"], "mec2": [{"task": "ue1#1", "iterations": 10, "own": 13}]}},
+                {"outcomes_by_mec": {"mec1": ["completed"], "mec2": ["completed", "wrong_result"]}},
+                {"summary": {"lost": {"books_close": False}}}, {"error": "LabError: boom"}):
+        assert not hetero_ok({**good, **bad}), bad

@@ -11,6 +11,13 @@ servers in turn, so each UE is served by the MEC server of the other server too.
 
 Required: at least one paid task in each direction (a UE on server b served by the MEC server on
 server a, and the reverse), the books closing on chain, and nothing left on any server.
+
+Then the mapping per server (:meth:`scenario.units.LiveMapping.for_server`) live: the same
+scenario across the servers once more, with server b given a calibration of its own, this
+machine's with every rate :data:`HETERO` times as high (as if b's CPU hashed and clocked that
+much faster per core; both servers are this machine, so b's figures are made, and said so). b's
+miner must get b's own quota at each level, b's executor must run b's own iterations per Gcycle,
+and its tasks must still be verified by the UEs (completed, none a wrong result), the books closing.
 """
 from __future__ import annotations
 
@@ -23,14 +30,17 @@ from pathlib import Path
 
 from chain.config import MIN_DIFFICULTY
 from scenario.config import Scenario, load_scenario
-from scenario.units import Calibration, LiveMapping
+from scenario.units import Calibration, LiveMapping, kernel_iterations
 from testbed.experiments import cluster_lab_network as lab_network
-from topologies import build_topo
+from topologies import build_topo, remote
+from topologies.cluster import run_on
 from topologies.config import ClusterConfig
 from topologies.placement import place
 from topologies.platform import detect
 
 SLOTS = 6
+HETERO = 1.25                        # server b's made calibration: this machine's rates x 1.25
+HETERO_DIR = Path("/run/mec-cluster-check-hetero")   # the calibration's path, the same on every server
 
 
 def scenario(scn: Scenario) -> Scenario:
@@ -134,7 +144,62 @@ def stage(scn: Scenario, shared: Path, out_dir: Path) -> dict:
                out_dir / "live-lab-one-machine")
     out["one_machine_run"] = {k: v for k, v in one.items() if k != "tasks"}
     out["same_outcomes"] = same_outcomes(one["tasks"], two["tasks"])
+    out["hetero"] = hetero(run_scn, shared / f"run-{stamp}-hetero", out_dir / "live-lab-hetero")
     out["total_s"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def faster(cal: Calibration, k: float) -> Calibration:
+    """``cal`` as measured on a CPU whose every rate (hashes per core, clock, kernel iterations
+    per core-second) is ``k`` times as high: the same cycles per iteration."""
+    return dataclasses.replace(cal, core_hz=k * cal.core_hz, kernel_iterations_per_core_s=k * cal.kernel_iterations_per_core_s,
+                               hashrate_hps_per_core=k * cal.hashrate_hps_per_core,
+                               hashrate_points=[{**p, "hashrate_hps": k * p["hashrate_hps"]}
+                                                if p.get("hashrate_hps") is not None else p for p in cal.hashrate_points])
+
+
+def hetero(run_scn: Scenario, run_dir: Path, keep: Path) -> dict:
+    """The live run across the servers with server b's own calibration (see the module
+    docstring): what b's miner, b's executor and the UEs used, against b's mapping."""
+    cluster, path = run_scn.cluster, HETERO_DIR / "calibration.json"
+    lab_cal = Calibration.load(run_scn.path(run_scn.lab.calibration))
+    b_cal = faster(lab_cal, HETERO)
+    lab_map = LiveMapping(run_scn.model, run_scn.lab.mining_cores, run_scn.lab.host_cores, lab_cal)
+    b_map = lab_map.for_server(b_cal)
+    levels = list(run_scn.model.hash_levels_mhs)
+    out: dict = {"k": HETERO, "levels_cores": {"lab": [round(float(c), 5) for c in lab_map.miner_cores(levels)],
+                                               "b": [round(float(c), 5) for c in b_map.miner_cores(levels)]},
+                 "iterations_per_gcycle": {"lab": lab_map.iterations_per_gcycle, "b": b_map.iterations_per_gcycle}}
+    try:
+        for spec in cluster.servers:
+            cal = b_cal if spec.name == "b" else lab_cal
+            remote.put_files(spec, cluster, {str(HETERO_DIR): 0o700},
+                             {str(path): (json.dumps(dataclasses.asdict(cal), indent=1) + "\n", None)})
+        scn = dataclasses.replace(run_scn, lab=dataclasses.replace(run_scn.lab, calibration=str(path)))
+        run = _run(scn, run_dir, keep)
+        out.update({k: v for k, v in run.items() if k not in ("tasks",)})
+        where = {"mec1": "a", "mec2": "b"}
+        used: dict[str, set] = {m: set() for m in where}
+        for s in json.loads((keep / "raw.json").read_text()).get("slots", []) if (keep / "raw.json").exists() else []:
+            for m, c in ((s.get("applied") or {}).get("budgets_cores") or {}).items():
+                used[m].add(round(float(c), 5))
+        out["budgets_cores_used"] = {m: sorted(v) for m, v in used.items()}
+        served = {m: [] for m in where}
+        for m in where:
+            f = run_dir / "lab" / "executors" / f"{m}.jsonl"
+            for line in f.read_text().splitlines() if f.exists() else []:
+                r = json.loads(line)
+                if r.get("event") == "served":
+                    ipg = (b_map if where[m] == "b" else lab_map).iterations_per_gcycle
+                    served[m].append({"task": f"{r['ue_name']}#{r['task_id']}", "iterations": r["iterations"],
+                                      "own": kernel_iterations(r["gcycles"], ipg)})
+        out["served"] = served
+        out["outcomes_by_mec"] = {m: sorted({t["outcome"] for t in run["tasks"] if t["mec"] == m}) for m in where}
+    except Exception as e:   # noqa: BLE001 - recorded; a must fails
+        out["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        for spec in cluster.servers:
+            run_on(spec, cluster, f"rm -rf {HETERO_DIR}")
     return out
 
 
@@ -153,4 +218,21 @@ def musts(r: dict) -> dict[str, bool]:
             applied.get("n", 0) > 0 and applied.get("p95", 1e9) < 300.0,
         "live lab: the same tasks with the same outcomes at one server and at two":
             same.get("compared", 0) > 0 and not same.get("differ"),
+        "live lab, server b with a calibration of its own: b's miner at b's quotas, b's executor at "
+        "b's iterations, its tasks verified by the UEs, the books closing": hetero_ok(r.get("hetero") or {}),
     }
+
+
+def hetero_ok(h: dict) -> bool:
+    """The heterogeneous run's must (:func:`hetero`)."""
+    if "error" in h or not h.get("served"):
+        return False
+    b_levels, lab_levels = set(h["levels_cores"]["b"]), set(h["levels_cores"]["lab"])
+    used = h.get("budgets_cores_used") or {}
+    books = ((h.get("summary") or {}).get("lost") or {}).get("books_close") is True
+    return (books and bool(used.get("mec2")) and set(used["mec2"]) <= b_levels and not set(used["mec2"]) & lab_levels
+            and b_levels != lab_levels
+            and bool(used.get("mec1")) and set(used["mec1"]) <= lab_levels
+            and all(t["iterations"] == t["own"] for m in ("mec1", "mec2") for t in h["served"][m])
+            and len(h["served"]["mec2"]) > 0 and "wrong_result" not in h["outcomes_by_mec"]["mec2"]
+            and "completed" in h["outcomes_by_mec"]["mec2"])
