@@ -73,5 +73,5 @@ class LabInfo:
         scn = self.scenario_obj()
         lab = units.LiveMapping(scn.model, scn.lab.mining_cores, scn.lab.host_cores,
                                 units.Calibration.load(Path(lab_dir) / "calibration.json"))
-        return {m: lab.for_server(units.Calibration.load(Path(lab_dir) / self.calibrations[m]))
-                if m in self.calibrations else lab for m in self.servers}
+        by_file = {f: lab.for_server(units.Calibration.load(Path(lab_dir) / f)) for f in set(self.calibrations.values())}
+        return {m: by_file[self.calibrations[m]] if m in self.calibrations else lab for m in self.servers}

@@ -148,24 +148,28 @@ class Calibration:
         """Expected hash rate (H/s) of one geth miner under a CPU quota of ``cores``: linear
         between the measured points (and 0 at 0), proportional beyond the largest."""
         import numpy as np
-        pts = sorted((p["quota_cores"], p["hashrate_hps"]) for p in self.hashrate_points
-                     if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
-        if not pts:
+        curve = self._curve()
+        if curve is None:
             return np.asarray(cores, dtype=float) * self.hashrate_hps_per_core
-        xs, ys = [0.0] + [q for q, _ in pts], [0.0] + [h for _, h in pts]
+        xs, ys = curve
         c = np.asarray(cores, dtype=float)
         return np.where(c <= xs[-1], np.interp(c, xs, ys), c * ys[-1] / xs[-1])
+
+    def _curve(self) -> tuple[list[float], list[float]] | None:
+        """The measured (quota cores, H/s) points by quota, from (0, 0); None without any."""
+        pts = sorted((p["quota_cores"], p["hashrate_hps"]) for p in self.hashrate_points
+                     if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
+        return ([0.0] + [q for q, _ in pts], [0.0] + [h for _, h in pts]) if pts else None
 
     def cores_at(self, hps) -> np.ndarray | float:
         """The CPU quota (cores) at which one geth miner hashes ``hps`` H/s: :meth:`hashrate_at`
         inverted (linear between the measured points, proportional beyond the largest)."""
         import numpy as np
-        pts = sorted((p["quota_cores"], p["hashrate_hps"]) for p in self.hashrate_points
-                     if p.get("hashrate_hps") is not None and math.isfinite(p["hashrate_hps"]))
-        if not pts:
+        curve = self._curve()
+        if curve is None:
             return np.asarray(hps, dtype=float) / self.hashrate_hps_per_core
-        xs = [0.0] + [q for q, _ in pts]
-        ys = np.maximum.accumulate([0.0] + [h for _, h in pts])   # a noisy dip: not a second answer
+        xs, ys = curve
+        ys = np.maximum.accumulate(ys)                  # a noisy dip: not a second answer
         h = np.asarray(hps, dtype=float)
         return np.where(h <= ys[-1], np.interp(h, ys, xs), h * xs[-1] / ys[-1])
 

@@ -243,6 +243,7 @@ class Lab:
         self.miners: dict[str, dict] = {}        # the controller's LabSettings.miners (_start)
         self.server_cals: dict[str, units.Calibration] = {}   # other server -> its calibration
         self.mec_mappings: dict[str, units.LiveMapping] = {}  # MEC server -> its mapping (_start)
+        self.mec_calibrations: dict[str, str] = {}   # MEC server -> its server's file in lab_dir, when not the lab's
         self.agent_secrets: dict[str, Path] = {}  # server -> its budgets agent's secret file
 
     # ---- paths ------------------------------------------------------------------------------
@@ -434,8 +435,10 @@ class Lab:
             if mp is self.mapping:
                 continue
             public = self.lab_dir / f"calibration-{spec.name}.json"
-            public.write_text(json.dumps(dataclasses.asdict(self.server_cals[spec.name]), indent=1) + "\n")
-            public.chmod(0o644)
+            if not public.exists():                     # once per server
+                public.write_text(json.dumps(dataclasses.asdict(self.server_cals[spec.name]), indent=1) + "\n")
+                public.chmod(0o644)
+            self.mec_calibrations[name] = public.name
             top, cores = float(mp.miner_cores(max(m.hash_levels_mhs))), float(lab.host_cores_by_server.get(name, lab.host_cores))
             if lab.coupling == "shared" and cores <= top:
                 raise ConfigError(f"{name} on server {spec.name}: by that server's calibration its miner takes "
@@ -717,8 +720,7 @@ class Lab:
             api_url=self.api_url, executor_port=self.scn.lab.executor_port, scenario=public,
             service_ip=SERVICE_IP,
             calibration=str(self.lab_dir / "calibration.json"),
-            calibrations={m: f"calibration-{self.placement.server[m]}.json"
-                          for m, mp in self.mec_mappings.items() if mp is not self.mapping},
+            calibrations=self.mec_calibrations,
             servers={f"mec{i}": Endpoint(f"mec{i}", plan.data_ip(f"mec{i}"), a.address,
                                           self.accounts.mec_wallets[i - 1].address)
                      for i, a in enumerate(self.accounts.mec_servers, 1)},

@@ -144,7 +144,8 @@ def stage(scn: Scenario, shared: Path, out_dir: Path) -> dict:
                out_dir / "live-lab-one-machine")
     out["one_machine_run"] = {k: v for k, v in one.items() if k != "tasks"}
     out["same_outcomes"] = same_outcomes(one["tasks"], two["tasks"])
-    out["hetero"] = hetero(run_scn, shared / f"run-{stamp}-hetero", out_dir / "live-lab-hetero")
+    out["hetero"] = hetero(run_scn, {m: where[m] for m in ("mec1", "mec2")}, shared / f"run-{stamp}-hetero",
+                           out_dir / "live-lab-hetero")
     out["total_s"] = round(time.monotonic() - t0, 2)
     return out
 
@@ -158,9 +159,10 @@ def faster(cal: Calibration, k: float) -> Calibration:
                                                 if p.get("hashrate_hps") is not None else p for p in cal.hashrate_points])
 
 
-def hetero(run_scn: Scenario, run_dir: Path, keep: Path) -> dict:
+def hetero(run_scn: Scenario, where: dict[str, str], run_dir: Path, keep: Path) -> dict:
     """The live run across the servers with server b's own calibration (see the module
-    docstring): what b's miner, b's executor and the UEs used, against b's mapping."""
+    docstring): what b's miner, b's executor and the UEs used, against b's mapping. ``where``:
+    each MEC server's server (the placement: mec1 on a, mec2 on b)."""
     cluster, path = run_scn.cluster, HETERO_DIR / "calibration.json"
     lab_cal = Calibration.load(run_scn.path(run_scn.lab.calibration))
     b_cal = faster(lab_cal, HETERO)
@@ -178,7 +180,6 @@ def hetero(run_scn: Scenario, run_dir: Path, keep: Path) -> dict:
         scn = dataclasses.replace(run_scn, lab=dataclasses.replace(run_scn.lab, calibration=str(path)))
         run = _run(scn, run_dir, keep)
         out.update({k: v for k, v in run.items() if k not in ("tasks",)})
-        where = {"mec1": "a", "mec2": "b"}
         used: dict[str, set] = {m: set() for m in where}
         for s in json.loads((keep / "raw.json").read_text()).get("slots", []) if (keep / "raw.json").exists() else []:
             for m, c in ((s.get("applied") or {}).get("budgets_cores") or {}).items():
