@@ -175,10 +175,15 @@ def test_a_program_in_a_remote_host_ends_with_its_lifeline(tmp_path):
     assert time.monotonic() - t0 < 2, "the wrapper outlived its program (a watcher holding its output?)"
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     # a program that needs 3 s after SIGTERM (an executor redeeming): it gets them, and its exit code
-    slow = ManagedProcess("slow", ["sh", "-c", "trap 'sleep 3; exit 7' TERM; while :; do sleep 0.1; done"],
+    # (it says when its trap is set: a SIGTERM before that ends a shell with 143, as on a slow CI machine)
+    slow = ManagedProcess("slow", ["sh", "-c", "trap 'sleep 3; exit 7' TERM; echo trap set; while :; do sleep 0.1; done"],
                           tmp_path / "c.log", launcher=in_remote_host(host, grace_s=1), grace_s=20)
     slow.start()
     remote_pid(slow)
+    deadline = time.monotonic() + 10
+    while "trap set" not in slow.log_path.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "trap set" in slow.log_path.read_text(errors="replace"), slow.log_tail()
     t0 = time.monotonic()
     slow.stop()
     assert slow.returncode == 7 and 2.5 < time.monotonic() - t0 < 15
