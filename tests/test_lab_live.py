@@ -32,8 +32,10 @@ pytestmark = [pytest.mark.network, pytest.mark.docker, pytest.mark.chain]
 
 # The paper's literal reading: an escrow per task (contract.payment = "escrow"), on the MEC servers'
 # own fast chain (chain.outside = "none": every payment waits for blocks, so the miners get their
-# own cores here, lab.coupling = "separate") with the deploy and registrations mined live
-OVERRIDES = chain_overrides(SMALL_LAB + ["model.n_users=3", "lab.slots=4", "lab.header_timeout_s=2",
+# own cores here, lab.coupling = "separate") with the deploy and registrations mined live; slots
+# of 6 s as the channels lab's (an escrow's payment takes 1-2 blocks of this 2-s chain, and a
+# UE's task is not bound to one slot)
+OVERRIDES = chain_overrides(SMALL_LAB + ["model.n_users=3", "model.slot_s=6", "lab.slots=4", "lab.header_timeout_s=2",
                                          "lab.coupling=separate", "lab.mining_cores=0.6",
                                          "contract.settlement_grace_s=60", "contract.confirmations=1",
                                          "lab.drain_s=60", "contract.payment=escrow", "lab.genesis_setup=false"],
@@ -73,10 +75,14 @@ def test_tasks_are_paid_offloaded_computed_and_settled(lab):
     slots = [json.loads(x) for x in (lab.run_dir / "slots.jsonl").read_text().splitlines()]
     assert len(slots) == 4 and all(s["status"] == 200 for s in slots)
     assert max(s["slot_to_applied_s"] for s in slots) < 5
-    time.sleep(15)                                      # let the last tasks settle
-    recs = [json.loads(x) for u in ("ue1", "ue2")
-            for x in (lab.run_dir / "ues" / u / "tasks.jsonl").read_text().splitlines()]
-    done = [r for r in recs if r.get("outcome") == "completed"]
+    deadline = time.monotonic() + 30                    # a task settled (its record is written then)
+    while True:
+        recs = [json.loads(x) for u in ("ue1", "ue2") if (lab.run_dir / "ues" / u / "tasks.jsonl").exists()
+                for x in (lab.run_dir / "ues" / u / "tasks.jsonl").read_text().splitlines()]
+        done = [r for r in recs if r.get("outcome") == "completed"]
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert done, recs
     for r in done:
         for part in ("payment_s", "upload_s", "queue_s", "compute_s", "download_s", "settlement_s", "e2e_s"):
