@@ -156,6 +156,14 @@ def test_leak_check_ignores_a_users_own_node_and_catches_ours(tmp_path):
     assert local().where == "local"
 
 
+def _ended(pid: int) -> bool:
+    """``pid`` has exited (gone, or a zombie not yet reaped): it may go between two looks."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_a_program_in_a_remote_host_ends_with_its_lifeline(tmp_path):
     """in_remote_host's wrapper (here without ssh: a host whose shell is this process, an empty
     ssh command): the program's pid there is in its log; stop() sends SIGTERM through the
@@ -173,7 +181,7 @@ def test_a_program_in_a_remote_host_ends_with_its_lifeline(tmp_path):
     t0 = time.monotonic()
     p.stop()
     assert time.monotonic() - t0 < 2, "the wrapper outlived its program (a watcher holding its output?)"
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert _ended(pid)
     # a program that needs 3 s after SIGTERM (an executor redeeming): it gets them, and its exit code
     # (it says when its trap is set: a SIGTERM before that ends a shell with 143, as on a slow CI machine)
     slow = ManagedProcess("slow", ["sh", "-c", "trap 'sleep 3; exit 7' TERM; echo trap set; while :; do sleep 0.1; done"],
@@ -194,7 +202,7 @@ def test_a_program_in_a_remote_host_ends_with_its_lifeline(tmp_path):
     pid = remote_pid(stubborn)
     os.killpg(stubborn.pid, signal.SIGKILL)        # the local end (the ssh client) dies
     deadline = time.monotonic() + 10
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+    while not _ended(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert _ended(pid)
     stubborn.stop()
