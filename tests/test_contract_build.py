@@ -152,6 +152,19 @@ def test_anvil_revert_rolls_back_the_chain_but_not_the_clock():
         latest = node.rpc("eth_getBlockByNumber", "latest", False)
         assert int(latest["number"], 16) == 2  # the block mined after the snapshot is gone
         assert int(latest["timestamp"], 16) >= before
+        # clock="chain": anvil's own revert, the next block counts from the snapshot block's time
+        # (what the property tests with a block timestamp interval count on)
+        node.rpc("anvil_setBlockTimestampInterval", 1)
+        snap = node.snapshot()
+        t_snap = int(latest["timestamp"], 16)
+        time.sleep(2.2)
+        node.rpc("evm_mine")
+        node.revert(snap, clock="chain")
+        node.rpc("evm_mine")
+        again = node.rpc("eth_getBlockByNumber", "latest", False)
+        assert int(again["number"], 16) == 3 and int(again["timestamp"], 16) <= t_snap + 1
+        with pytest.raises(ValueError, match="clock"):
+            node.revert(node.snapshot(), clock="wall")
 
 def _tree(pid: int) -> list[int]:
     """The process and its descendants (the npm wrapper starts the anvil binary as a child)."""

@@ -55,7 +55,7 @@ class EscrowMachine(RuleBasedStateMachine):
         super().__init__()
         w = self.world
         self.node, self.w3, self.trade, self.acct = w["node"], w["w3"], w["trade"], w["acct"]
-        self.node.revert(w["snapshot"])
+        self.node.revert(w["snapshot"], clock="chain")   # the examples' time is the chain's own
         w["snapshot"] = self.node.snapshot()   # anvil consumes a snapshot on revert
         self.trade.sender.reset_nonces()
         self.start_block = self.w3.eth.block_number + 1

@@ -46,7 +46,7 @@ def back_to_snapshot(world: dict) -> int:
     on revert), for a property test's next example; world["trade"] re-reads its nonces. Returns
     the number of the next block (where the example's events start)."""
     node = world["node"]
-    node.revert(world["snapshot"])
+    node.revert(world["snapshot"], clock="chain")     # the examples' time is the chain's own
     world["snapshot"] = node.snapshot()
     world["trade"].sender.reset_nonces()
     return node.web3().eth.block_number + 1
