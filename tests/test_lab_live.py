@@ -75,10 +75,10 @@ def test_tasks_are_paid_offloaded_computed_and_settled(lab):
     slots = [json.loads(x) for x in (lab.run_dir / "slots.jsonl").read_text().splitlines()]
     assert len(slots) == 4 and all(s["status"] == 200 for s in slots)
     assert max(s["slot_to_applied_s"] for s in slots) < 5
+    files = [lab.run_dir / "ues" / u / "tasks.jsonl" for u in ("ue1", "ue2")]
     deadline = time.monotonic() + 30                    # a task settled (its record is written then)
     while True:
-        recs = [json.loads(x) for u in ("ue1", "ue2") if (lab.run_dir / "ues" / u / "tasks.jsonl").exists()
-                for x in (lab.run_dir / "ues" / u / "tasks.jsonl").read_text().splitlines()]
+        recs = [json.loads(x) for f in files if f.exists() for x in f.read_text().splitlines()]
         done = [r for r in recs if r.get("outcome") == "completed"]
         if done or time.monotonic() > deadline:
             break

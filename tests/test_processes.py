@@ -188,10 +188,7 @@ def test_a_program_in_a_remote_host_ends_with_its_lifeline(tmp_path):
                           tmp_path / "c.log", launcher=in_remote_host(host, grace_s=1), grace_s=20)
     slow.start()
     remote_pid(slow)
-    deadline = time.monotonic() + 10
-    while "trap set" not in slow.log_path.read_text(errors="replace") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "trap set" in slow.log_path.read_text(errors="replace"), slow.log_tail()
+    slow.wait_ready(log_ready("trap set"), 10, "trapping SIGTERM")
     t0 = time.monotonic()
     slow.stop()
     assert slow.returncode == 7 and 2.5 < time.monotonic() - t0 < 15
