@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from mininet.log import setLogLevel
 from mininet.net import Mininet
 from mininet.node import RemoteController
 from mininet.topo import Topo
+from mininet.util import ensureRoot, rlimitTestAndSet, sysctlTestAndSet
 
 from base.errors import ConfigError
 from base.processes import ManagedProcess
@@ -69,6 +71,56 @@ class ListeningController(RemoteController):
         pass
 
 
+#: What Mininet's ``fixLimits()`` (mininet.util) raises, in its order and to its values.
+RLIMITS = (("RLIMIT_NPROC", 8192), ("RLIMIT_NOFILE", 16384))
+SYSCTLS = (("fs.file-max", 10000), ("net.core.wmem_max", 16777216), ("net.core.rmem_max", 16777216),
+           ("net.ipv4.tcp_rmem", "10240 87380 16777216"), ("net.ipv4.tcp_wmem", "10240 87380 16777216"),
+           ("net.core.netdev_max_backlog", 5000), ("net.ipv4.neigh.default.gc_thresh1", 4096),
+           ("net.ipv4.neigh.default.gc_thresh2", 8192), ("net.ipv4.neigh.default.gc_thresh3", 16384),
+           ("net.ipv4.route.max_size", 32768), ("kernel.pty.max", 20000))
+
+
+def raise_limits() -> dict[str, list[str]]:
+    """Mininet's once-per-process resource limits, raised one at a time: ``{"absent": [...],
+    "refused": [...]}`` name what was not. Mininet's own ``fixLimits()`` stops at the first sysctl
+    it cannot write and prints ``*** Error setting resource limits``: in a container's network
+    namespace ``net.core.netdev_max_backlog``, the neighbour table's ``gc_thresh1-3`` and
+    ``net.ipv4.route.max_size`` do not exist (the kernel has them only in the host's initial
+    namespace, where the host's values stand), so it gave up there and left ``kernel.pty.max``
+    as it was. Like Mininet, a limit is only raised, never lowered."""
+    left: dict[str, list[str]] = {"absent": [], "refused": []}
+    for name, limit in RLIMITS:
+        try:
+            rlimitTestAndSet(getattr(resource, name), limit)
+        except (OSError, ValueError):
+            left["refused"].append(name)
+    for name, limit in SYSCTLS:
+        try:
+            sysctlTestAndSet(name, limit)
+        except FileNotFoundError:
+            left["absent"].append(name)
+        except OSError:
+            left["refused"].append(name)
+    return left
+
+
+def init_mininet() -> None:
+    """What ``Mininet.init()`` does once per process (root, the limits), with the limits from
+    :func:`raise_limits`; a limit that could not be raised is named on stderr, as a note: the
+    network works without it."""
+    if Mininet.inited:
+        return
+    ensureRoot()
+    left = raise_limits()
+    if left["absent"]:
+        print(f"note: {', '.join(left['absent'])} not in this network namespace (a container's?): "
+              "the host's values stand", file=sys.stderr, flush=True)
+    if left["refused"]:
+        print(f"note: could not raise {', '.join(left['refused'])} (the network works, "
+              "Mininet may be slower with many nodes)", file=sys.stderr, flush=True)
+    Mininet.inited = True
+
+
 class _LabMininet(Mininet):
     """Mininet whose every switch (data and management) uses the datapath the lab chose, and
     which creates container hosts concurrently (Mininet would wait ~0.3 s for each in turn)."""
@@ -81,6 +133,7 @@ class _LabMininet(Mininet):
         # on a cluster (issue 22): each node on the server the placement gives it
         self.cluster, self.placement = cluster, placement
         self.cross = cl.link_class(cluster) if cluster is not None else None   # VNIs from cluster.vni_base
+        init_mininet()                  # before Mininet's own init(), which then has nothing to do
         super().__init__(*args, **kwargs)
 
     def _placed(self, name: str, cls, params: dict):
