@@ -26,7 +26,7 @@ help:
 	@echo "make bench-chain   10-node start-up + memory, hash-budget change latency, as JSON"
 	@echo "make dag     full ethash DAGs (epochs 0+1, ~25 CPU-min, 2 GiB) for chain.pow_mode=full"
 	@echo "make clean   remove bridges, namespaces, containers left by a crashed run"
-	@echo "make bare-debian-check  the lab VM's set-up and tests in a bare Debian 12 container (~25 min)"
+	@echo "make bare-debian-check  the lab VM's set-up and tests in a bare Debian 12 container (~22 min)"
 	@echo "make cluster-check  two Debian 12 containers as servers: the network, the chain and live runs across them (~10 min, docs/cluster.md)"
 	@echo "Every target runs \`python -m testbed VERB --scenario NAME\`; SET=\"--set a.b=v\" overrides."
 
