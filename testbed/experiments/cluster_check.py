@@ -44,7 +44,7 @@ from testbed import leftovers
 from testbed.experiments import cluster_budgets, cluster_lab_network, cluster_live
 from topologies import cluster as cl
 from topologies.config import ServerSpec
-from topologies.network import ListeningController
+from topologies.network import ListeningController, init_mininet
 
 CONNECT_WITHIN_S = 10.0
 PINGS = 10
@@ -105,6 +105,7 @@ def run(scn: Scenario, out_dir: Path, budget_slots: int = 20, lab_network: bool 
     try:
         controller.start()
         controller.wait_for_port(cluster.controller_address, scn.network.controller_port)
+        init_mininet()                  # the lab's limits, as the lab's own networks do
         net = Mininet(topo=None, build=False, controller=None, autoSetMacs=True, waitConnected=False)
         net.addController(ListeningController("c0", ip=cluster.controller_address, port=scn.network.controller_port))
         switches, hosts = [], []
