@@ -66,6 +66,20 @@ def test_a_process_that_got_there_and_then_ended_between_two_polls_is_done(tmp_p
             p.wait_ready(log_ready("NEVER"), 5, "finished")
 
 
+def test_the_calibrations_result_line_is_read_only_once_whole(tmp_path):
+    """An unbuffered child (PYTHONUNBUFFERED=1) writes ``print('WALL', x)`` in pieces; throttled
+    by its CPU quota between them, a check for "WALL" alone saw the line half-written and the
+    parse failed (make calibrate on a CI machine). The calibration waits for the whole line."""
+    from testbed.experiments.calibrate import wall_seconds
+    code = ("import sys, time\n"
+            "sys.stdout.write('WALL'); sys.stdout.flush(); time.sleep(1.0)\n"
+            "sys.stdout.write(' 2.5\\n'); sys.stdout.flush(); time.sleep(30)\n")
+    with ManagedProcess("halves", [sys.executable, "-c", code], tmp_path / "halves.log") as p:
+        p.wait_ready(log_ready("WALL"), 5, "started")     # the first half is in the log
+        assert p.log_path.read_text() == "WALL"
+        assert wall_seconds(p, 5) == 2.5
+
+
 def test_stop_escalates_to_sigkill_and_kill_is_immediate(tmp_path):
     stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "print('up', flush=True); time.sleep(60)"]

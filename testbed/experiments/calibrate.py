@@ -41,10 +41,14 @@ from testbed.experiments.metrics import TICK_S, instant_hashrate
 from nodes.work import compute
 from scenario.config import ROOT, Scenario
 from base import machine
-from base.processes import ManagedProcess, local
+from base.processes import ManagedProcess, local, log_ready
 from scenario.units import Calibration
 
 CGROUP_PARENT = "mec-lab"
+# The calibration kernel's one result line. Matched with its newline: a child whose stdout is
+# unbuffered (PYTHONUNBUFFERED=1, as on CI machines) may write a line in pieces, and under a
+# 0.04-core quota it can be throttled between them (the check once saw "WALL" alone).
+WALL_LINE = r"(?m)^WALL (\S+)\n"
 
 
 def kernel_rate(seconds: float) -> float:
@@ -61,6 +65,12 @@ def kernel_rate(seconds: float) -> float:
     return iters / spent
 
 
+def wall_seconds(proc: ManagedProcess, timeout: float) -> float:
+    """The seconds on the kernel's ``WALL`` line, once the whole line is in its log."""
+    proc.wait_ready(log_ready(WALL_LINE), timeout, "done")
+    return float(re.search(WALL_LINE, proc.log_path.read_text()).group(1))
+
+
 def kernel_rate_under_quota(cores: float, iterations: int, log_dir: Path) -> float:
     """Iterations per wall-second of the kernel in a child process capped at ``cores``."""
     name = f"calibrate-{time.monotonic_ns()}"
@@ -69,7 +79,7 @@ def kernel_rate_under_quota(cores: float, iterations: int, log_dir: Path) -> flo
             f"while '{name}' not in open('/proc/self/cgroup').read(): time.sleep(0.01)\n"
             "t0 = time.monotonic()\n"
             f"compute(b'calibrate', {iterations})\n"
-            "print('WALL', time.monotonic() - t0, flush=True)\n")
+            "sys.stdout.write(f'WALL {time.monotonic() - t0}\\n'); sys.stdout.flush()\n")
     quota = CpuQuota(name, parent=CGROUP_PARENT)
     try:
         quota.set(cores)
@@ -77,8 +87,7 @@ def kernel_rate_under_quota(cores: float, iterations: int, log_dir: Path) -> flo
                               log_dir / f"{name}.log", launcher=local(), cwd=ROOT)
         with proc:
             quota.attach(proc.pid)
-            proc.wait_ready(lambda p: "WALL" in p.log_path.read_text(), 300, "done")
-            wall = float(re.search(r"WALL (\S+)", proc.log_path.read_text()).group(1))
+            wall = wall_seconds(proc, 300)
     finally:
         quota.remove()
     return iterations / wall

@@ -123,7 +123,7 @@ def stage(cluster: ClusterConfig, out_dir: Path, slots: int = 20, slot_s: float 
             ssh = None if is_local(spec) else ssh_argv(spec, cluster)
             burners[m] = ManagedProcess(f"miner stand-in {m} on {spec.name}", [str(remote.PYTHON), "-c", BURNER],
                                         out_dir / f"burner-{spec.name}.log", launcher=over_ssh(ssh, b""),
-                                        ready=log_ready(r"burning as pid \d+"), ready_timeout_s=20)
+                                        ready=log_ready(r"burning as pid \d+\n"), ready_timeout_s=20)
             burners[m].start()
         groups = {}
         for m, spec in miners.items():
