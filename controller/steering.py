@@ -11,7 +11,9 @@ UE's access switch (OpenFlow set-field, then on to the forwarding table):
 so a UE's TCP connection to the service address is, in the network, a connection to its
 server, and the executor sees the UE's own address. A UE has one task at a time and gets a
 server per task, so its entries change only between its connections. A barrier after the
-flow-mods says when each switch has them: that time is reported as ``flows``. The barrier
+flow-mods says when each switch has them: the last switch's reply, when the controller handled
+it, is reported as ``flows`` (not when the API's request saw it: the budgets are written in
+between, and a reply waits for its green thread to run). The barrier
 covers the switch's flow table, not the datapath's cache of it: on a loaded machine the
 userspace datapath may steer a UE's next connection by its previous route for a moment
 (measured under the slow-client load: 3 connections of 316, `docs/security.md`), so a UE whose
@@ -39,6 +41,17 @@ PRIORITY = 100
 COOKIE = 0x5E7
 
 
+class _Barrier:
+    """One barrier request in flight: set, with the time, when its switch replies."""
+
+    def __init__(self):
+        self.done, self.at = threading.Event(), None
+
+    def reply(self) -> None:
+        self.at = time.time()
+        self.done.set()
+
+
 class Steering(app_manager.OSKenApp):
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
 
@@ -46,7 +59,7 @@ class Steering(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.datapaths: dict[int, object] = {}
         self.routes: dict[str, str] = {}            # ue -> mec in force
-        self.barriers: dict[int, threading.Event] = {}
+        self.barriers: dict[int, _Barrier] = {}
         # first: its flow-mods are on their way to the switches while the budgets are written
         shared.appliers.insert(0, ("flows", self.apply))
 
@@ -61,9 +74,9 @@ class Steering(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier_reply(self, ev):
-        e = self.barriers.pop(ev.msg.xid, None)
-        if e is not None:
-            e.set()
+        b = self.barriers.pop(ev.msg.xid, None)
+        if b is not None:
+            b.reply()
 
     @staticmethod
     def _host(name: str) -> dict:
@@ -106,14 +119,16 @@ class Steering(app_manager.OSKenApp):
         for dp in touched:
             req = dp.ofproto_parser.OFPBarrierRequest(dp)
             dp.set_xid(req)
-            e = threading.Event()
-            self.barriers[req.xid] = e
+            b = _Barrier()
+            self.barriers[req.xid] = b
             dp.send_msg(req)
-            waits.append(e)
+            waits.append(b)
 
         def confirmed() -> dict:
-            late = sum(not e.wait(1.0) for e in waits)
+            late = sum(not b.done.wait(1.0) for b in waits)
             if late:
                 self.logger.warning("slot %s: %d switch(es) did not confirm the routes within 1 s", a.slot, late)
-            return {"flows": time.time(), "switches": len(touched)} if touched else {}
+            if not touched:
+                return {}
+            return {"flows": time.time() if late else max(b.at for b in waits), "switches": len(touched)}
         return confirmed
