@@ -19,18 +19,23 @@ from os_ken.ofproto import ofproto_v1_3
 FORWARDING_TABLE = 1
 
 
-def add_flow(dp, priority, match, actions=(), table_id=0, goto=None, idle_timeout=0, cookie=0,
+def flow_mod(dp, priority, match, actions=(), table_id=0, goto=None, idle_timeout=0, cookie=0,
              command=None):
-    """One flow entry: apply ``actions``, then go to table ``goto`` if given."""
+    """One flow entry's message: apply ``actions``, then go to table ``goto`` if given."""
     parser, ofp = dp.ofproto_parser, dp.ofproto
     inst = []
     if actions:
         inst.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, list(actions)))
     if goto is not None:
         inst.append(parser.OFPInstructionGotoTable(goto))
-    dp.send_msg(parser.OFPFlowMod(datapath=dp, table_id=table_id, priority=priority, match=match,
-                                  instructions=inst, idle_timeout=idle_timeout, cookie=cookie,
-                                  command=ofp.OFPFC_ADD if command is None else command))
+    return parser.OFPFlowMod(datapath=dp, table_id=table_id, priority=priority, match=match,
+                             instructions=inst, idle_timeout=idle_timeout, cookie=cookie,
+                             command=ofp.OFPFC_ADD if command is None else command)
+
+
+def add_flow(dp, *args, **kwargs):
+    """Send one flow entry (:func:`flow_mod`'s arguments)."""
+    dp.send_msg(flow_mod(dp, *args, **kwargs))
 
 
 class L2Switch(app_manager.OSKenApp):
