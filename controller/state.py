@@ -82,7 +82,8 @@ class Assignment:
 
 
 class LabState:
-    """The controller's view of the lab; thread-safe (green threads under os-ken).
+    """The controller's view of the lab; thread-safe (os-ken runs its apps on native threads
+    here, and the API serves a thread per connection).
 
     Args:
         servers: MEC server names (mec1 ...), in order.

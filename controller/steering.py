@@ -13,7 +13,7 @@ server, and the executor sees the UE's own address. A UE has one task at a time 
 server per task, so its entries change only between its connections. A barrier after the
 flow-mods says when each switch has them: the last switch's reply, when the controller handled
 it, is reported as ``flows`` (not when the API's request saw it: the budgets are written in
-between, and a reply waits for its green thread to run). The barrier
+between, and the request's thread has to be woken). The barrier
 covers the switch's flow table, not the datapath's cache of it: on a loaded machine the
 userspace datapath may steer a UE's next connection by its previous route for a moment
 (measured under the slow-client load: 3 connections of 316, `docs/security.md`), so a UE whose
