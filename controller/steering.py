@@ -68,9 +68,10 @@ class Steering(app_manager.OSKenApp):
         dp = ev.datapath
         self.datapaths[dp.id] = dp
         # a switch (re)connecting: put the routes in force on it again
-        for ue, mec in list(self.routes.items()):
-            if self._host(ue).get("dpid") == dp.id:
-                self._install(dp, ue, mec)
+        msgs = [msg for ue, mec in list(self.routes.items()) if self._host(ue).get("dpid") == dp.id
+                for msg in self._route(dp, ue, mec)]
+        if msgs:
+            self._send_together(dp, msgs)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier_reply(self, ev):
@@ -82,9 +83,16 @@ class Steering(app_manager.OSKenApp):
     def _host(name: str) -> dict:
         return shared.topology.get("hosts", {}).get(name, {})
 
-    def _install(self, dp, ue: str, mec: str) -> None:
-        for msg in self._route(dp, ue, mec):
-            dp.send_msg(msg)
+    @staticmethod
+    def _send_together(dp, msgs: list) -> None:
+        """``msgs`` handed to the switch's send queue as one write: os-ken's queue holds 16
+        messages, and ~40 flow-mods sent one by one went out at the pace its send thread got
+        the GIL (docs/performance.md, change 12)."""
+        for msg in msgs:
+            if msg.xid is None:           # a barrier has its own already, to be waited for
+                dp.set_xid(msg)
+            msg.serialize()
+        dp.send(b"".join(msg.buf for msg in msgs))
 
     def _route(self, dp, ue: str, mec: str) -> list:
         """The two flow-mods that steer ``ue``'s task traffic to ``mec`` and back."""
@@ -120,17 +128,12 @@ class Steering(app_manager.OSKenApp):
                 continue
             batches.setdefault(dp, []).extend(self._route(dp, ue, mec))
             self.routes[ue] = mec
-        # one write per switch, the barrier last: os-ken's send queue holds 16 messages, and
-        # ~40 flow-mods sent one by one went out at the pace its send thread got the GIL
-        # (docs/performance.md, change 12)
-        for dp, msgs in batches.items():
+        for dp, msgs in batches.items():            # one write per switch, the barrier last
             req = dp.ofproto_parser.OFPBarrierRequest(dp)
-            for msg in (*msgs, req):
-                dp.set_xid(msg)
-                msg.serialize()
+            dp.set_xid(req)
             b = _Barrier()
             self.barriers[req.xid] = b
-            dp.send(b"".join(bytes(msg.buf) for msg in (*msgs, req)))
+            self._send_together(dp, [*msgs, req])
             waits.append(b)
 
         def confirmed() -> dict:
